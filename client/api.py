@@ -1,0 +1,181 @@
+"""EdgeClient: the Python API robots and pipelines call.
+
+    with EdgeClient("localhost:50051") as client:
+        for result in client.stream(capture_frames(0), model="squeezenet"):
+            print(result.sequence, result.prediction.top1.label if result.prediction else result.kind)
+
+Every call takes a timeout; every failure is one :class:`EdgeInferError` that
+keeps the gRPC status code. Streaming runs the sender in gRPC's own thread and
+yields answers as they arrive, one per frame, in frame order.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+
+import grpc
+import numpy as np
+
+from edgeinfer.client.errors import EdgeInferError
+from edgeinfer.client.frames import Encoder, Frame, as_frame
+from edgeinfer.client.results import FrameResult, ModelInfo, Prediction
+from edgeinfer.proto import edgeinfer_pb2 as pb
+from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
+
+__all__ = ["DROP_POLICIES", "EdgeClient", "channel_options"]
+
+DROP_POLICIES = {"latest": pb.DROP_POLICY_LATEST, "all": pb.DROP_POLICY_ALL}
+
+
+def channel_options(max_message_bytes: int = 16 << 20) -> list[tuple[str, int]]:
+    """Every channel option the client sets, named once and explained."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # Ping every 30 s so a dead link (robot out of Wi-Fi) is noticed within
+        # ~40 s instead of the OS TCP timeout; the daemon permits this rate.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+class EdgeClient:
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        *,
+        timeout: float = 10.0,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        """``target``: host:port, or unix:/path for a daemon on the same board.
+
+        ``timeout`` is the default deadline, in seconds, of every unary call.
+        """
+        self.target = target
+        self.timeout = timeout
+        self._channel = channel or grpc.insecure_channel(target, options=channel_options())
+        self._stub = pb_grpc.EdgeInferenceStub(self._channel)
+
+    def __enter__(self) -> EdgeClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    # -- unary -------------------------------------------------------------------
+
+    def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        response = self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return [ModelInfo.from_proto(m) for m in response.models]
+
+    def model(self, name: str, *, precision: str = "", timeout: float | None = None) -> ModelInfo:
+        request = pb.GetModelRequest(model=pb.ModelSelector(name=name, precision=precision))
+        return ModelInfo.from_proto(self._call(self._stub.GetModel, request, timeout))
+
+    def wait_ready(self, model: str, *, precision: str = "", timeout: float = 60.0) -> ModelInfo:
+        """Block until the daemon serves ``model`` (it answers UNAVAILABLE while loading)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return self.model(model, precision=precision, timeout=max(0.1, min(remaining, 5.0)))
+            except EdgeInferError as exc:
+                if exc.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                if remaining <= 0:
+                    raise
+            time.sleep(0.1)
+
+    def classify(
+        self,
+        image: np.ndarray | bytes | Frame,
+        model: str = "squeezenet",
+        *,
+        top_k: int = 5,
+        precision: str = "",
+        encoding: str = "jpeg",
+        quality: int = 90,
+        timeout: float | None = None,
+    ) -> Prediction:
+        frame = as_frame(image, 0)
+        request = pb.ClassifyRequest(
+            model=pb.ModelSelector(name=model, precision=precision),
+            top_k=top_k,
+            image=Encoder(encoding, quality).to_proto(frame),
+        )
+        return Prediction.from_proto(self._call(self._stub.Classify, request, timeout))
+
+    def _call(self, method: grpc.UnaryUnaryMultiCallable, request: object, timeout: float | None) -> object:
+        try:
+            return method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as exc:
+            raise EdgeInferError.from_rpc_error(exc) from None
+
+    # -- streaming ---------------------------------------------------------------
+
+    def stream(
+        self,
+        frames: Iterable[np.ndarray | bytes | Frame],
+        model: str = "squeezenet",
+        *,
+        top_k: int = 5,
+        precision: str = "",
+        drop_policy: str = "latest",
+        encoding: str = "jpeg",
+        quality: int = 90,
+        timeout: float | None = None,
+    ) -> Iterator[FrameResult]:
+        """Send ``frames`` and yield one :class:`FrameResult` per frame, in order.
+
+        ``timeout`` bounds the whole stream (None: no deadline, as for a camera).
+        A frame the daemon cannot use comes back as a result with an error; a
+        stream-level failure (unknown model, bad top_k) raises EdgeInferError.
+        """
+        if drop_policy not in DROP_POLICIES:
+            raise ValueError(f"drop_policy must be one of {sorted(DROP_POLICIES)}, got {drop_policy!r}")
+        encoder = Encoder(encoding, quality)
+        config = pb.StreamConfig(
+            model=pb.ModelSelector(name=model, precision=precision),
+            top_k=top_k,
+            drop_policy=DROP_POLICIES[drop_policy],
+        )
+        sent_at: dict[int, float] = {}
+        failure: list[BaseException] = []
+        done = threading.Event()
+
+        def requests() -> Iterator[pb.StreamRequest]:
+            yield pb.StreamRequest(config=config)
+            try:
+                for i, item in enumerate(frames):
+                    if done.is_set():
+                        return
+                    frame = as_frame(item, i)
+                    image = encoder.to_proto(frame)
+                    sent_at[frame.sequence] = time.perf_counter()  # type: ignore[index]
+                    yield pb.StreamRequest(
+                        frame=pb.Frame(sequence=frame.sequence, capture_time_ns=frame.capture_time_ns, image=image)
+                    )
+            except Exception as exc:  # gRPC would swallow it and report CANCELLED
+                failure.append(exc)
+                raise
+
+        call = self._stub.StreamClassify(requests(), timeout=timeout)
+        try:
+            for response in call:
+                start = sent_at.pop(response.sequence, None)
+                latency = (time.perf_counter() - start) * 1e3 if start is not None else None
+                yield FrameResult.from_proto(response, latency)
+        except grpc.RpcError as exc:
+            if failure:
+                raise failure[0] from None
+            raise EdgeInferError.from_rpc_error(exc) from None
+        finally:
+            done.set()
+            call.cancel()

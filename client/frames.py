@@ -1,0 +1,85 @@
+"""Frames on the client side, and how they become wire images (JPEG or raw).
+
+JPEG encoding uses OpenCV (the ``[camera]`` extra). Without it, a robot can
+still send raw uint8 frames or JPEG bytes it already has.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgeinfer.proto import edgeinfer_pb2 as pb
+
+__all__ = ["Encoder", "Frame", "as_frame", "require_cv2"]
+
+ENCODINGS = ("jpeg", "raw")
+
+
+@dataclass
+class Frame:
+    """One image to send. ``image`` is HxWx3 uint8 (BGR unless ``bgr=False``) or JPEG bytes."""
+
+    image: np.ndarray | bytes
+    sequence: int | None = None
+    capture_time_ns: int | None = None
+    bgr: bool = True
+
+
+def as_frame(item: Frame | np.ndarray | bytes, default_sequence: int) -> Frame:
+    frame = item if isinstance(item, Frame) else Frame(item)
+    if frame.sequence is None:
+        frame.sequence = default_sequence
+    if frame.capture_time_ns is None:
+        frame.capture_time_ns = time.time_ns()
+    return frame
+
+
+def require_cv2() -> Any:
+    try:
+        import cv2
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "JPEG encoding and camera/video sources need OpenCV: pip install 'edgeinfer[camera]' "
+            "(or send raw frames with encoding='raw', or JPEG bytes you already have)"
+        ) from exc
+    return cv2
+
+
+class Encoder:
+    """Turns frames into ``edgeinfer.v1.Image`` messages."""
+
+    def __init__(self, encoding: str = "jpeg", quality: int = 90) -> None:
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        if not 1 <= quality <= 100:
+            raise ValueError(f"JPEG quality must be 1..100, got {quality}")
+        self.encoding = encoding
+        self.quality = quality
+
+    def to_proto(self, frame: Frame) -> pb.Image:
+        image = frame.image
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return pb.Image(jpeg=bytes(image))
+        image = _check_array(image)
+        if self.encoding == "raw":
+            h, w, _ = image.shape
+            order = pb.PIXEL_FORMAT_BGR if frame.bgr else pb.PIXEL_FORMAT_RGB
+            return pb.Image(raw=pb.RawImage(height=h, width=w, pixel_format=order, data=image.tobytes()))
+        cv2 = require_cv2()
+        if not frame.bgr:
+            image = image[..., ::-1]
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:
+            raise ValueError(f"OpenCV could not JPEG-encode a frame of shape {image.shape}")
+        return pb.Image(jpeg=buf.tobytes())
+
+
+def _check_array(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"a frame must be an HxWx3 uint8 array or JPEG bytes, got {desc}")
+    return np.ascontiguousarray(image)

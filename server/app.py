@@ -1,0 +1,106 @@
+"""Assembles the daemon: gRPC server, servicers, health, reflection, models.
+
+``Daemon`` is kept apart from the command line (grpc's examples do the same
+with ``create_server``) so tests start a real server on ``localhost:0``.
+Start-up order: listen, report NOT_SERVING, load models, report SERVING. On
+shutdown: report NOT_SERVING, refuse new streams, let open ones finish.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_interceptor import ExceptionToStatusInterceptor
+from grpc_reflection.v1alpha import reflection
+
+from edgeinfer.proto import edgeinfer_pb2 as pb
+from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
+from edgeinfer.server.loading import ModelTable, ServedModel
+from edgeinfer.server.servicer import EdgeInferenceServicer
+
+__all__ = ["SERVICE_NAME", "Daemon", "server_options"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeInference"].full_name
+
+
+def server_options(max_frame_bytes: int) -> list[tuple[str, int]]:
+    """Every channel option the daemon sets, each named once and explained."""
+    return [
+        # Frames over --max-frame-bytes are answered with a per-frame
+        # RESOURCE_EXHAUSTED and the stream goes on; gRPC's own limit sits well
+        # above it so that only absurd messages end the stream itself.
+        ("grpc.max_receive_message_length", 2 * max_frame_bytes + (1 << 20)),
+        ("grpc.max_send_message_length", 4 << 20),
+        # Robots lose Wi-Fi: let clients ping every 10 s to keep NAT entries and
+        # detect dead peers, without the server answering with GOAWAY.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        # The server pings idle connections too, and drops peers that stop answering.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        # One daemon per box: refuse to share the port with a second one.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class Daemon:
+    def __init__(
+        self,
+        addresses: Sequence[str] = ("[::]:0",),
+        *,
+        max_streams: int = 16,
+        max_frame_bytes: int = 8 << 20,
+    ) -> None:
+        self.table = ModelTable()
+        self.servicer = EdgeInferenceServicer(self.table, max_streams=max_streams)
+        # A stream holds one handler thread for its life; unary calls and health
+        # checks need a few more, so they never wait behind streams.
+        self._pool = ThreadPoolExecutor(max_workers=max_streams + 8, thread_name_prefix="grpc")
+        self.server = grpc.server(
+            self._pool,
+            interceptors=[ExceptionToStatusInterceptor(status_on_unknown_exception=grpc.StatusCode.INTERNAL)],
+            options=server_options(max_frame_bytes),
+        )
+        pb_grpc.add_EdgeInferenceServicer_to_server(self.servicer, self.server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.ports = [self.server.add_insecure_port(a) for a in addresses]
+        self.addresses = list(addresses)
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    def _set_health(self, status: int) -> None:
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, status)
+
+    def start(self) -> Daemon:
+        self.server.start()
+        return self
+
+    def add_model(self, model: ServedModel) -> None:
+        self.table.add(model)
+
+    def mark_ready(self) -> None:
+        self.table.ready = True
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        """Drain: NOT_SERVING, refuse new calls, give open streams ``grace`` seconds."""
+        self.servicer.draining = True
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.table.stop()
+        self._pool.shutdown(wait=False)

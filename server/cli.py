@@ -1,0 +1,166 @@
+"""`edgeserver`: the daemon's command line.
+
+    edgeserver --model squeezenet --weights random --seed 0
+    edgeserver --model squeezenet --precision int8 --repository model-repo/
+    edgeserver --model resnet50 --device cuda            # fp16, channels_last
+
+Heavy imports (torch) happen inside main(), after the arguments are parsed, so
+``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("edgeinfer.server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgeserver",
+        description="Stream camera frames through ImageNet classifiers over gRPC and answer with top-k.",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="NAME[:PRECISION]",
+        help="model to serve (repeatable): squeezenet (=squeezenet1_0), squeezenet1_1, vgg16, "
+        "inception_v3, resnet50; ':int8' etc. overrides --precision for that one",
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "int8"],
+        help="auto = fp32 on cpu, fp16 on cuda; int8 loads an edgequant artifact from --repository",
+    )
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet' (torch hub cache, else download), a state_dict PATH, or 'random' (needs --seed)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default: 0)")
+    p.add_argument("--repository", type=Path, default=Path("model-repo"), help="int8 artifacts folder")
+    p.add_argument("--host", default="[::]", help="address to listen on (default: all interfaces)")
+    p.add_argument("--port", type=int, default=50051, help="TCP port (0 picks a free one; default: 50051)")
+    p.add_argument(
+        "--unix-socket", type=Path, help="also listen on this Unix domain socket (same-host clients)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch intra-op threads for inference (default: all cores)",
+    )
+    p.add_argument("--max-streams", type=int, default=16, help="concurrent streams (default: 16)")
+    p.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=8 << 20,
+        help="largest frame accepted, JPEG or raw (default: 8 MiB); larger ones get RESOURCE_EXHAUSTED",
+    )
+    p.add_argument("--max-batch", type=int, default=8, help="frames batched across streams (default: 8)")
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long a frame may wait for others to batch with (default: 0, never wait)",
+    )
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: off)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _model_args(values: list[str], default_precision: str) -> list[tuple[str, str]]:
+    out = []
+    for value in values:
+        name, _, precision = value.partition(":")
+        out.append((name, precision or default_precision))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+    import torch
+
+    from edgeinfer.server.app import Daemon
+    from edgeinfer.server.errors import EdgeInferError
+    from edgeinfer.server.loading import load_model
+    from edgeinfer.server.weights import WeightsSource
+
+    torch.set_num_threads(max(1, args.threads))
+    # Parallelism comes from intra-op threads and our own per-model workers.
+    torch.set_num_interop_threads(1)
+
+    addresses = [f"{args.host}:{args.port}"]
+    if args.unix_socket:
+        addresses.append(f"unix:{args.unix_socket}")
+    started = time.perf_counter()
+    daemon = Daemon(addresses, max_streams=args.max_streams, max_frame_bytes=args.max_frame_bytes).start()
+    print(f"edgeserver: listening on {', '.join(daemon_addresses(daemon))} (loading models)", flush=True)
+
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port)
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    weights = WeightsSource.parse(args.weights, seed=args.seed)
+    try:
+        for name, precision in _model_args(args.model, args.precision):
+            model = load_model(
+                name,
+                precision=precision,
+                device=args.device,
+                weights=weights,
+                repository=args.repository,
+                max_frame_bytes=args.max_frame_bytes,
+                max_batch=args.max_batch,
+                max_wait_ms=args.batch_wait_ms,
+            )
+            daemon.add_model(model)
+            print(
+                f"edgeserver: loaded {model.name} {model.precision} on {model.device} "
+                f"(weights {model.weights}, input {model.input_size}x{model.input_size})",
+                flush=True,
+            )
+            if stop.is_set():
+                break
+    except EdgeInferError as exc:
+        print(f"edgeserver: error: {exc.details}", file=sys.stderr)
+        daemon.stop(0)
+        return 2
+    daemon.mark_ready()
+    print(f"edgeserver: SERVING after {time.perf_counter() - started:.1f} s; Ctrl-C to stop", flush=True)
+    stop.wait()
+    print("edgeserver: draining", flush=True)
+    daemon.stop(grace=5.0)
+    return 0
+
+
+def daemon_addresses(daemon: object) -> list[str]:
+    out = []
+    for address, port in zip(daemon.addresses, daemon.ports, strict=True):  # type: ignore[attr-defined]
+        out.append(address if address.startswith("unix:") else f"{address.rsplit(':', 1)[0]}:{port}")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Domain errors of the daemon, each carrying the gRPC status it maps to.
+
+They subclass grpc-interceptor's exceptions, so one ``ExceptionToStatusInterceptor``
+(installed in :mod:`edgeinfer.server.app`) turns any of them raised by a servicer
+into the RPC's status, streaming responses included. Inside a stream, a frame's
+error is answered in-band instead (see :mod:`edgeinfer.server.session`) and the
+stream goes on.
+"""
+
+from __future__ import annotations
+
+from grpc_interceptor import exceptions as _grpc
+
+__all__ = [
+    "EdgeInferError",
+    "InvalidFrame",
+    "InvalidRequest",
+    "LimitExceeded",
+    "ModelNotFound",
+    "NotReady",
+    "WeightsUnavailable",
+]
+
+EdgeInferError = _grpc.GrpcException
+
+
+class InvalidRequest(_grpc.InvalidArgument):
+    """A request that can never succeed as sent (bad top_k, config out of order)."""
+
+
+class InvalidFrame(_grpc.InvalidArgument):
+    """A frame whose bytes cannot become an image (corrupt JPEG, wrong raw size, empty)."""
+
+
+class ModelNotFound(_grpc.NotFound):
+    """The model asked for is not loaded in this daemon."""
+
+
+class LimitExceeded(_grpc.ResourceExhausted):
+    """Over a configured limit: frame bytes, concurrent streams."""
+
+
+class NotReady(_grpc.Unavailable):
+    """The daemon is loading models or draining for shutdown; retry later."""
+
+
+class WeightsUnavailable(_grpc.FailedPrecondition):
+    """Model weights cannot be had (offline, missing file, incompatible artifact)."""

@@ -1,0 +1,178 @@
+"""Loads models for serving and finds the loaded one a request names.
+
+A :class:`ServedModel` bundles everything one (model, precision) needs at
+run time: preprocessing, runner, batch scheduler, labels and the facts that
+``GetModel`` reports. The :class:`ModelTable` resolves a request's name (or
+alias) and optional precision to one of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeinfer.server.batcher import BatchScheduler
+from edgeinfer.server.errors import InvalidRequest, ModelNotFound, NotReady
+from edgeinfer.server.preprocess import Preprocessor
+from edgeinfer.server.registry import ModelSpec, Preprocessing, get_spec
+from edgeinfer.server.runner import ModelRunner
+from edgeinfer.server.weights import WeightsSource, build_model
+
+__all__ = ["PRECISIONS", "ModelTable", "ServedModel", "load_model", "resolve_precision"]
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass
+class ServedModel:
+    name: str
+    aliases: tuple[str, ...]
+    architecture: str
+    precision: str
+    device: torch.device
+    weights: str
+    categories: list[str]
+    preprocessing: Preprocessing
+    preprocessor: Preprocessor
+    scheduler: BatchScheduler
+    engine: str = ""
+    fidelity: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.crop_size
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise InvalidRequest(f"unknown precision {precision!r}; choose one of auto, {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise InvalidRequest("fp16 is served on CUDA only; on the CPU use fp32 or int8")
+    if precision == "int8" and device.type != "cpu":
+        raise InvalidRequest("int8 runs on the CPU only; on CUDA serve fp16 (--precision fp16)")
+    return precision
+
+
+def load_model(
+    name: str,
+    *,
+    precision: str = "auto",
+    device: str | torch.device = "cpu",
+    weights: WeightsSource | None = None,
+    repository: Path | None = None,
+    max_frame_bytes: int = 8 << 20,
+    max_batch: int = 8,
+    max_wait_ms: float = 0.0,
+    warmup: bool = True,
+) -> ServedModel:
+    spec = get_spec(name)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidRequest("--device cuda asked for, but torch sees no CUDA device here")
+    precision = resolve_precision(precision, device)
+    weights = weights or WeightsSource("imagenet")
+
+    if precision == "int8":
+        from edgeinfer.quant.artifact import load_int8_runner  # needs the quant stage
+
+        runner, preprocessing, meta = load_int8_runner(spec, repository)
+        described, engine, fidelity = meta["weights"], meta["engine"], meta.get("fidelity")
+    else:
+        runner, preprocessing = _fp_runner(spec, weights, device, precision)
+        described, engine, fidelity = weights.describe(spec), "", None
+
+    preprocessor = Preprocessor(
+        preprocessing, device=device, dtype=runner.dtype, max_frame_bytes=max_frame_bytes
+    )
+    if warmup:
+        runner.warmup(preprocessing.crop_size)
+    scheduler = BatchScheduler(
+        runner, max_batch=max_batch, max_wait_ms=max_wait_ms, name=f"{spec.name}-{precision}"
+    )
+    log.info("loaded %s %s on %s (weights %s)", spec.name, precision, device, described)
+    return ServedModel(
+        name=spec.name,
+        aliases=spec.aliases,
+        architecture=spec.build.__name__.lstrip("_"),
+        precision=precision,
+        device=device,
+        weights=described,
+        categories=spec.categories,
+        preprocessing=preprocessing,
+        preprocessor=preprocessor,
+        scheduler=scheduler,
+        engine=engine,
+        fidelity=fidelity,
+    )
+
+
+def _fp_runner(
+    spec: ModelSpec, weights: WeightsSource, device: torch.device, precision: str
+) -> tuple[ModelRunner, Preprocessing]:
+    module = build_model(spec, weights)
+    if precision == "fp16":
+        module = module.to(device=device, dtype=torch.float16, memory_format=torch.channels_last)
+        return ModelRunner(module, device=device, dtype=torch.float16, channels_last=True), spec.preprocessing
+    return ModelRunner(module.to(device), device=device), spec.preprocessing
+
+
+class ModelTable:
+    """The models this daemon serves, keyed by (canonical name, precision)."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, str], ServedModel] = {}
+        self._lock = threading.Lock()
+        self.ready = False
+
+    def add(self, model: ServedModel) -> None:
+        with self._lock:
+            key = (model.name, model.precision)
+            if key in self._models:
+                raise InvalidRequest(f"{model.name} {model.precision} is loaded twice")
+            self._models[key] = model
+
+    def all(self) -> list[ServedModel]:
+        with self._lock:
+            return list(self._models.values())
+
+    def resolve(self, name: str, precision: str = "") -> ServedModel:
+        if not self.ready:
+            raise NotReady("the daemon is still loading its models; retry when health reports SERVING")
+        if not name:
+            raise InvalidRequest("no model named: set model.name (e.g. 'squeezenet')")
+        spec = get_spec(name)  # unknown architecture -> NOT_FOUND naming the known ones
+        loaded = [m for m in self.all() if m.name == spec.name]
+        if not loaded:
+            served = ", ".join(f"{m.name}:{m.precision}" for m in self.all())
+            raise ModelNotFound(
+                f"model {spec.name} is not loaded in this daemon (serving: {served}); "
+                f"start edgeserver with --model {spec.name}"
+            )
+        if not precision:
+            return loaded[0]
+        for m in loaded:
+            if m.precision == precision:
+                return m
+        have = ", ".join(m.precision for m in loaded)
+        raise ModelNotFound(f"{spec.name} is served in {have}, not {precision}")
+
+    def stop(self) -> None:
+        for m in self.all():
+            m.stop()

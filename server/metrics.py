@@ -1,0 +1,20 @@
+"""Prometheus metrics (served on --metrics-port, Triton-style, off by default)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = ["ACTIVE_STREAMS", "FRAMES", "FRAME_LATENCY"]
+
+FRAMES = Counter(
+    "edgeinfer_frames_total",
+    "Frames answered, by model, precision and outcome (predicted, dropped, error).",
+    ["model", "precision", "outcome"],
+)
+FRAME_LATENCY = Histogram(
+    "edgeinfer_frame_latency_seconds",
+    "Server-side time from frame received to answer ready, predicted frames only.",
+    ["model", "precision"],
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+)
+ACTIVE_STREAMS = Gauge("edgeinfer_active_streams", "Streams open now.")

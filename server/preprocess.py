@@ -1,0 +1,136 @@
+"""Where a frame gets decoded and turned into a model input tensor.
+
+JPEG decode is torchvision.io (libjpeg-turbo on the CPU, nvjpeg on CUDA); raw
+frames are wrapped without a copy. Resize, crop and normalize are tensor ops on
+uint8 until the last step, which scales and normalizes in one fused pass.
+Nothing here knows about gRPC: bad input raises :class:`InvalidFrame` or
+:class:`LimitExceeded`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from edgeinfer.server.errors import InvalidFrame, LimitExceeded
+from edgeinfer.server.registry import Preprocessing
+
+__all__ = ["FrameImage", "JpegImage", "Preprocessor", "PreprocessedFrame", "RawImage"]
+
+
+@dataclass(frozen=True)
+class JpegImage:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RawImage:
+    height: int
+    width: int
+    data: bytes
+    bgr: bool = False  # OpenCV's order; RGB otherwise
+
+
+FrameImage = JpegImage | RawImage
+
+
+@dataclass
+class PreprocessedFrame:
+    tensor: torch.Tensor  # 3 x crop x crop, model dtype, on the model's device
+    decode_ms: float
+    preprocess_ms: float
+
+
+class Preprocessor:
+    """Turns one frame's bytes into a normalized tensor for one model."""
+
+    def __init__(
+        self,
+        config: Preprocessing,
+        *,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        max_frame_bytes: int = 8 << 20,
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        self.max_frame_bytes = max_frame_bytes
+        std = torch.tensor(config.std, dtype=torch.float32).view(3, 1, 1)
+        mean = torch.tensor(config.mean, dtype=torch.float32).view(3, 1, 1)
+        # (x / 255 - mean) / std == x * scale + shift
+        self._scale = (1.0 / (255.0 * std)).to(device)
+        self._shift = (-mean / std).to(device)
+        self._interpolation = InterpolationMode(config.interpolation)
+
+    def __call__(self, image: FrameImage) -> PreprocessedFrame:
+        t0 = time.perf_counter()
+        pixels = self.decode(image)
+        t1 = time.perf_counter()
+        tensor = self.transform(pixels)
+        t2 = time.perf_counter()
+        return PreprocessedFrame(tensor, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+
+    def _check_size(self, n: int) -> None:
+        if n == 0:
+            raise InvalidFrame("frame has no image data: set image.jpeg or image.raw")
+        if n > self.max_frame_bytes:
+            raise LimitExceeded(
+                f"frame of {n} bytes is over this daemon's limit of {self.max_frame_bytes} bytes "
+                f"(--max-frame-bytes); send a smaller image or a JPEG"
+            )
+
+    def decode(self, image: FrameImage) -> torch.Tensor:
+        """uint8 RGB, 3 x H x W, on the target device."""
+        self._check_size(len(image.data))
+        if isinstance(image, JpegImage):
+            return self._decode_jpeg(image.data)
+        return self._unpack_raw(image)
+
+    def _decode_jpeg(self, data: bytes) -> torch.Tensor:
+        if not data.startswith(b"\xff\xd8"):
+            raise InvalidFrame("image.jpeg does not start with a JPEG SOI marker (FF D8); is it a JPEG?")
+        # frombuffer needs a writable buffer; bytearray copies the (small) JPEG once.
+        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        try:
+            if self.device.type == "cuda":
+                return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
+            return decode_jpeg(encoded, mode=ImageReadMode.RGB)
+        except RuntimeError as exc:
+            raise InvalidFrame(f"image.jpeg could not be decoded: {_first_line(exc)}") from exc
+
+    def _unpack_raw(self, image: RawImage) -> torch.Tensor:
+        h, w = image.height, image.width
+        if h == 0 or w == 0:
+            raise InvalidFrame(f"raw frame must have a height and a width, got {h}x{w}")
+        expected = h * w * 3
+        if len(image.data) != expected:
+            raise InvalidFrame(
+                f"raw frame of {h}x{w}x3 needs {expected} bytes, got {len(image.data)}; "
+                f"send height*width*3 bytes of interleaved uint8 pixels"
+            )
+        hwc = torch.frombuffer(bytearray(image.data), dtype=torch.uint8).view(h, w, 3)
+        if image.bgr:
+            hwc = hwc.flip(-1)
+        return hwc.permute(2, 0, 1).to(self.device, non_blocking=True)
+
+    def transform(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 3xHxW -> normalized model input 3 x crop x crop."""
+        cfg = self.config
+        resized = F.resize(
+            pixels, [cfg.resize_size], interpolation=self._interpolation, antialias=True
+        )
+        cropped = F.center_crop(resized, [cfg.crop_size, cfg.crop_size])
+        out = torch.addcmul(self._shift, cropped.to(torch.float32), self._scale)
+        return out.to(self.dtype)
+
+
+def _first_line(exc: BaseException) -> str:
+    """libjpeg's reason without torchvision's C++ file and line prefix."""
+    lines = str(exc).strip().splitlines()
+    return lines[-1].rsplit(", ", 1)[-1] if lines else type(exc).__name__

@@ -1,0 +1,165 @@
+"""The seed models: which names we serve and how to build each one.
+
+A registry filled by a decorator, in the manner of torchvision's ``models._api``:
+one builder per model, duplicate names and aliases refused at import time.
+Labels, input size and preprocessing are read from torchvision's weights
+metadata, which ships inside the package and needs no download.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+from torchvision import models as tvm
+from torchvision.models import WeightsEnum
+
+from edgeinfer.server.errors import ModelNotFound
+
+__all__ = ["ModelSpec", "Preprocessing", "get_spec", "list_models", "register_model"]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side, center-crop a square, scale to [0, 1], normalize."""
+
+    resize_size: int
+    crop_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def from_weights(cls, weights: WeightsEnum) -> Preprocessing:
+        t = weights.transforms()
+        return cls(
+            resize_size=int(t.resize_size[0]),
+            crop_size=int(t.crop_size[0]),
+            mean=tuple(float(v) for v in t.mean),
+            std=tuple(float(v) for v in t.std),
+            interpolation=t.interpolation.value,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "resize_size": self.resize_size,
+            "crop_size": self.crop_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        return cls(
+            resize_size=int(d["resize_size"]),
+            crop_size=int(d["crop_size"]),
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+            interpolation=d.get("interpolation", "bilinear"),
+        )
+
+
+Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A servable architecture: its names, its torchvision weights enum and its builder."""
+
+    name: str
+    aliases: tuple[str, ...]
+    weights_enum: type[WeightsEnum]
+    build: Builder = field(repr=False)
+
+    @property
+    def default_weights(self) -> WeightsEnum:
+        return self.weights_enum.DEFAULT  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.default_weights.meta["categories"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_weights(self.default_weights)
+
+
+_MODELS: dict[str, ModelSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_model(
+    name: str, *, weights: type[WeightsEnum], aliases: tuple[str, ...] = ()
+) -> Callable[[Builder], Builder]:
+    """Register ``fn(*, weights) -> nn.Module`` under ``name`` (and its aliases)."""
+
+    def wrap(fn: Builder) -> Builder:
+        for key in (name, *aliases):
+            if key in _MODELS or key in _ALIASES:
+                raise ValueError(f"model name {key!r} is already registered")
+        _MODELS[name] = ModelSpec(name=name, aliases=aliases, weights_enum=weights, build=fn)
+        for alias in aliases:
+            _ALIASES[alias] = name
+        return fn
+
+    return wrap
+
+
+def get_spec(name: str) -> ModelSpec:
+    key = name.strip().lower().replace("-", "_").replace(".", "_")
+    key = _ALIASES.get(key, key)
+    try:
+        return _MODELS[key]
+    except KeyError:
+        raise ModelNotFound(
+            f"unknown model {name!r}; known models: {', '.join(list_models())}"
+        ) from None
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+# --- the seed models --------------------------------------------------------------
+
+
+@register_model("squeezenet1_0", weights=tvm.SqueezeNet1_0_Weights, aliases=("squeezenet",))
+def _squeezenet1_0(*, weights: WeightsEnum | None) -> nn.Module:
+    return tvm.squeezenet1_0(weights=weights)
+
+
+@register_model("squeezenet1_1", weights=tvm.SqueezeNet1_1_Weights)
+def _squeezenet1_1(*, weights: WeightsEnum | None) -> nn.Module:
+    return tvm.squeezenet1_1(weights=weights)
+
+
+@register_model("vgg16", weights=tvm.VGG16_Weights)
+def _vgg16(*, weights: WeightsEnum | None) -> nn.Module:
+    return tvm.vgg16(weights=weights)
+
+
+@register_model("resnet50", weights=tvm.ResNet50_Weights)
+def _resnet50(*, weights: WeightsEnum | None) -> nn.Module:
+    return tvm.resnet50(weights=weights)
+
+
+@register_model("inception_v3", weights=tvm.Inception_V3_Weights, aliases=("inception", "inceptionv3"))
+def _inception_v3(*, weights: WeightsEnum | None) -> nn.Module:
+    # Built with the auxiliary classifier so ImageNet checkpoints (which carry its
+    # weights) load strictly; it only runs in training, so serving drops it.
+    # transform_input=True is torchvision's setting for its ImageNet weights.
+    model = tvm.inception_v3(
+        weights=weights, aux_logits=True, transform_input=True, init_weights=weights is None
+    )
+    return model
+
+
+def strip_training_heads(model: nn.Module) -> nn.Module:
+    """Remove parts that only run in training (Inception v3's aux logits)."""
+    if isinstance(model, tvm.Inception3):
+        model.aux_logits = False
+        model.AuxLogits = None
+    return model

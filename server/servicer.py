@@ -1,0 +1,202 @@
+"""The EdgeInference gRPC servicer: protocol <-> domain translation, nothing else.
+
+It is handed a :class:`ModelTable` and holds no torch code. Stream-level
+errors are raised as domain errors and become the RPC status in the
+interceptor; per-frame errors are answered in-band by the session.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+import grpc
+
+from edgeinfer.proto import edgeinfer_pb2 as pb
+from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
+from edgeinfer.server import metrics
+from edgeinfer.server.errors import InvalidFrame, InvalidRequest, LimitExceeded, NotReady
+from edgeinfer.server.loading import ModelTable, ServedModel
+from edgeinfer.server.preprocess import FrameImage, JpegImage, RawImage
+from edgeinfer.server.session import (
+    DropPolicy,
+    FrameIn,
+    FrameOutcome,
+    StreamSession,
+    classify_one,
+)
+
+__all__ = ["EdgeInferenceServicer"]
+
+log = logging.getLogger(__name__)
+
+_POLICIES = {
+    pb.DROP_POLICY_UNSPECIFIED: DropPolicy.LATEST,
+    pb.DROP_POLICY_LATEST: DropPolicy.LATEST,
+    pb.DROP_POLICY_ALL: DropPolicy.ALL,
+}
+
+
+class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
+    def __init__(self, table: ModelTable, *, max_streams: int) -> None:
+        self.table = table
+        self.max_streams = max_streams
+        self._streams = 0
+        self._lock = threading.Lock()
+        self.draining = False
+
+    # -- streams -----------------------------------------------------------------
+
+    def StreamClassify(
+        self, request_iterator: Iterator[pb.StreamRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamResponse]:
+        first = next(request_iterator, None)
+        if first is None:
+            return
+        if first.WhichOneof("request") != "config":
+            raise InvalidRequest("the first message of a stream must be a StreamConfig (model, top_k, drop policy)")
+        config = first.config
+        model = self._resolve(config.model)
+        session = StreamSession(model, top_k=config.top_k, policy=_POLICIES[config.drop_policy])
+        self._open_stream()
+        try:
+            context.add_callback(session.abort)
+            reader = threading.Thread(
+                target=_pump, args=(request_iterator, session), name="stream-reader", daemon=True
+            )
+            reader.start()
+            for outcome in session.results():
+                _record(model, outcome)
+                yield _stream_response(outcome, model)
+        finally:
+            session.abort()
+            self._close_stream()
+            log.info("stream on %s closed: %s", model.name, session.counts)
+
+    def _open_stream(self) -> None:
+        with self._lock:
+            if self._streams >= self.max_streams:
+                raise LimitExceeded(
+                    f"this daemon already serves {self._streams} streams (--max-streams {self.max_streams}); "
+                    f"close one or start the daemon with a higher --max-streams"
+                )
+            self._streams += 1
+            metrics.ACTIVE_STREAMS.set(self._streams)
+
+    def _close_stream(self) -> None:
+        with self._lock:
+            self._streams -= 1
+            metrics.ACTIVE_STREAMS.set(self._streams)
+
+    # -- unary -------------------------------------------------------------------
+
+    def Classify(self, request: pb.ClassifyRequest, context: grpc.ServicerContext) -> pb.Prediction:
+        model = self._resolve(request.model)
+        image = image_from_proto(request.image)
+        if image is None:
+            raise InvalidFrame("request has no image: set image.jpeg or image.raw")
+        outcome = classify_one(model, image, request.top_k, timeout=context.time_remaining())
+        _record(model, outcome)
+        return _prediction(outcome, model)
+
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[model_info(m) for m in self.table.all()])
+
+    def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
+        return model_info(self._resolve(request.model))
+
+    def _resolve(self, selector: pb.ModelSelector) -> ServedModel:
+        if self.draining:
+            raise NotReady("the daemon is shutting down; reconnect to another replica or retry later")
+        return self.table.resolve(selector.name, selector.precision)
+
+
+def _pump(requests: Iterator[pb.StreamRequest], session: StreamSession) -> None:
+    """Reader thread of one stream: frames in until the peer half-closes."""
+    try:
+        for request in requests:
+            if request.WhichOneof("request") != "frame":
+                session.fail(InvalidRequest("only the first message of a stream may be a StreamConfig"))
+                return
+            frame = request.frame
+            if not session.submit(FrameIn(frame.sequence, frame.capture_time_ns, image_from_proto(frame.image))):
+                return
+    except Exception:  # the RPC was cancelled or broke: nobody is left to answer
+        session.abort()
+        return
+    session.finish()
+
+
+def image_from_proto(image: pb.Image) -> FrameImage | None:
+    kind = image.WhichOneof("data")
+    if kind == "jpeg":
+        return JpegImage(image.jpeg)
+    if kind == "raw":
+        raw = image.raw
+        return RawImage(raw.height, raw.width, raw.data, bgr=raw.pixel_format == pb.PIXEL_FORMAT_BGR)
+    return None
+
+
+def _prediction(outcome: FrameOutcome, model: ServedModel) -> pb.Prediction:
+    t = outcome.timings
+    assert t is not None
+    return pb.Prediction(
+        classes=[pb.Class(index=c.index, label=c.label, probability=c.probability) for c in outcome.classes],
+        timings=pb.Timings(
+            queue_ms=t.queue_ms,
+            decode_ms=t.decode_ms,
+            preprocess_ms=t.preprocess_ms,
+            inference_ms=t.inference_ms,
+            total_ms=t.total_ms,
+        ),
+        model=model.name,
+        precision=model.precision,
+        device=str(model.device),
+        batch_size=outcome.batch_size,
+    )
+
+
+def _stream_response(outcome: FrameOutcome, model: ServedModel) -> pb.StreamResponse:
+    response = pb.StreamResponse(sequence=outcome.sequence, capture_time_ns=outcome.capture_time_ns)
+    if outcome.error is not None:
+        response.error.code = outcome.error.status_code.value[0]
+        response.error.message = outcome.error.details
+    elif outcome.dropped is not None:
+        response.dropped.reason = outcome.dropped
+    else:
+        response.prediction.CopyFrom(_prediction(outcome, model))
+    return response
+
+
+def _record(model: ServedModel, outcome: FrameOutcome) -> None:
+    kind = "error" if outcome.error else "dropped" if outcome.dropped else "predicted"
+    metrics.FRAMES.labels(model.name, model.precision, kind).inc()
+    if outcome.timings is not None:
+        metrics.FRAME_LATENCY.labels(model.name, model.precision).observe(outcome.timings.total_ms / 1e3)
+
+
+def model_info(m: ServedModel) -> pb.ModelInfo:
+    info = pb.ModelInfo(
+        name=m.name,
+        architecture=m.architecture,
+        precision=m.precision,
+        device=str(m.device),
+        input_height=m.input_size,
+        input_width=m.input_size,
+        num_classes=m.num_classes,
+        weights=m.weights,
+        aliases=list(m.aliases),
+        engine=m.engine,
+        max_batch_size=m.scheduler.max_batch,
+    )
+    if m.fidelity:
+        info.fidelity.CopyFrom(
+            pb.Fidelity(
+                top1_agreement=m.fidelity["top1_agreement"],
+                top5_overlap=m.fidelity["top5_overlap"],
+                sqnr_db=m.fidelity["sqnr_db"],
+                frames=m.fidelity["frames"],
+            )
+        )
+    return info

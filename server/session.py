@@ -1,0 +1,236 @@
+"""One camera stream: drop policy, ordering, and exactly one answer per frame.
+
+The gRPC servicer feeds frames in with :meth:`StreamSession.submit` (from a
+reader thread) and sends out what :meth:`StreamSession.results` yields (from the
+handler thread). In between, each frame owns a slot in an ordered queue; the
+slot is filled with a prediction, a "dropped" or a frame error, and answers
+leave strictly in frame order.
+
+Drop policies (DESIGN.md):
+  latest  while the model is busy keep only the newest waiting frame; the one it
+          replaces is answered "dropped". Latency stays bounded when the camera
+          is faster than the model.
+  all     infer every frame. At most ``window`` frames are unanswered; beyond
+          that :meth:`submit` blocks, the servicer stops reading, and gRPC flow
+          control pushes back on the sender.
+"""
+
+from __future__ import annotations
+
+import enum
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from edgeinfer.server.batcher import Job, JobResult
+from edgeinfer.server.errors import EdgeInferError, InvalidFrame, InvalidRequest
+from edgeinfer.server.loading import ServedModel
+from edgeinfer.server.preprocess import FrameImage
+
+__all__ = [
+    "ClassScore",
+    "DropPolicy",
+    "FrameIn",
+    "FrameOutcome",
+    "StreamSession",
+    "Timings",
+    "check_top_k",
+    "classify_one",
+]
+
+MAX_TOP_K = 1000
+
+
+class DropPolicy(str, enum.Enum):
+    LATEST = "latest"
+    ALL = "all"
+
+
+# Unanswered frames a stream may have. `latest` answers stale frames at once, so
+# its window only bounds memory; `all` keeps it small so back-pressure starts early.
+WINDOW = {DropPolicy.LATEST: 256, DropPolicy.ALL: 8}
+
+
+@dataclass(frozen=True)
+class FrameIn:
+    sequence: int
+    capture_time_ns: int
+    image: FrameImage | None
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    index: int
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Timings:
+    queue_ms: float = 0.0
+    decode_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class FrameOutcome:
+    sequence: int
+    capture_time_ns: int
+    classes: tuple[ClassScore, ...] = ()
+    timings: Timings | None = None
+    batch_size: int = 0
+    dropped: str | None = None  # reason, when the frame was dropped
+    error: EdgeInferError | None = None
+
+
+def check_top_k(top_k: int, model: ServedModel) -> int:
+    limit = min(MAX_TOP_K, model.num_classes)
+    if not 1 <= top_k <= limit:
+        raise InvalidRequest(f"top_k must be between 1 and {limit} for {model.name}, got {top_k}")
+    return top_k
+
+
+def _classes(result: JobResult, categories: list[str]) -> tuple[ClassScore, ...]:
+    return tuple(
+        ClassScore(i, categories[i], p) for i, p in zip(result.indices, result.probabilities, strict=True)
+    )
+
+
+def classify_one(model: ServedModel, image: FrameImage, top_k: int, timeout: float | None) -> FrameOutcome:
+    """One image through the same decode/preprocess/batching path as the streams."""
+    received = time.perf_counter()
+    check_top_k(top_k, model)
+    pre = model.preprocessor(image)
+    job = model.scheduler.submit(Job(pre.tensor, top_k))
+    try:
+        result = job.future.result(timeout)
+    except TimeoutError:
+        model.scheduler.cancel(job)
+        raise
+    total = (time.perf_counter() - received) * 1e3
+    timings = Timings(result.queue_ms, pre.decode_ms, pre.preprocess_ms, result.inference_ms, total)
+    return FrameOutcome(0, 0, _classes(result, model.categories), timings, result.batch_size)
+
+
+_END = object()
+
+
+class StreamSession:
+    def __init__(self, model: ServedModel, *, top_k: int, policy: DropPolicy = DropPolicy.LATEST) -> None:
+        self.model = model
+        self.top_k = check_top_k(top_k, model)
+        self.policy = policy
+        self._order: queue.SimpleQueue[Future[FrameOutcome] | object] = queue.SimpleQueue()
+        self._window = threading.BoundedSemaphore(WINDOW[policy])
+        self._lock = threading.Lock()
+        self._waiting: tuple[Job, Future[FrameOutcome], FrameIn] | None = None
+        self._aborted = threading.Event()
+        self.counts = {"predicted": 0, "dropped": 0, "errors": 0}
+
+    # -- input side (reader thread) ------------------------------------------------
+
+    def submit(self, frame: FrameIn) -> bool:
+        """Queue one frame for an answer. Blocks while the window is full.
+
+        Returns False once the session was aborted (the caller stops reading).
+        """
+        self._window.acquire()
+        if self._aborted.is_set():
+            return False
+        received = time.perf_counter()
+        slot: Future[FrameOutcome] = Future()
+        self._order.put(slot)
+        if frame.image is None:
+            slot.set_result(self._error(frame, InvalidFrame("frame has no image: set image.jpeg or image.raw")))
+            return True
+        try:
+            pre = self.model.preprocessor(frame.image)
+        except EdgeInferError as exc:
+            slot.set_result(self._error(frame, exc))
+            return True
+        job = Job(pre.tensor, self.top_k)
+
+        def done(fut: Future[JobResult]) -> None:
+            exc = fut.exception()
+            if exc is not None:
+                slot.set_result(self._error(frame, EdgeInferError(f"inference failed: {exc}")))
+                return
+            result = fut.result()
+            total = (time.perf_counter() - received) * 1e3
+            timings = Timings(result.queue_ms, pre.decode_ms, pre.preprocess_ms, result.inference_ms, total)
+            slot.set_result(
+                FrameOutcome(
+                    frame.sequence,
+                    frame.capture_time_ns,
+                    _classes(result, self.model.categories),
+                    timings,
+                    result.batch_size,
+                )
+            )
+
+        job.future.add_done_callback(done)
+        with self._lock:
+            if self.policy is DropPolicy.LATEST and self._waiting is not None:
+                old_job, old_slot, old_frame = self._waiting
+                if self.model.scheduler.cancel(old_job):
+                    old_slot.set_result(
+                        FrameOutcome(
+                            old_frame.sequence,
+                            old_frame.capture_time_ns,
+                            dropped="a newer frame of this stream arrived while the model was busy",
+                        )
+                    )
+            self._waiting = (job, slot, frame)
+            self.model.scheduler.submit(job)
+        return True
+
+    def finish(self) -> None:
+        """No more frames: results() ends after the last answer."""
+        self._order.put(_END)
+
+    def fail(self, exc: EdgeInferError) -> None:
+        """A stream-level error: results() raises it after the answers before it."""
+        self._order.put(exc)
+
+    def abort(self) -> None:
+        """The peer is gone: stop queued work and unblock the reader."""
+        self._aborted.set()
+        with self._lock:
+            if self._waiting is not None:
+                self.model.scheduler.cancel(self._waiting[0])
+        try:
+            while True:
+                self._window.release()
+        except ValueError:  # BoundedSemaphore: released up to its size
+            pass
+
+    # -- output side (handler thread) ----------------------------------------------
+
+    def results(self) -> Iterator[FrameOutcome]:
+        while True:
+            item = self._order.get()
+            if item is _END:
+                return
+            if isinstance(item, EdgeInferError):
+                raise item
+            assert isinstance(item, Future)
+            outcome = item.result()
+            self._count(outcome)
+            try:
+                self._window.release()
+            except ValueError:  # abort() already opened the window fully
+                pass
+            yield outcome
+
+    def _count(self, outcome: FrameOutcome) -> None:
+        key = "errors" if outcome.error else "dropped" if outcome.dropped else "predicted"
+        self.counts[key] += 1
+
+    @staticmethod
+    def _error(frame: FrameIn, exc: EdgeInferError) -> FrameOutcome:
+        return FrameOutcome(frame.sequence, frame.capture_time_ns, error=exc)
