@@ -20,5 +20,3 @@ class EdgeInferError(Exception):
         code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
         details = exc.details() if hasattr(exc, "details") else str(exc)
         return cls(code or grpc.StatusCode.UNKNOWN, details or "")
-
-

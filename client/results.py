@@ -75,7 +75,11 @@ class FrameResult:
     @classmethod
     def from_proto(cls, r: pb.StreamResponse, latency_ms: float | None = None) -> FrameResult:
         which = r.WhichOneof("result")
-        common: dict[str, Any] = {"sequence": r.sequence, "capture_time_ns": r.capture_time_ns, "latency_ms": latency_ms}
+        common: dict[str, Any] = {
+            "sequence": r.sequence,
+            "capture_time_ns": r.capture_time_ns,
+            "latency_ms": latency_ms,
+        }
         if which == "prediction":
             return cls(prediction=Prediction.from_proto(r.prediction), **common)
         if which == "dropped":

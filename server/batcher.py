@@ -10,6 +10,7 @@ that is how the ``latest`` drop policy replaces a stale frame.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -76,10 +77,8 @@ class BatchScheduler:
             if job.state != _WAITING:
                 return False
             job.state = _CANCELLED
-            try:
+            with contextlib.suppress(ValueError):
                 self._queue.remove(job)
-            except ValueError:
-                pass
             return True
 
     def pending(self) -> int:

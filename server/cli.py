@@ -53,9 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", type=Path, default=Path("model-repo"), help="int8 artifacts folder")
     p.add_argument("--host", default="[::]", help="address to listen on (default: all interfaces)")
     p.add_argument("--port", type=int, default=50051, help="TCP port (0 picks a free one; default: 50051)")
-    p.add_argument(
-        "--unix-socket", type=Path, help="also listen on this Unix domain socket (same-host clients)"
-    )
+    p.add_argument("--unix-socket", type=Path, help="also listen on this Unix domain socket (same-host clients)")
     p.add_argument(
         "--threads",
         type=int,

@@ -98,14 +98,10 @@ def load_model(
         runner, preprocessing = _fp_runner(spec, weights, device, precision)
         described, engine, fidelity = weights.describe(spec), "", None
 
-    preprocessor = Preprocessor(
-        preprocessing, device=device, dtype=runner.dtype, max_frame_bytes=max_frame_bytes
-    )
+    preprocessor = Preprocessor(preprocessing, device=device, dtype=runner.dtype, max_frame_bytes=max_frame_bytes)
     if warmup:
         runner.warmup(preprocessing.crop_size)
-    scheduler = BatchScheduler(
-        runner, max_batch=max_batch, max_wait_ms=max_wait_ms, name=f"{spec.name}-{precision}"
-    )
+    scheduler = BatchScheduler(runner, max_batch=max_batch, max_wait_ms=max_wait_ms, name=f"{spec.name}-{precision}")
     log.info("loaded %s %s on %s (weights %s)", spec.name, precision, device, described)
     return ServedModel(
         name=spec.name,

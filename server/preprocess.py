@@ -10,6 +10,7 @@ Nothing here knows about gRPC: bad input raises :class:`InvalidFrame` or
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,16 @@ from torchvision.transforms.v2 import functional as F
 from edgeinfer.server.errors import InvalidFrame, LimitExceeded
 from edgeinfer.server.registry import Preprocessing
 
-__all__ = ["FrameImage", "JpegImage", "Preprocessor", "PreprocessedFrame", "RawImage"]
+# torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on
+# every decode call. They are still the libjpeg-turbo/nvjpeg decoders DESIGN.md
+# chose; moving to TorchCodec is tracked separately. Only this message is hidden.
+warnings.filterwarnings(
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision are deprecated",
+    category=DeprecationWarning,
+)
+
+__all__ = ["FrameImage", "JpegImage", "PreprocessedFrame", "Preprocessor", "RawImage"]
 
 
 @dataclass(frozen=True)
@@ -122,9 +132,7 @@ class Preprocessor:
     def transform(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 3xHxW -> normalized model input 3 x crop x crop."""
         cfg = self.config
-        resized = F.resize(
-            pixels, [cfg.resize_size], interpolation=self._interpolation, antialias=True
-        )
+        resized = F.resize(pixels, [cfg.resize_size], interpolation=self._interpolation, antialias=True)
         cropped = F.center_crop(resized, [cfg.crop_size, cfg.crop_size])
         out = torch.addcmul(self._shift, cropped.to(torch.float32), self._scale)
         return out.to(self.dtype)

@@ -114,9 +114,7 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return _MODELS[key]
     except KeyError:
-        raise ModelNotFound(
-            f"unknown model {name!r}; known models: {', '.join(list_models())}"
-        ) from None
+        raise ModelNotFound(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
 
 
 def list_models() -> list[str]:
@@ -151,9 +149,7 @@ def _inception_v3(*, weights: WeightsEnum | None) -> nn.Module:
     # Built with the auxiliary classifier so ImageNet checkpoints (which carry its
     # weights) load strictly; it only runs in training, so serving drops it.
     # transform_input=True is torchvision's setting for its ImageNet weights.
-    model = tvm.inception_v3(
-        weights=weights, aux_logits=True, transform_input=True, init_weights=weights is None
-    )
+    model = tvm.inception_v3(weights=weights, aux_logits=True, transform_input=True, init_weights=weights is None)
     return model
 
 

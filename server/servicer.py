@@ -62,9 +62,7 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         self._open_stream()
         try:
             context.add_callback(session.abort)
-            reader = threading.Thread(
-                target=_pump, args=(request_iterator, session), name="stream-reader", daemon=True
-            )
+            reader = threading.Thread(target=_pump, args=(request_iterator, session), name="stream-reader", daemon=True)
             reader.start()
             for outcome in session.results():
                 _record(model, outcome)

@@ -17,6 +17,7 @@ Drop policies (DESIGN.md):
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import queue
 import threading
@@ -96,9 +97,7 @@ def check_top_k(top_k: int, model: ServedModel) -> int:
 
 
 def _classes(result: JobResult, categories: list[str]) -> tuple[ClassScore, ...]:
-    return tuple(
-        ClassScore(i, categories[i], p) for i, p in zip(result.indices, result.probabilities, strict=True)
-    )
+    return tuple(ClassScore(i, categories[i], p) for i, p in zip(result.indices, result.probabilities, strict=True))
 
 
 def classify_one(model: ServedModel, image: FrameImage, top_k: int, timeout: float | None) -> FrameOutcome:
@@ -221,10 +220,8 @@ class StreamSession:
             assert isinstance(item, Future)
             outcome = item.result()
             self._count(outcome)
-            try:
+            with contextlib.suppress(ValueError):  # abort() already opened the window fully
                 self._window.release()
-            except ValueError:  # abort() already opened the window fully
-                pass
             yield outcome
 
     def _count(self, outcome: FrameOutcome) -> None:

@@ -91,7 +91,5 @@ def build_model(spec: ModelSpec, source: WeightsSource) -> nn.Module:
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise WeightsUnavailable(
-                f"weights from {source.describe(spec)} do not fit {spec.name}: {exc}"
-            ) from exc
+            raise WeightsUnavailable(f"weights from {source.describe(spec)} do not fit {spec.name}: {exc}") from exc
     return strip_training_heads(model).eval()

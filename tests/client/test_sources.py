@@ -1,0 +1,46 @@
+"""Camera and video share one code path (VideoCapture); tests drive it with files."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeinfer.client.sources import SourceError, capture_frames, image_frames, paced
+from helpers import synthetic_frame
+
+
+def test_video_file_yields_every_frame_in_order(clip: Path) -> None:
+    frames = list(capture_frames(clip, fps=0))
+    assert len(frames) == 30
+    assert all(f.shape == (240, 320, 3) and f.dtype == np.uint8 for f in frames)
+    # The disc moves 9 px a frame: consecutive frames differ, so none was repeated.
+    assert all(np.abs(a.astype(int) - b.astype(int)).sum() > 0 for a, b in itertools.pairwise(frames))
+
+
+def test_missing_video_and_camera_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="does not exist"):
+        list(capture_frames(tmp_path / "nope.mp4"))
+    with pytest.raises(SourceError, match="cannot open camera 99"):
+        list(capture_frames(99))
+
+
+def test_image_folder_sorted_and_filtered(tmp_path: Path) -> None:
+    for i in (2, 0, 1):
+        cv2.imwrite(str(tmp_path / f"img{i}.png"), synthetic_frame(i, 40, 30))
+    (tmp_path / "notes.txt").write_text("not an image")
+    frames = list(image_frames(tmp_path))
+    assert len(frames) == 3
+    assert np.array_equal(frames[0], synthetic_frame(0, 40, 30))
+
+
+def test_empty_folder_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="no images"):
+        list(image_frames(tmp_path))
+
+
+def test_paced_keeps_every_frame_and_order() -> None:
+    assert list(paced(range(5), fps=1000)) == [0, 1, 2, 3, 4]

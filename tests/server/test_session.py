@@ -1,0 +1,124 @@
+"""Drop policies and ordering, without gRPC: every frame gets exactly one answer, in order."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from edgeinfer.server.errors import InvalidRequest
+from edgeinfer.server.preprocess import JpegImage
+from edgeinfer.server.session import DropPolicy, FrameIn, StreamSession
+from fakes import SlowRunner, fake_model
+from helpers import jpeg, synthetic_frame
+
+FRAME = JpegImage(jpeg(synthetic_frame(0, 64, 48)))
+
+
+def _run(session: StreamSession, frames: list[FrameIn]) -> list:
+    def feed() -> None:
+        for f in frames:
+            session.submit(f)
+        session.finish()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    out = list(session.results())
+    feeder.join(5)
+    return out
+
+
+def test_latest_drops_stale_frames_but_answers_each_in_order() -> None:
+    model = fake_model(SlowRunner(delay_s=0.05))
+    try:
+        session = StreamSession(model, top_k=3, policy=DropPolicy.LATEST)
+        out = _run(session, [FrameIn(i, 1000 + i, FRAME) for i in range(20)])
+    finally:
+        model.stop()
+    assert [o.sequence for o in out] == list(range(20))
+    assert [o.capture_time_ns for o in out] == [1000 + i for i in range(20)]
+    dropped = [o for o in out if o.dropped]
+    predicted = [o for o in out if o.classes]
+    assert len(dropped) + len(predicted) == 20 and dropped
+    assert out[0].classes and out[-1].classes  # first starts at once; the newest is kept
+    assert all(len(o.classes) == 3 for o in predicted)
+    assert session.counts == {"predicted": len(predicted), "dropped": len(dropped), "errors": 0}
+
+
+def test_all_policy_infers_every_frame() -> None:
+    runner = SlowRunner(delay_s=0.01)
+    model = fake_model(runner)
+    try:
+        out = _run(StreamSession(model, top_k=1, policy=DropPolicy.ALL), [FrameIn(i, 0, FRAME) for i in range(30)])
+    finally:
+        model.stop()
+    assert [o.sequence for o in out] == list(range(30))
+    assert all(o.classes and not o.dropped and o.error is None for o in out)
+    assert sum(runner.batch_sizes) == 30
+
+
+def test_bad_frames_are_answered_in_place() -> None:
+    model = fake_model(SlowRunner())
+    frames = [
+        FrameIn(0, 0, FRAME),
+        FrameIn(1, 0, JpegImage(b"\xff\xd8broken")),
+        FrameIn(2, 0, None),
+        FrameIn(3, 0, FRAME),
+    ]
+    try:
+        out = _run(StreamSession(model, top_k=1, policy=DropPolicy.ALL), frames)
+    finally:
+        model.stop()
+    assert [o.sequence for o in out] == [0, 1, 2, 3]
+    assert out[0].classes and out[3].classes
+    assert out[1].error is not None and "could not be decoded" in out[1].error.details
+    assert out[2].error is not None and "no image" in out[2].error.details
+
+
+def test_stream_level_failure_comes_after_earlier_answers() -> None:
+    model = fake_model(SlowRunner())
+    try:
+        session = StreamSession(model, top_k=1, policy=DropPolicy.ALL)
+        session.submit(FrameIn(0, 0, FRAME))
+        session.fail(InvalidRequest("second config"))
+        results = session.results()
+        assert next(results).sequence == 0
+        with pytest.raises(InvalidRequest):
+            next(results)
+    finally:
+        model.stop()
+
+
+def test_abort_unblocks_a_reader_stuck_on_a_full_window() -> None:
+    runner = SlowRunner()
+    runner.gate.clear()
+    model = fake_model(runner)
+    session = StreamSession(model, top_k=1, policy=DropPolicy.ALL)
+    submitted: list[bool] = []
+
+    def feed() -> None:
+        for i in range(50):  # far more than the window of 8
+            if not session.submit(FrameIn(i, 0, FRAME)):
+                submitted.append(False)
+                return
+            submitted.append(True)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    feeder.join(0.5)
+    assert feeder.is_alive() and len(submitted) == 8  # back-pressure: blocked on the window
+    session.abort()
+    feeder.join(5)
+    runner.gate.set()
+    model.stop()
+    assert not feeder.is_alive() and submitted[-1] is False
+
+
+@pytest.mark.parametrize("k", [0, 1001])
+def test_top_k_bounds(k: int) -> None:
+    model = fake_model(SlowRunner())
+    try:
+        with pytest.raises(InvalidRequest, match="top_k must be between 1 and 1000"):
+            StreamSession(model, top_k=k)
+    finally:
+        model.stop()
