@@ -1,1 +1,24 @@
-"""placeholder"""
+"""The quantization stage: torchvision classifiers to int8 artifacts the daemon serves.
+
+from edgeinfer.quant import quantize
+from edgeinfer.server import WeightsSource
+artifact = quantize("squeezenet", calib="clip.mp4", out=Path("model-repo"), weights=WeightsSource("imagenet"))
+print(artifact.report.table("squeezenet int8"))
+"""
+
+from edgeinfer.quant.artifact import artifact_dir, load_int8_runner, read_sidecar
+from edgeinfer.quant.fidelity import FidelityReport
+from edgeinfer.quant.flows import FLOWS, default_engine
+from edgeinfer.quant.quantize import DEFAULT_FLOW, Artifact, quantize
+
+__all__ = [
+    "DEFAULT_FLOW",
+    "FLOWS",
+    "Artifact",
+    "FidelityReport",
+    "artifact_dir",
+    "default_engine",
+    "load_int8_runner",
+    "quantize",
+    "read_sidecar",
+]

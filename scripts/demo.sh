@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job, offline: start the daemon, stream a generated sample clip through
-# SqueezeNet and print top-k per frame. Random weights (seed 0): the labels are
-# real ImageNet names but the predictions mean nothing until you pass real weights.
+# The main job, offline: quantize SqueezeNet to int8 (once), start the daemon,
+# stream a generated sample clip through it and print top-k per frame.
+# Random weights (seed 0): the labels are real ImageNet names but the predictions
+# mean nothing until you pass real weights (WEIGHTS=imagenet or a state_dict path).
 # Extra args go to edgeclient (e.g. --json, --drop-policy all, --save out.mp4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,15 @@ OUT=demo-out
 mkdir -p "$OUT"
 .venv/bin/python -m edgeinfer.client.sample "$OUT/sample.mp4" --frames 90 >/dev/null
 
-.venv/bin/edgeserver --model squeezenet --weights random --seed 0 --port "$PORT" >"$OUT/edgeserver.log" 2>&1 &
+WEIGHTS=${WEIGHTS:-random}
+REPO="$OUT/model-repo"
+if [ ! -f "$REPO/squeezenet1_0/int8-x86/edgeinfer.json" ] && [ ! -f "$REPO/squeezenet1_0/int8-qnnpack/edgeinfer.json" ]; then
+  echo "demo: quantizing SqueezeNet 1.0 to int8 (calibrating on the sample clip)" >&2
+  .venv/bin/edgequant --model squeezenet --weights "$WEIGHTS" --seed 0 --calib "$OUT/sample.mp4" --out "$REPO" >&2
+fi
+
+.venv/bin/edgeserver --model squeezenet --precision int8 --repository "$REPO" \
+  --port "$PORT" >"$OUT/edgeserver.log" 2>&1 &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 echo "demo: edgeserver (pid $SERVER) starting on port $PORT; log in $OUT/edgeserver.log" >&2

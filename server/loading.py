@@ -94,6 +94,8 @@ def load_model(
 
         runner, preprocessing, meta = load_int8_runner(spec, repository)
         described, engine, fidelity = meta["weights"], meta["engine"], meta.get("fidelity")
+        if meta.get("max_batch"):  # pt2e packages are compiled for a fixed batch size
+            max_batch = min(max_batch, meta["max_batch"])
     else:
         runner, preprocessing = _fp_runner(spec, weights, device, precision)
         described, engine, fidelity = weights.describe(spec), "", None

@@ -1,0 +1,104 @@
+"""Calibration and held-out frames, through exactly the daemon's preprocessing.
+
+Sources: a folder of images (JPEG files go through the daemon's own JPEG
+decoder byte for byte), a video file (frames sampled evenly across it, via the
+client's VideoCapture source), or ``synthetic`` when asked for by name. The
+last quarter of the sampled frames is held out for the fidelity report and
+never calibrates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeinfer.server.preprocess import FrameImage, JpegImage, Preprocessor, RawImage
+
+__all__ = ["CalibrationSet", "load_frames", "read_image"]
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class CalibrationSet:
+    calibration: torch.Tensor  # N x 3 x H x W, preprocessed
+    held_out: torch.Tensor
+    source: str
+
+    def batches(self, size: int = 8) -> Iterator[torch.Tensor]:
+        for i in range(0, len(self.calibration), size):
+            yield self.calibration[i : i + size]
+
+
+def _raw(bgr: np.ndarray) -> RawImage:
+    h, w, _ = bgr.shape
+    return RawImage(h, w, np.ascontiguousarray(bgr).tobytes(), bgr=True)
+
+
+def read_image(path: Path) -> FrameImage:
+    """A file as the daemon would receive it: JPEG bytes as they are, other formats as raw RGB."""
+    data = path.read_bytes()
+    if data[:2] == b"\xff\xd8":
+        return JpegImage(data)  # the daemon's own decode path, byte for byte
+    from torchvision.io import ImageReadMode, decode_image
+
+    rgb = decode_image(str(path), mode=ImageReadMode.RGB).permute(1, 2, 0).contiguous().numpy()
+    return RawImage(rgb.shape[0], rgb.shape[1], rgb.tobytes(), bgr=False)
+
+
+def _images(folder: Path, count: int) -> list[FrameImage]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    picked = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(count, len(files)))]
+    return [read_image(path) for path in picked]
+
+
+def _video(path: Path, count: int) -> list[FrameImage]:
+    from edgeinfer.client.sources import capture_frames
+
+    frames = list(capture_frames(path, fps=0))
+    if not frames:
+        raise ValueError(f"no frames could be read from {path}")
+    picked = np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int)
+    return [_raw(frames[i]) for i in picked]
+
+
+def _synthetic(count: int, seed: int) -> list[FrameImage]:
+    from edgeinfer.client.sample import synthetic_frame
+
+    rng = np.random.default_rng(seed)
+    out: list[FrameImage] = []
+    for i in range(count):
+        frame = synthetic_frame(int(rng.integers(0, 1000)), 320, 240).astype(np.int16)
+        frame += rng.integers(-40, 40, frame.shape, dtype=np.int16)  # texture, not flat colour
+        out.append(_raw(np.clip(frame, 0, 255).astype(np.uint8)))
+    return out
+
+
+def load_frames(
+    source: str | Path, preprocessor: Preprocessor, *, count: int = 64, held_out_fraction: float = 0.25, seed: int = 0
+) -> CalibrationSet:
+    """``count`` frames from ``source`` (folder, video or 'synthetic'), preprocessed and split."""
+    if str(source) == "synthetic":
+        images, label = _synthetic(count, seed), "synthetic"
+    else:
+        path = Path(source)
+        if path.is_dir():
+            images, label = _images(path, count), f"images:{path}"
+        elif path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+            images, label = _video(path, count), f"video:{path}"
+        elif not path.exists():
+            raise ValueError(f"calibration source {path} does not exist")
+        else:
+            raise ValueError(f"calibration source must be an image folder or a video ({', '.join(VIDEO_SUFFIXES)})")
+    if len(images) < 4:
+        raise ValueError(f"{label} gave {len(images)} frames; calibration needs at least 4")
+    tensors = torch.stack([preprocessor(image).tensor for image in images])
+    n_held = max(1, round(len(tensors) * held_out_fraction))
+    return CalibrationSet(tensors[:-n_held], tensors[-n_held:], label)

@@ -1,0 +1,103 @@
+"""`edgequant`: make int8 artifacts for the daemon.
+
+    edgequant --model squeezenet --calib clip.mp4 --out model-repo/
+    edgequant --model resnet50 --calib photos/ --eval imagenet/val --out model-repo/
+    edgequant --model squeezenet --calib synthetic --weights random --seed 0 --out model-repo/
+
+Prints a fidelity table per model and writes it into the artifact's sidecar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgequant", description="Quantize torchvision classifiers to int8 artifacts.")
+    p.add_argument("--model", action="append", required=True, help="model to quantize (repeatable)")
+    p.add_argument(
+        "--calib",
+        required=True,
+        help="calibration frames: an image folder, a video file, or 'synthetic' (only when nothing real exists)",
+    )
+    p.add_argument("--out", type=Path, default=Path("model-repo"), help="model repository (default: model-repo)")
+    p.add_argument("--weights", default="imagenet", help="as edgeserver: 'imagenet', a state_dict PATH, or 'random'")
+    p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    p.add_argument("--engine", choices=["x86", "qnnpack"], default=None, help="default: x86 on x86-64, qnnpack on ARM")
+    p.add_argument(
+        "--flow", choices=["auto", "fx", "pt2e"], default="auto", help="default: the measured best per model"
+    )
+    p.add_argument("--frames", type=int, default=64, help="frames sampled from --calib; 1/4 held out (default: 64)")
+    p.add_argument("--eval", type=Path, default=None, metavar="DIR", help="ImageFolder for real top-1/top-5")
+    p.add_argument("--eval-limit", type=int, default=None, help="evaluate at most this many images")
+    p.add_argument(
+        "--inception-transform",
+        choices=["fold", "keep"],
+        default="fold",
+        help="Inception v3's input re-normalization: fold into preprocessing (default) or keep in the graph",
+    )
+    p.add_argument("--latency-iterations", type=int, default=20, help="interleaved fp32/int8 runs (default: 20)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--json", action="store_true", help="print each sidecar as JSON after its table")
+    return p
+
+
+def _progress(desc: str, total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame" if "calib" in desc else "step", file=sys.stderr, leave=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+    import torch
+
+    from edgeinfer.quant.quantize import quantize
+    from edgeinfer.server.errors import EdgeInferError
+    from edgeinfer.server.weights import WeightsSource
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    weights = WeightsSource.parse(args.weights, seed=args.seed)
+    for name in args.model:
+        try:
+            artifact = quantize(
+                name,
+                calib=args.calib,
+                out=args.out,
+                weights=weights,
+                engine=args.engine,
+                flow=None if args.flow == "auto" else args.flow,
+                frames=args.frames,
+                eval_dir=args.eval,
+                eval_limit=args.eval_limit,
+                inception_transform=args.inception_transform,
+                latency_iterations=args.latency_iterations,
+                progress=_progress,
+            )
+        except EdgeInferError as exc:
+            print(f"edgequant: {name}: {exc.details}", file=sys.stderr)
+            return 2
+        except (ValueError, RuntimeError) as exc:
+            print(f"edgequant: {name}: {exc}", file=sys.stderr)
+            return 2
+        meta = artifact.meta
+        title = f"{meta['model']} int8 ({meta['flow']}, {meta['engine']}) -> {artifact.folder}"
+        print(artifact.report.table(title), flush=True)
+        print(flush=True)
+        if args.json:
+            print(json.dumps(meta, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

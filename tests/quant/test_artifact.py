@@ -1,0 +1,138 @@
+"""edgequant's artifact: contents, fidelity, loading without model code, refusals, serving."""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from edgeinfer.client import EdgeClient, EdgeInferError
+from edgeinfer.quant import Artifact, load_int8_runner, read_sidecar
+from edgeinfer.quant.artifact import SIDECAR
+from edgeinfer.server import Daemon, WeightsSource, get_spec, load_model
+from edgeinfer.server.errors import WeightsUnavailable
+from edgeinfer.server.loading import resolve_precision
+from helpers import synthetic_frame
+
+
+def test_sidecar_says_how_it_was_made(squeezenet_int8: Artifact) -> None:
+    meta = read_sidecar(squeezenet_int8.folder)
+    assert meta["model"] == "squeezenet1_0" and meta["precision"] == "int8"
+    assert (meta["flow"], meta["engine"]) == ("fx", "x86")
+    assert meta["torch"] == torch.__version__ and meta["torchvision"]
+    assert meta["input_size"] == 224 and meta["preprocessing"]["resize_size"] == 256
+    assert meta["labels"] == "torchvision:SqueezeNet1_0_Weights.IMAGENET1K_V1" and meta["num_classes"] == 1000
+    assert meta["weights"] == "random:seed=0"
+    assert meta["calibration"]["source"].startswith("video:") and meta["calibration"]["frames"] == 24
+    assert meta["file_bytes"] == (squeezenet_int8.folder / "model.pt").stat().st_size
+
+
+def test_fidelity_is_measured_on_held_out_frames(squeezenet_int8: Artifact) -> None:
+    f = read_sidecar(squeezenet_int8.folder)["fidelity"]
+    assert f["frames"] == 8  # a quarter of 32, none of them calibrated
+    assert f["top1_agreement"] >= 0.75 and f["top5_overlap"] >= 0.6
+    assert f["sqnr_db"] > 20  # measured here: ~32 dB with random weights
+    assert f["int8_bytes"] < f["fp32_bytes"] / 3  # 5.0 MB -> ~1.4 MB
+    assert f["fp32_ms"] > 0 and f["int8_ms"] > 0  # timed, never asserted on
+    table = squeezenet_int8.report.table("t")
+    assert "top-1 agreement" in table and "logit SQNR" in table and "x smaller" in table
+
+
+def test_quantized_graph_keeps_fire_concat_and_classifier_in_int8(squeezenet_int8: Artifact) -> None:
+    runner, _, _ = load_int8_runner(get_spec("squeezenet"), squeezenet_int8.folder.parents[1])
+    ops = collections.Counter(re.findall(r"(aten::\w+|quantized::\w+)", str(runner.module.inlined_graph)))
+    # stem + 8 Fire modules x (squeeze, expand1x1, expand3x3) + classifier: every conv fused with its ReLU
+    assert ops["quantized::conv2d_relu"] == 1 + 8 * 3 + 1
+    assert ops["aten::cat"] == 8  # one per Fire module, on quantized tensors
+    # One quantize at the input, one dequantize on the logits: nothing in between falls back to fp32.
+    assert ops["aten::quantize_per_tensor"] == 1 and ops["aten::dequantize"] == 1
+    assert not any(op in ops for op in ("aten::conv2d", "aten::relu", "aten::_convolution"))
+
+
+def test_artifact_runs_in_a_fresh_process_without_torchvision(squeezenet_int8: Artifact, tmp_path: Path) -> None:
+    x = torch.randn(2, 3, 224, 224)
+    torch.save(x, tmp_path / "x.pt")
+    runner, _, _ = load_int8_runner(get_spec("squeezenet"), squeezenet_int8.folder.parents[1])
+    expected = runner.module(x)
+    code = (
+        "import sys; sys.modules['torchvision'] = None\n"  # any torchvision import would fail
+        "import torch\n"
+        f"m = torch.jit.load({str(squeezenet_int8.folder / 'model.pt')!r})\n"
+        f"x = torch.load({str(tmp_path / 'x.pt')!r})\n"
+        f"torch.save(m(x), {str(tmp_path / 'y.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    assert torch.equal(torch.load(tmp_path / "y.pt"), expected)
+    assert expected.shape == (2, 1000)  # traced at batch 1, runs at any batch
+
+
+def _copy(artifact: Artifact, tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    shutil.copytree(artifact.folder, repo / "squeezenet1_0" / artifact.folder.name)
+    return repo
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("engine", "qnnpack", "quantized for the qnnpack engine but this daemon runs x86"),
+        ("torch", "2.3.0", "made with torch 2.3.0"),
+        ("format_version", 99, "artifact format 99"),
+    ],
+)
+def test_incompatible_artifacts_are_refused(
+    squeezenet_int8: Artifact, tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    repo = _copy(squeezenet_int8, tmp_path)
+    sidecar = repo / "squeezenet1_0" / "int8-x86" / SIDECAR
+    meta = json.loads(sidecar.read_text())
+    meta[field] = value
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(WeightsUnavailable, match=message) as info:
+        load_int8_runner(get_spec("squeezenet"), repo)
+    assert "edgequant --model squeezenet1_0" in info.value.details
+
+
+def test_missing_artifact_names_the_edgequant_command(tmp_path: Path) -> None:
+    with pytest.raises(WeightsUnavailable, match=r"edgequant --model resnet50 --calib PATH --out"):
+        load_model("resnet50", precision="int8", repository=tmp_path)
+
+
+def test_int8_is_cpu_only() -> None:
+    from edgeinfer.server.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="int8 runs on the CPU only; on CUDA serve fp16"):
+        resolve_precision("int8", torch.device("cuda"))
+
+
+def test_daemon_serves_the_int8_artifact(squeezenet_int8: Artifact) -> None:
+    repo = squeezenet_int8.folder.parents[1]
+    daemon = Daemon(["127.0.0.1:0"]).start()
+    try:
+        daemon.add_model(load_model("squeezenet", precision="int8", repository=repo))
+        daemon.add_model(load_model("squeezenet", precision="fp32", weights=WeightsSource("random", seed=0)))
+        daemon.mark_ready()
+        with EdgeClient(f"127.0.0.1:{daemon.port}") as client:
+            info = client.model("squeezenet", precision="int8")
+            assert (info.precision, info.engine) == ("int8", "x86")
+            assert info.fidelity is not None and info.fidelity.sqnr_db > 20 and info.fidelity.frames == 8
+            assert info.weights.startswith("artifact:") and "random:seed=0" in info.weights
+            frames = [synthetic_frame(i) for i in range(6)]
+            int8 = list(client.stream(frames, precision="int8", drop_policy="all"))
+            fp32 = list(client.stream(frames, precision="fp32", drop_policy="all"))
+            assert [r.prediction.precision for r in int8 if r.prediction] == ["int8"] * 6
+            agree = sum(a.prediction.top1.index == b.prediction.top1.index for a, b in zip(int8, fp32, strict=True))
+            assert agree >= 4  # same random model, int8 vs fp32
+            with pytest.raises(EdgeInferError) as err:
+                client.model("squeezenet", precision="fp16")
+            assert err.value.code == grpc.StatusCode.NOT_FOUND
+    finally:
+        daemon.stop(grace=0)
