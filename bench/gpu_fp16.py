@@ -62,7 +62,7 @@ def served(name: str, streams_list: list[int], frames: int) -> list[dict]:
         for n in streams_list:
             done = []
 
-            def one() -> None:
+            def one(done: list = done) -> None:
                 with EdgeClient(f"127.0.0.1:{daemon.port}") as c:
                     done.extend(r for r in c.stream([image] * frames, name, drop_policy="all") if r.prediction)
 

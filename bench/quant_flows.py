@@ -63,7 +63,7 @@ def main() -> int:
         reference = logits(fp32, test)
         done = [0]
 
-        def step() -> None:
+        def step(done: list[int] = done, name: str = name) -> None:
             done[0] += 1
             print(f"\r{name}: latency {done[0]}/{args.iterations}", end="", file=sys.stderr, flush=True)
 

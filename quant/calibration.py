@@ -74,7 +74,7 @@ def _synthetic(count: int, seed: int) -> list[FrameImage]:
 
     rng = np.random.default_rng(seed)
     out: list[FrameImage] = []
-    for i in range(count):
+    for _ in range(count):
         frame = synthetic_frame(int(rng.integers(0, 1000)), 320, 240).astype(np.int16)
         frame += rng.integers(-40, 40, frame.shape, dtype=np.int16)  # texture, not flat colour
         out.append(_raw(np.clip(frame, 0, 255).astype(np.uint8)))
