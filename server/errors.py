@@ -12,7 +12,9 @@ from __future__ import annotations
 from grpc_interceptor import exceptions as _grpc
 
 __all__ = [
+    "DeadlineExceeded",
     "EdgeInferError",
+    "InternalError",
     "InvalidFrame",
     "InvalidRequest",
     "LimitExceeded",
@@ -22,6 +24,8 @@ __all__ = [
 ]
 
 EdgeInferError = _grpc.GrpcException
+InternalError = _grpc.Internal  # a bug or a model failure: the frame is answered, the daemon goes on
+DeadlineExceeded = _grpc.DeadlineExceeded
 
 
 class InvalidRequest(_grpc.InvalidArgument):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import queue
 import threading
 import time
@@ -27,7 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from edgeinfer.server.batcher import Job, JobResult
-from edgeinfer.server.errors import EdgeInferError, InvalidFrame, InvalidRequest
+from edgeinfer.server.errors import DeadlineExceeded, EdgeInferError, InternalError, InvalidFrame, InvalidRequest
 from edgeinfer.server.loading import ServedModel
 from edgeinfer.server.preprocess import FrameImage
 
@@ -41,6 +42,8 @@ __all__ = [
     "check_top_k",
     "classify_one",
 ]
+
+log = logging.getLogger(__name__)
 
 MAX_TOP_K = 1000
 
@@ -110,7 +113,7 @@ def classify_one(model: ServedModel, image: FrameImage, top_k: int, timeout: flo
         result = job.future.result(timeout)
     except TimeoutError:
         model.scheduler.cancel(job)
-        raise
+        raise DeadlineExceeded(f"no answer from {model.name} within the call's deadline") from None
     total = (time.perf_counter() - received) * 1e3
     timings = Timings(result.queue_ms, pre.decode_ms, pre.preprocess_ms, result.inference_ms, total)
     return FrameOutcome(0, 0, _classes(result, model.categories), timings, result.batch_size)
@@ -152,12 +155,16 @@ class StreamSession:
         except EdgeInferError as exc:
             slot.set_result(self._error(frame, exc))
             return True
+        except Exception as exc:  # a bug, not the sender's fault: answer it, keep the stream
+            log.exception("preprocessing frame %d failed", frame.sequence)
+            slot.set_result(self._error(frame, InternalError(f"preprocessing failed: {exc}")))
+            return True
         job = Job(pre.tensor, self.top_k)
 
         def done(fut: Future[JobResult]) -> None:
             exc = fut.exception()
             if exc is not None:
-                slot.set_result(self._error(frame, EdgeInferError(f"inference failed: {exc}")))
+                slot.set_result(self._error(frame, InternalError(f"inference failed: {exc}")))
                 return
             result = fut.result()
             total = (time.perf_counter() - received) * 1e3

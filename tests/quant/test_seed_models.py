@@ -100,7 +100,10 @@ def test_inception_input_transform_fold_is_exact_in_fp32_and_both_variants_quant
         torch.tensor(spec.preprocessing.std).view(1, 3, 1, 1),
     )
     with torch.inference_mode():
-        torch.testing.assert_close(folded((pixels - 0.5) / 0.5), original((pixels - mean) / std), atol=1e-3, rtol=1e-3)
+        a, b = folded((pixels - 0.5) / 0.5), original((pixels - mean) / std)
+    # Random weights give logits around 1e7, so compare relative error: float rounding only.
+    assert ((a - b).norm() / b.norm()).item() < 1e-4
+    assert torch.equal(a.argmax(1), b.argmax(1))
     kept = quantize(
         "inception_v3",
         calib=calib_clip,

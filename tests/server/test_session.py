@@ -122,3 +122,24 @@ def test_top_k_bounds(k: int) -> None:
             StreamSession(model, top_k=k)
     finally:
         model.stop()
+
+
+def test_a_failing_model_answers_internal_and_the_stream_goes_on() -> None:
+    class Flaky(SlowRunner):
+        calls = 0
+
+        def infer(self, batch, k):  # type: ignore[no-untyped-def]
+            Flaky.calls += 1
+            if Flaky.calls == 2:
+                raise RuntimeError("out of memory")
+            return super().infer(batch, k)
+
+    model = fake_model(Flaky())
+    try:
+        out = _run(StreamSession(model, top_k=1, policy=DropPolicy.ALL), [FrameIn(i, 0, FRAME) for i in range(3)])
+    finally:
+        model.stop()
+    assert [o.sequence for o in out] == [0, 1, 2]
+    assert out[0].classes and out[2].classes
+    assert out[1].error is not None and out[1].error.status_code.name == "INTERNAL"
+    assert "out of memory" in out[1].error.details

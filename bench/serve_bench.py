@@ -1,0 +1,565 @@
+"""How close does the daemon serve to the model's own speed? One run, interleaved.
+
+    python bench/serve_bench.py                                   # squeezenet1_0 + resnet50, fp32 + int8
+    python bench/serve_bench.py --models squeezenet1_0 --precisions int8 --streams 1 2 4 8
+    python bench/serve_bench.py --tiny --no-onnx --out /tmp/b     # what the test suite runs
+
+For each model and precision, in rounds that alternate between the modes so the
+machine's noise hits all of them alike:
+  (a) model       the model alone, batch 1, in this process
+  (b) limit       JPEG decode + preprocess + model + top-k, in this process: the
+                  most the daemon could do on one stream
+  (c) served      the same JPEG frames through an edgeserver process over loopback
+                  gRPC, one stream: throughput (frames sent back to back, policy
+                  all) and latency (one frame in flight at a time)
+  (d) N streams   aggregate throughput with N concurrent streams (batching)
+  (e) unix+raw    same-host fast path: Unix socket and raw uint8 frames vs TCP + JPEG
+Then ONNX Runtime (CPU provider) on the same models, fp32 and its own static int8
+(best of several settings), model only; and the footprint: daemon RSS, time to
+SERVING, client import time and memory.
+
+Prints one table and the ratios the issue asks about; writes serve_bench.json and
+serve_bench.png (latency over time, per-stage medians).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from edgeinfer.client import EdgeClient, Frame, FrameResult
+from edgeinfer.client.sample import synthetic_frame
+from edgeinfer.server.preprocess import JpegImage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+@dataclass
+class Samples:
+    latencies_ms: list[float] = field(default_factory=list)
+    frames: int = 0
+    seconds: float = 0.0
+    stages: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+    def stage(self, name: str, value: float) -> None:
+        self.stages.setdefault(name, []).append(value)
+
+    def row(self) -> dict:
+        return {
+            "fps": self.fps,
+            "p50_ms": pct(self.latencies_ms, 50),
+            "p95_ms": pct(self.latencies_ms, 95),
+            "p99_ms": pct(self.latencies_ms, 99),
+            "stages_ms": {k: statistics.median(v) for k, v in self.stages.items()},
+            "frames": self.frames,
+        }
+
+
+# --- the daemon under test ----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DaemonProcess:
+    """An edgeserver subprocess, as it runs on a robot: its own process and cores."""
+
+    def __init__(self, models: list[str], repository: Path, threads: int, sock: Path, max_batch: int) -> None:
+        self.port = free_port()
+        self.sock = sock
+        exe = shutil.which("edgeserver") or str(Path(sys.executable).with_name("edgeserver"))
+        cmd = [
+            exe,
+            "--weights",
+            "random",
+            "--seed",
+            "0",
+            "--port",
+            str(self.port),
+            "--host",
+            "127.0.0.1",
+            "--unix-socket",
+            str(sock),
+            "--repository",
+            str(repository),
+            "--threads",
+            str(threads),
+            "--max-batch",
+            str(max_batch),
+            "--log-level",
+            "warning",
+        ]
+        for m in models:
+            cmd += ["--model", m]
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.startup_s = self._wait_serving(models[0])
+
+    def _wait_serving(self, model: str) -> float:
+        name, _, precision = model.partition(":")
+        with EdgeClient(f"127.0.0.1:{self.port}") as c:
+            c.wait_ready(name, precision=precision, timeout=300)
+        return time.perf_counter() - self.started
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# --- the modes -------------------------------------------------------------------------
+
+
+def served_throughput(target: str, name: str, precision: str, frames: list, encoding: str = "jpeg") -> Samples:
+    s = Samples()
+    with EdgeClient(target, timeout=120) as client:
+        t0 = time.perf_counter()
+        for r in client.stream(frames, name, precision=precision, drop_policy="all", encoding=encoding):
+            _record(s, r)
+        s.seconds = time.perf_counter() - t0
+    return s
+
+
+def _record(s: Samples, r: FrameResult) -> None:
+    assert r.prediction is not None, r
+    s.frames += 1
+    s.latencies_ms.append(r.latency_ms or 0.0)
+    t = r.prediction.timings
+    for k in ("decode_ms", "preprocess_ms", "queue_ms", "inference_ms", "total_ms"):
+        s.stage(k.removesuffix("_ms"), getattr(t, k))
+
+
+def served_latency(target: str, name: str, precision: str, frames: list, encoding: str = "jpeg") -> Samples:
+    """One frame in flight at a time: the added latency of the serving path."""
+    s = Samples()
+    answered = threading.Event()
+
+    def one_at_a_time() -> Iterator[object]:
+        for f in frames:
+            answered.clear()
+            yield f
+            answered.wait(30)
+
+    with EdgeClient(target, timeout=120) as client:
+        t0 = time.perf_counter()
+        for r in client.stream(one_at_a_time(), name, precision=precision, drop_policy="all", encoding=encoding):
+            answered.set()
+            _record(s, r)
+        s.seconds = time.perf_counter() - t0
+    return s
+
+
+def concurrent_streams(target: str, name: str, precision: str, frames: list, n: int) -> Samples:
+    s = Samples()
+    lock = threading.Lock()
+
+    def one() -> None:
+        with EdgeClient(target, timeout=300) as c:
+            for r in c.stream(frames, name, precision=precision, drop_policy="all"):
+                with lock:
+                    s.frames += 1
+                    s.latencies_ms.append(r.latency_ms or 0.0)
+                    s.stage("batch", float(r.prediction.batch_size if r.prediction else 0))
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    s.seconds = time.perf_counter() - t0
+    return s
+
+
+class InProcess:
+    """(a) and (b): this process, same threads, same preprocessing as the daemon."""
+
+    def __init__(self, name: str, precision: str, repository: Path) -> None:
+        from edgeinfer.server import WeightsSource, load_model
+
+        self.model = load_model(
+            name, precision=precision, repository=repository, weights=WeightsSource("random", seed=0)
+        )
+        self.runner = self.model.scheduler.runner
+
+    def model_only(self, tensor: torch.Tensor, n: int, s: Samples) -> None:
+        x = tensor[None]
+        for _ in range(n):
+            t = time.perf_counter()
+            self.runner.infer(x, 5)
+            s.latencies_ms.append((time.perf_counter() - t) * 1e3)
+            s.frames += 1
+            s.seconds += s.latencies_ms[-1] / 1e3
+
+    def limit(self, jpegs: list[bytes], s: Samples) -> None:
+        for data in jpegs:
+            t = time.perf_counter()
+            pre = self.model.preprocessor(JpegImage(data))
+            out = self.runner.infer(pre.tensor[None], 5)
+            s.latencies_ms.append((time.perf_counter() - t) * 1e3)
+            s.frames += 1
+            s.seconds += s.latencies_ms[-1] / 1e3
+            s.stage("decode", pre.decode_ms)
+            s.stage("preprocess", pre.preprocess_ms)
+            s.stage("inference", out.inference_ms)
+
+    def stop(self) -> None:
+        self.model.stop()
+
+
+# --- ONNX Runtime, the peer -------------------------------------------------------
+
+
+def onnx_peer(name: str, tensors: torch.Tensor, iterations: int, workdir: Path, threads: int) -> dict[str, float]:
+    """Model-only medians (ms) for ORT fp32 and the best of several static-int8 settings."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from edgeinfer.server import WeightsSource, get_spec
+    from edgeinfer.server.weights import build_model
+
+    model = build_model(get_spec(name), WeightsSource("random", seed=0))
+    fp32_path = workdir / f"{name}.onnx"
+    torch.onnx.export(
+        model, (tensors[:1],), str(fp32_path), input_names=["x"], output_names=["y"], dynamo=False, opset_version=17
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"x": tensors[i : i + 1].numpy()} for i in range(len(tensors))])
+
+        def get_next(self) -> dict | None:
+            return next(self.items, None)
+
+    variants = {"ort fp32": fp32_path}
+    settings = {
+        "qdq per-channel": dict(quant_format=QuantFormat.QDQ, per_channel=True),
+        "qdq per-channel reduce_range": dict(quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True),
+        "qoperator per-channel": dict(quant_format=QuantFormat.QOperator, per_channel=True),
+        "qoperator per-tensor": dict(quant_format=QuantFormat.QOperator, per_channel=False),
+    }
+    for label, kw in settings.items():
+        path = workdir / f"{name}-{label.replace(' ', '_')}.onnx"
+        try:
+            quantize_static(
+                str(fp32_path), str(path), Reader(), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, **kw
+            )
+            variants[f"ort int8 {label}"] = path
+        except Exception as exc:  # a setting ORT cannot do for this graph is reported, not fatal
+            log(f"  ORT int8 {label} failed: {exc}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sessions = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for k, p in variants.items()}
+    x = {"x": tensors[:1].numpy()}
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for sess in sessions.values():
+        for _ in range(3):
+            sess.run(None, x)
+    for _ in range(iterations):
+        for k, sess in sessions.items():
+            t = time.perf_counter()
+            sess.run(None, x)
+            times[k].append((time.perf_counter() - t) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# --- footprint -------------------------------------------------------------------------
+
+
+def client_footprint() -> dict[str, float]:
+    """Import time and resident memory of a fresh process that imports only the client."""
+    # VmRSS, not ru_maxrss: Linux carries ru_maxrss across execve, so a child of this
+    # (large) process would report the parent's peak.
+    code = (
+        "import time; t = time.perf_counter(); import edgeinfer.client; dt = time.perf_counter() - t; import sys; "
+        "rss = [l for l in open('/proc/self/status') if l.startswith('VmRSS:')][0].split()[1]; "
+        "print(dt * 1e3, int(rss) / 1024, 'torch' in sys.modules)"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+        for _ in range(3)
+    ]
+    return {
+        "client_import_ms": statistics.median(float(r[0]) for r in runs),
+        "client_rss_mb": statistics.median(float(r[1]) for r in runs),
+        "client_imports_torch": runs[0][2] == "True",
+    }
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+def ensure_int8(models: list[str], repository: Path, tiny: bool) -> None:
+    from edgeinfer.quant import artifact_dir, default_engine, quantize
+    from edgeinfer.server import WeightsSource
+
+    for name in models:
+        if not (artifact_dir(repository, name, default_engine()) / "edgeinfer.json").exists():
+            log(f"quantizing {name} (synthetic calibration, random weights) into {repository}")
+            quantize(
+                name,
+                calib="synthetic",
+                out=repository,
+                weights=WeightsSource("random", seed=0),
+                frames=8 if tiny else 32,
+                latency_iterations=2,
+            )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["squeezenet1_0", "resnet50"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
+    p.add_argument("--streams", nargs="+", type=int, default=[1, 2, 4, 8])
+    p.add_argument("--frames", type=int, default=60, help="frames per round per mode")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    p.add_argument("--image-size", type=int, default=224, help="side of the square JPEG frames sent")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads, daemon and in-process alike")
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--repository", type=Path, default=ROOT / "bench" / "results" / "model-repo")
+    p.add_argument("--no-onnx", action="store_true")
+    p.add_argument("--tiny", action="store_true", help="a few frames of everything (the test suite)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = p.parse_args()
+    if args.tiny:
+        args.frames, args.rounds, args.streams = 6, 1, [1, 2]
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if "int8" in args.precisions:
+        ensure_int8(args.models, args.repository, args.tiny)
+
+    rng = np.random.default_rng(0)
+    frames_bgr = [synthetic_frame(int(i), args.image_size, args.image_size) for i in rng.integers(0, 999, 16)]
+    jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in frames_bgr]
+    per_round = [jpegs[i % len(jpegs)] for i in range(args.frames)]
+    raw_round = [Frame(frames_bgr[i % len(frames_bgr)]) for i in range(args.frames)]
+
+    served_models = [f"{m}:{pr}" for m in args.models for pr in args.precisions]
+    tmp = Path(tempfile.mkdtemp(prefix="edgebench-"))
+    log(f"starting edgeserver with {', '.join(served_models)}")
+    daemon = DaemonProcess(served_models, args.repository, args.threads, tmp / "edge.sock", args.max_batch)
+    tcp, uds = f"127.0.0.1:{daemon.port}", f"unix:{daemon.sock}"
+    results: dict = {"config": vars(args) | {"out": str(args.out), "repository": str(args.repository)}, "rows": []}
+    results["footprint"] = {"daemon_startup_s": daemon.startup_s, **client_footprint()}
+    timelines: dict[str, list[float]] = {}
+    try:
+        for name in args.models:
+            for precision in args.precisions:
+                key = f"{name} {precision}"
+                inproc = InProcess(name, precision, args.repository)
+                tensor = inproc.model.preprocessor(JpegImage(jpegs[0])).tensor
+                modes = {
+                    m: Samples()
+                    for m in (
+                        "a model",
+                        "b limit",
+                        "c served",
+                        "c served latency",
+                        "e tcp+jpeg latency",
+                        "e unix+raw latency",
+                    )
+                }
+                served_lat_timeline: list[float] = []
+                for r in range(args.rounds):
+                    log(f"{key}: round {r + 1}/{args.rounds}")
+                    inproc.model_only(tensor, args.frames, modes["a model"])
+                    inproc.limit(per_round, modes["b limit"])
+                    _merge(modes["c served"], served_throughput(tcp, name, precision, per_round))
+                    lat = served_latency(tcp, name, precision, per_round)
+                    served_lat_timeline += lat.latencies_ms
+                    _merge(modes["c served latency"], lat)
+                    _merge(modes["e tcp+jpeg latency"], lat)
+                    _merge(modes["e unix+raw latency"], served_latency(uds, name, precision, raw_round, "raw"))
+                inproc.stop()
+                timelines[key] = served_lat_timeline
+                for n in args.streams:
+                    log(f"{key}: {n} concurrent streams")
+                    modes[f"d {n} streams"] = concurrent_streams(tcp, name, precision, per_round, n)
+                for mode, s in modes.items():
+                    results["rows"].append({"model": name, "precision": precision, "mode": mode, **s.row()})
+                if not args.no_onnx and precision == "fp32":
+                    log(f"{name}: ONNX Runtime peer (export, quantize_static variants, timing)")
+                    calib = torch.stack([inproc.model.preprocessor(JpegImage(j)).tensor for j in jpegs])
+                    ort_ms = onnx_peer(name, calib, max(10, args.frames // 2), tmp, args.threads)
+                    for label, ms in ort_ms.items():
+                        results["rows"].append(
+                            {
+                                "model": name,
+                                "precision": label,
+                                "mode": "a model (peer)",
+                                "fps": 1e3 / ms,
+                                "p50_ms": ms,
+                                "p95_ms": float("nan"),
+                                "p99_ms": float("nan"),
+                                "stages_ms": {},
+                                "frames": 0,
+                            }
+                        )
+        results["footprint"]["daemon_rss_mb"] = daemon.rss_mb()
+    finally:
+        daemon.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    summary = report(results)
+    results["summary"] = summary
+    (args.out / "serve_bench.json").write_text(json.dumps(results, indent=2, default=str))
+    plot(results, timelines, args.out / "serve_bench.png")
+    log(f"wrote {args.out / 'serve_bench.json'} and {args.out / 'serve_bench.png'}")
+    return 0
+
+
+def _merge(into: Samples, s: Samples) -> None:
+    into.frames += s.frames
+    into.seconds += s.seconds
+    into.latencies_ms += s.latencies_ms
+    for k, v in s.stages.items():
+        into.stages.setdefault(k, []).extend(v)
+
+
+def report(results: dict) -> dict:
+    rows = results["rows"]
+    head = f"{'model':<14}{'precision':<34}{'mode':<22}{'frames/s':>9}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}"
+    print(f"\n{head}  stages (median ms)")
+    for r in rows:
+        stages = " ".join(f"{k}={v:.2f}" for k, v in r["stages_ms"].items())
+        print(
+            f"{r['model']:<14}{r['precision']:<34}{r['mode']:<22}{r['fps']:>9.1f}{r['p50_ms']:>8.2f}"
+            f"{r['p95_ms']:>8.2f}{r['p99_ms']:>8.2f}  {stages}"
+        )
+
+    def get(model: str, precision: str, mode: str) -> dict | None:
+        return next((r for r in rows if (r["model"], r["precision"], r["mode"]) == (model, precision, mode)), None)
+
+    summary: dict = {}
+    print("\nratios")
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for precision in ("fp32", "int8"):
+            b, c = get(model, precision, "b limit"), get(model, precision, "c served")
+            lat = get(model, precision, "c served latency")
+            if not (b and c and lat):
+                continue
+            key = f"{model} {precision}"
+            served_over_limit = c["fps"] / b["fps"]
+            added = lat["p50_ms"] - b["p50_ms"]
+            summary[key] = {"served_over_limit": served_over_limit, "added_latency_p50_ms": added}
+            print(
+                f"  {key:<22} served/limit throughput {served_over_limit:5.2f}   "
+                f"added latency p50 {added:+6.2f} ms (served one-at-a-time minus in-process)"
+            )
+            one = get(model, precision, "d 1 streams")
+            for r in rows:
+                if r["model"] == model and r["precision"] == precision and r["mode"].startswith("d ") and one:
+                    gain = r["fps"] / one["fps"] if one["fps"] else float("nan")
+                    summary[key][r["mode"]] = {
+                        "fps": r["fps"],
+                        "gain_vs_1": gain,
+                        "mean_batch": r["stages_ms"].get("batch"),
+                    }
+                    print(
+                        f"    {r['mode']:<12} {r['fps']:7.1f} frames/s  {gain:4.2f}x of one stream, "
+                        f"median batch {r['stages_ms'].get('batch', 0):.0f}"
+                    )
+            tj, ur = get(model, precision, "e tcp+jpeg latency"), get(model, precision, "e unix+raw latency")
+            if tj and ur:
+                summary[key]["unix_raw_vs_tcp_jpeg_p50"] = tj["p50_ms"] / ur["p50_ms"]
+                print(
+                    f"    unix+raw p50 {ur['p50_ms']:.2f} ms vs tcp+jpeg {tj['p50_ms']:.2f} ms "
+                    f"({tj['p50_ms'] / ur['p50_ms']:.2f}x)"
+                )
+        peers = [r for r in rows if r["model"] == model and r["mode"] == "a model (peer)"]
+        c8 = get(model, "int8", "c served")
+        if peers and c8:
+            best = max(peers, key=lambda r: r["fps"])
+            summary[f"{model} vs onnxruntime"] = {
+                "served_int8_fps": c8["fps"],
+                "best_peer": best["precision"],
+                "best_peer_fps": best["fps"],
+            }
+            print(
+                f"  {model}: served int8 {c8['fps']:.1f} frames/s vs best ONNX Runtime model-only "
+                f"{best['fps']:.1f} ({best['precision']}): {c8['fps'] / best['fps']:.2f}x"
+            )
+    fp = results["footprint"]
+    print(
+        f"\nfootprint: daemon RSS {fp.get('daemon_rss_mb', float('nan')):.0f} MB with all models above loaded, "
+        f"{fp['daemon_startup_s']:.1f} s to SERVING; client import {fp['client_import_ms']:.0f} ms, "
+        f"{fp['client_rss_mb']:.0f} MB RSS, imports torch: {fp['client_imports_torch']}"
+    )
+    return summary
+
+
+def plot(results: dict, timelines: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for key, lat in timelines.items():
+        ax1.plot(lat, label=key, linewidth=1)
+    ax1.set_xlabel("frame (one in flight at a time, all rounds)")
+    ax1.set_ylabel("client round-trip latency, ms")
+    ax1.set_title("served latency over time")
+    ax1.legend(fontsize=8)
+    rows = [r for r in results["rows"] if r["mode"] in ("b limit", "c served latency")]
+    labels, bottoms = [], []
+    stages = ("decode", "preprocess", "queue", "inference")
+    for i, r in enumerate(rows):
+        labels.append(f"{r['model']}\n{r['precision']} {r['mode'][2:]}")
+        bottom = 0.0
+        for j, stage in enumerate(stages):
+            v = r["stages_ms"].get(stage, 0.0)
+            ax2.bar(i, v, bottom=bottom, color=f"C{j}", label=stage if i == 0 else None)
+            bottom += v
+        bottoms.append(bottom)
+    ax2.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax2.set_ylabel("median ms per frame")
+    ax2.set_title("per-stage medians: in-process limit vs served (one frame in flight)")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
