@@ -82,6 +82,14 @@ class Daemon:
     def port(self) -> int:
         return self.ports[0]
 
+    @property
+    def listening(self) -> list[str]:
+        """The addresses as bound (port 0 replaced by the port the OS picked)."""
+        return [
+            a if a.startswith("unix:") else f"{a.rsplit(':', 1)[0]}:{p}"
+            for a, p in zip(self.addresses, self.ports, strict=True)
+        ]
+
     def _set_health(self, status: int) -> None:
         for service in ("", SERVICE_NAME):
             self.health.set(service, status)

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         addresses.append(f"unix:{args.unix_socket}")
     started = time.perf_counter()
     daemon = Daemon(addresses, max_streams=args.max_streams, max_frame_bytes=args.max_frame_bytes).start()
-    print(f"edgeserver: listening on {', '.join(daemon_addresses(daemon))} (loading models)", flush=True)
+    print(f"edgeserver: listening on {', '.join(daemon.listening)} (loading models)", flush=True)
 
     if args.metrics_port:
         from prometheus_client import start_http_server
@@ -151,13 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     print("edgeserver: draining", flush=True)
     daemon.stop(grace=5.0)
     return 0
-
-
-def daemon_addresses(daemon: object) -> list[str]:
-    out = []
-    for address, port in zip(daemon.addresses, daemon.ports, strict=True):  # type: ignore[attr-defined]
-        out.append(address if address.startswith("unix:") else f"{address.rsplit(':', 1)[0]}:{port}")
-    return out
 
 
 if __name__ == "__main__":

@@ -84,8 +84,12 @@ def load_model(
 ) -> ServedModel:
     spec = get_spec(name)
     device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidRequest("--device cuda asked for, but torch sees no CUDA device here")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidRequest("--device cuda asked for, but torch sees no CUDA device here")
+        # A served model sees one input shape per batch size: let cuDNN pick its
+        # fastest kernels once (during warm-up) instead of a generic default.
+        torch.backends.cudnn.benchmark = True
     precision = resolve_precision(precision, device)
     weights = weights or WeightsSource("imagenet")
 

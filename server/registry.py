@@ -18,7 +18,7 @@ from torchvision.models import WeightsEnum
 
 from edgeinfer.server.errors import ModelNotFound
 
-__all__ = ["ModelSpec", "Preprocessing", "get_spec", "list_models", "register_model"]
+__all__ = ["ModelSpec", "Preprocessing", "get_spec", "list_models", "register_model", "strip_training_heads"]
 
 
 @dataclass(frozen=True)

@@ -204,11 +204,14 @@ class StreamSession:
         self._order.put(exc)
 
     def abort(self) -> None:
-        """The peer is gone: stop queued work and unblock the reader."""
+        """The peer is gone: stop queued work, end results() and unblock the reader."""
         self._aborted.set()
         with self._lock:
             if self._waiting is not None:
-                self.model.scheduler.cancel(self._waiting[0])
+                job, slot, frame = self._waiting
+                if self.model.scheduler.cancel(job):  # never runs: settle its slot here
+                    slot.set_result(FrameOutcome(frame.sequence, frame.capture_time_ns, dropped="the stream closed"))
+        self._order.put(_END)
         try:
             while True:
                 self._window.release()
@@ -220,7 +223,7 @@ class StreamSession:
     def results(self) -> Iterator[FrameOutcome]:
         while True:
             item = self._order.get()
-            if item is _END:
+            if item is _END or self._aborted.is_set():
                 return
             if isinstance(item, EdgeInferError):
                 raise item

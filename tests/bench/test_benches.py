@@ -20,9 +20,23 @@ PNG = b"\x89PNG\r\n\x1a\n"
 @pytest.mark.slow
 def test_serve_bench_tiny(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "serve_bench.py"), "--tiny", "--models", "squeezenet1_1",
-         "--precisions", "fp32", "int8", "--repository", str(tmp_path / "repo"), "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "serve_bench.py"),
+            "--tiny",
+            "--models",
+            "squeezenet1_1",
+            "--precisions",
+            "fp32",
+            "int8",
+            "--repository",
+            str(tmp_path / "repo"),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ratios" in out.stdout and "served/limit throughput" in out.stdout and "footprint:" in out.stdout
@@ -30,8 +44,15 @@ def test_serve_bench_tiny(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "serve_bench.json").read_text())
     modes = {(r["precision"], r["mode"]) for r in result["rows"]}
     for precision in ("fp32", "int8"):
-        for mode in ("a model", "b limit", "c served", "c served latency", "d 1 streams", "d 2 streams",
-                     "e unix+raw latency"):
+        for mode in (
+            "a model",
+            "b limit",
+            "c served",
+            "c served latency",
+            "d 1 streams",
+            "d 2 streams",
+            "e unix+raw latency",
+        ):
             assert (precision, mode) in modes
     assert all(r["frames"] > 0 for r in result["rows"] if not r["mode"].endswith("(peer)"))
     assert result["footprint"]["client_imports_torch"] is False
@@ -43,9 +64,20 @@ def test_serve_bench_tiny(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_quant_flows_bench_tiny(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "quant_flows.py"), "--models", "squeezenet1_1", "--skip-pt2e",
-         "--iterations", "3", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "quant_flows.py"),
+            "--models",
+            "squeezenet1_1",
+            "--skip-pt2e",
+            "--iterations",
+            "3",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((tmp_path / "quant_flows.json").read_text())

@@ -214,3 +214,21 @@ def test_metrics_count_answers(client: EdgeClient) -> None:
     before_ok, before_err = count("predicted"), count("error")
     list(client.stream([GOOD, b"\xff\xd8bad", GOOD], drop_policy="all"))
     assert count("predicted") - before_ok == 2 and count("error") - before_err == 1
+
+
+def test_a_client_that_walks_away_releases_its_stream(daemon: Daemon, target: str) -> None:
+    import time
+
+    def endless() -> Iterator[np.ndarray]:
+        while True:
+            yield GOOD
+
+    with EdgeClient(target) as c:
+        stream = c.stream(endless(), drop_policy="latest")
+        assert next(stream).kind == "prediction"
+        assert daemon.servicer._streams >= 1
+        stream.close()  # cancels the RPC mid-stream
+    deadline = time.monotonic() + 10
+    while daemon.servicer._streams and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert daemon.servicer._streams == 0

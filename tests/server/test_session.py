@@ -110,6 +110,7 @@ def test_abort_unblocks_a_reader_stuck_on_a_full_window() -> None:
     session.abort()
     feeder.join(5)
     runner.gate.set()
+    assert list(session.results()) == []  # the handler side ends too, nothing left hanging
     model.stop()
     assert not feeder.is_alive() and submitted[-1] is False
 
