@@ -101,7 +101,10 @@ def quantize_fx(
                 if on_batch:
                     on_batch(batch.shape[0])
         quantized = convert_fx(prepared)
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # The converted graph turns quantization scales into Python floats; they
+            # are constants of the int8 model, which is what the tracer warns about.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(quantized, example)
             return torch.jit.freeze(traced.eval())
 
