@@ -40,7 +40,7 @@ def test_serve_bench_tiny(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ratios" in out.stdout and "served/limit throughput" in out.stdout and "footprint:" in out.stdout
-    assert "squeezenet1_1: round 1/1" in out.stderr  # progress is shown
+    assert "squeezenet1_1 int8: round 1/1" in out.stderr  # progress is shown
     result = json.loads((tmp_path / "serve_bench.json").read_text())
     modes = {(r["precision"], r["mode"]) for r in result["rows"]}
     for precision in ("fp32", "int8"):
