@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+# The answer types are the client's: one definition of what a prediction carries.
+from edgeinfer.client.results import ClassScore, Timings
 from edgeinfer.server.batcher import Job, JobResult
 from edgeinfer.server.errors import DeadlineExceeded, EdgeInferError, InternalError, InvalidFrame, InvalidRequest
 from edgeinfer.server.loading import ServedModel
@@ -66,27 +68,11 @@ class FrameIn:
 
 
 @dataclass(frozen=True)
-class ClassScore:
-    index: int
-    label: str
-    probability: float
-
-
-@dataclass(frozen=True)
-class Timings:
-    queue_ms: float = 0.0
-    decode_ms: float = 0.0
-    preprocess_ms: float = 0.0
-    inference_ms: float = 0.0
-    total_ms: float = 0.0
-
-
-@dataclass(frozen=True)
 class FrameOutcome:
     sequence: int
     capture_time_ns: int
     classes: tuple[ClassScore, ...] = ()
-    timings: Timings | None = None
+    timings: Timings | None = None  # queue, decode, preprocess, inference, total (ms)
     batch_size: int = 0
     dropped: str | None = None  # reason, when the frame was dropped
     error: EdgeInferError | None = None

@@ -17,28 +17,29 @@ ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.slow
-def test_serve_bench_tiny(tmp_path: Path) -> None:
+def run_bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "serve_bench.py"),
-            "--tiny",
-            "--models",
-            "squeezenet1_1",
-            "--precisions",
-            "fp32",
-            "int8",
-            "--repository",
-            str(tmp_path / "repo"),
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True, timeout=600
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_serve_bench_tiny(tmp_path: Path) -> None:
+    out = run_bench(
+        "serve_bench.py",
+        "--tiny",
+        "--models",
+        "squeezenet1_1",
+        "--precisions",
+        "fp32",
+        "int8",
+        "--repository",
+        str(tmp_path / "repo"),
+        "--out",
+        str(tmp_path),
+    )
     assert "ratios" in out.stdout and "served/limit throughput" in out.stdout and "footprint:" in out.stdout
     assert "squeezenet1_1 int8: round 1/1" in out.stderr  # progress is shown
     result = json.loads((tmp_path / "serve_bench.json").read_text())
@@ -63,23 +64,9 @@ def test_serve_bench_tiny(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_quant_flows_bench_tiny(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "quant_flows.py"),
-            "--models",
-            "squeezenet1_1",
-            "--skip-pt2e",
-            "--iterations",
-            "3",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    out = run_bench(
+        "quant_flows.py", "--models", "squeezenet1_1", "--skip-pt2e", "--iterations", "3", "--out", str(tmp_path)
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((tmp_path / "quant_flows.json").read_text())
     assert [r["variant"] for r in rows] == ["fp32", "int8-fx"]
     assert rows[1]["sqnr_db"] > 20
