@@ -29,20 +29,29 @@ def _run(session: StreamSession, frames: list[FrameIn]) -> list:
 
 
 def test_latest_drops_stale_frames_but_answers_each_in_order() -> None:
-    model = fake_model(SlowRunner(delay_s=0.05))
+    runner = SlowRunner()
+    runner.gate.clear()  # the model is busy with frame 0 while frames 1..19 arrive
+    model = fake_model(runner)
     try:
         session = StreamSession(model, top_k=3, policy=DropPolicy.LATEST)
-        out = _run(session, [FrameIn(i, 1000 + i, FRAME) for i in range(20)])
+        session.submit(FrameIn(0, 1000, FRAME))
+        while model.scheduler.pending():  # the worker has taken frame 0 and waits at the gate
+            pass
+        for i in range(1, 20):
+            session.submit(FrameIn(i, 1000 + i, FRAME))
+        runner.gate.set()
+        session.finish()
+        out = list(session.results())
     finally:
         model.stop()
     assert [o.sequence for o in out] == list(range(20))
     assert [o.capture_time_ns for o in out] == [1000 + i for i in range(20)]
-    dropped = [o for o in out if o.dropped]
-    predicted = [o for o in out if o.classes]
-    assert len(dropped) + len(predicted) == 20 and dropped
-    assert out[0].classes and out[-1].classes  # first starts at once; the newest is kept
-    assert all(len(o.classes) == 3 for o in predicted)
-    assert session.counts == {"predicted": len(predicted), "dropped": len(dropped), "errors": 0}
+    # Each newer frame replaced the waiting one: only the first and the newest ran.
+    assert [o.sequence for o in out if o.classes] == [0, 19]
+    assert all(o.dropped and "newer frame" in o.dropped for o in out[1:19])
+    assert all(len(o.classes) == 3 for o in (out[0], out[19]))
+    assert runner.batch_sizes == [1, 1]
+    assert session.counts == {"predicted": 2, "dropped": 18, "errors": 0}
 
 
 def test_all_policy_infers_every_frame() -> None:
