@@ -355,6 +355,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     p.add_argument("--image-size", type=int, default=224, help="side of the square JPEG frames sent")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads, daemon and in-process alike")
+    p.add_argument("--daemon-threads", type=int, default=None, help="the daemon's --threads (default: --threads)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--repository", type=Path, default=ROOT / "bench" / "results" / "model-repo")
     p.add_argument("--no-onnx", action="store_true")
@@ -377,7 +378,8 @@ def main() -> int:
     served_models = [f"{m}:{pr}" for m in args.models for pr in args.precisions]
     tmp = Path(tempfile.mkdtemp(prefix="edgebench-"))
     log(f"starting edgeserver with {', '.join(served_models)}")
-    daemon = DaemonProcess(served_models, args.repository, args.threads, tmp / "edge.sock", args.max_batch)
+    daemon_threads = args.daemon_threads or args.threads
+    daemon = DaemonProcess(served_models, args.repository, daemon_threads, tmp / "edge.sock", args.max_batch)
     tcp, uds = f"127.0.0.1:{daemon.port}", f"unix:{daemon.sock}"
     results: dict = {"config": vars(args) | {"out": str(args.out), "repository": str(args.repository)}, "rows": []}
     results["footprint"] = {"daemon_startup_s": daemon.startup_s, **client_footprint()}
@@ -552,7 +554,7 @@ def plot(results: dict, timelines: dict[str, list[float]], path: Path) -> None:
             ax2.bar(i, v, bottom=bottom, color=f"C{j}", label=stage if i == 0 else None)
             bottom += v
         bottoms.append(bottom)
-    ax2.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax2.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30, ha="right")
     ax2.set_ylabel("median ms per frame")
     ax2.set_title("per-stage medians: in-process limit vs served (one frame in flight)")
     ax2.legend(fontsize=8)
