@@ -136,3 +136,26 @@ def test_daemon_serves_the_int8_artifact(squeezenet_int8: Artifact) -> None:
             assert err.value.code == grpc.StatusCode.NOT_FOUND
     finally:
         daemon.stop(grace=0)
+
+
+def test_qnnpack_artifact_for_arm_boards(calib_clip: Path, tmp_path: Path) -> None:
+    from edgeinfer.quant import quantize
+
+    try:
+        artifact = quantize(
+            "squeezenet1_1",
+            calib=calib_clip,
+            out=tmp_path,
+            weights=WeightsSource("random", seed=0),
+            engine="qnnpack",
+            frames=8,
+            latency_iterations=2,
+        )
+        assert artifact.folder.name == "int8-qnnpack" and artifact.meta["engine"] == "qnnpack"
+        assert artifact.meta["fidelity"]["sqnr_db"] > 20  # per-channel weights on qnnpack too (36 dB measured)
+        with pytest.raises(WeightsUnavailable, match="no int8 artifact"):  # an x86 daemon looks for int8-x86
+            load_int8_runner(get_spec("squeezenet1_1"), tmp_path, engine="x86")
+        runner, _, _ = load_int8_runner(get_spec("squeezenet1_1"), tmp_path, engine="qnnpack")
+        assert runner.module(torch.zeros(2, 3, 224, 224)).shape == (2, 1000)
+    finally:
+        torch.backends.quantized.engine = "x86"  # the engine is process-wide; the other tests run x86
