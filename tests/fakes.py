@@ -35,6 +35,14 @@ class SlowRunner:
         return BatchOutput(probs, indices, self.delay_s * 1e3)
 
 
+def wait_until_taken(scheduler: BatchScheduler, timeout: float = 5.0) -> None:
+    """Wait until the worker has taken every queued job (and, gate closed, waits in infer)."""
+    deadline = time.monotonic() + timeout
+    while scheduler.pending():
+        assert time.monotonic() < deadline, "the worker never took the job"
+        time.sleep(0.001)
+
+
 def fake_model(runner: SlowRunner, *, max_batch: int = 1) -> ServedModel:
     spec = get_spec("squeezenet")
     pre = spec.preprocessing

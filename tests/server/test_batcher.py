@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 from edgeinfer.server.batcher import BatchScheduler, Job
-from fakes import SlowRunner
+from fakes import SlowRunner, wait_until_taken
 
 
 def _job(value: float, k: int = 3) -> Job:
@@ -16,8 +16,7 @@ def test_waiting_jobs_from_many_streams_run_as_one_batch() -> None:
     sched = BatchScheduler(runner, max_batch=4)
     try:
         first = sched.submit(_job(0.1))
-        while sched.pending():  # the worker took the first job and waits at the gate
-            pass
+        wait_until_taken(sched)  # the worker took the first job and waits at the gate
         rest = [sched.submit(_job(0.1 * i)) for i in range(2, 8)]
         runner.gate.set()
         results = [j.future.result(5) for j in [first, *rest]]
@@ -35,8 +34,7 @@ def test_each_job_gets_its_own_top_k() -> None:
     sched = BatchScheduler(runner, max_batch=8)
     try:
         blocker = sched.submit(_job(0.0))
-        while sched.pending():
-            pass
+        wait_until_taken(sched)
         small, big = sched.submit(_job(0.2, k=1)), sched.submit(_job(0.2, k=5))
         runner.gate.set()
         blocker.future.result(5)
@@ -52,8 +50,7 @@ def test_cancel_only_before_start() -> None:
     sched = BatchScheduler(runner, max_batch=1)
     try:
         running = sched.submit(_job(0.1))
-        while sched.pending():
-            pass
+        wait_until_taken(sched)
         waiting = sched.submit(_job(0.2))
         assert sched.cancel(waiting) is True
         assert sched.cancel(running) is False

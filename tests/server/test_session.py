@@ -9,7 +9,7 @@ import pytest
 from edgeinfer.server.errors import InvalidRequest
 from edgeinfer.server.preprocess import JpegImage
 from edgeinfer.server.session import DropPolicy, FrameIn, StreamSession
-from fakes import SlowRunner, fake_model
+from fakes import SlowRunner, fake_model, wait_until_taken
 from helpers import jpeg, synthetic_frame
 
 FRAME = JpegImage(jpeg(synthetic_frame(0, 64, 48)))
@@ -35,8 +35,7 @@ def test_latest_drops_stale_frames_but_answers_each_in_order() -> None:
     try:
         session = StreamSession(model, top_k=3, policy=DropPolicy.LATEST)
         session.submit(FrameIn(0, 1000, FRAME))
-        while model.scheduler.pending():  # the worker has taken frame 0 and waits at the gate
-            pass
+        wait_until_taken(model.scheduler)  # the worker has taken frame 0 and waits at the gate
         for i in range(1, 20):
             session.submit(FrameIn(i, 1000 + i, FRAME))
         runner.gate.set()
