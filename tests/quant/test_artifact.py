@@ -159,3 +159,29 @@ def test_qnnpack_artifact_for_arm_boards(calib_clip: Path, tmp_path: Path) -> No
         assert runner.module(torch.zeros(2, 3, 224, 224)).shape == (2, 1000)
     finally:
         torch.backends.quantized.engine = "x86"  # the engine is process-wide; the other tests run x86
+
+
+def test_eval_folder_reports_top1_top5_of_both(calib_clip: Path, tmp_path: Path) -> None:
+    import cv2
+
+    from edgeinfer.quant import quantize
+
+    folder = tmp_path / "val"
+    for c, name in enumerate(["n01440764", "n01443537"]):  # ImageNet's class 0 and 1 folder names
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(folder / name / f"{i}.jpg"), synthetic_frame(10 * c + i))
+    artifact = quantize(
+        "squeezenet1_1",
+        calib=calib_clip,
+        out=tmp_path / "repo",
+        weights=WeightsSource("random", seed=0),
+        frames=8,
+        latency_iterations=2,
+        eval_dir=folder,
+    )
+    accuracy = artifact.meta["fidelity"]["accuracy"]
+    assert set(accuracy) == {"fp32", "int8"}
+    for acc in accuracy.values():
+        assert acc["images"] == 6 and 0.0 <= acc["top1"] <= acc["top5"] <= 1.0
+    assert "fp32 accuracy" in artifact.report.table("t") and "int8 accuracy" in artifact.report.table("t")
