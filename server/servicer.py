@@ -168,8 +168,7 @@ def _stream_response(outcome: FrameOutcome, model: ServedModel) -> pb.StreamResp
 
 
 def _record(model: ServedModel, outcome: FrameOutcome) -> None:
-    kind = "error" if outcome.error else "dropped" if outcome.dropped else "predicted"
-    metrics.FRAMES.labels(model.name, model.precision, kind).inc()
+    metrics.FRAMES.labels(model.name, model.precision, outcome.kind).inc()
     if outcome.timings is not None:
         metrics.FRAME_LATENCY.labels(model.name, model.precision).observe(outcome.timings.total_ms / 1e3)
 

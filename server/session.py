@@ -77,6 +77,11 @@ class FrameOutcome:
     dropped: str | None = None  # reason, when the frame was dropped
     error: EdgeInferError | None = None
 
+    @property
+    def kind(self) -> str:
+        """ "predicted", "dropped" or "error": the one answer this frame got."""
+        return "error" if self.error else "dropped" if self.dropped else "predicted"
+
 
 def check_top_k(top_k: int, model: ServedModel) -> int:
     limit = min(MAX_TOP_K, model.num_classes)
@@ -118,7 +123,7 @@ class StreamSession:
         self._lock = threading.Lock()
         self._waiting: tuple[Job, Future[FrameOutcome], FrameIn] | None = None
         self._aborted = threading.Event()
-        self.counts = {"predicted": 0, "dropped": 0, "errors": 0}
+        self.counts = {"predicted": 0, "dropped": 0, "error": 0}
 
     # -- input side (reader thread) ------------------------------------------------
 
@@ -215,14 +220,10 @@ class StreamSession:
                 raise item
             assert isinstance(item, Future)
             outcome = item.result()
-            self._count(outcome)
+            self.counts[outcome.kind] += 1
             with contextlib.suppress(ValueError):  # abort() already opened the window fully
                 self._window.release()
             yield outcome
-
-    def _count(self, outcome: FrameOutcome) -> None:
-        key = "errors" if outcome.error else "dropped" if outcome.dropped else "predicted"
-        self.counts[key] += 1
 
     @staticmethod
     def _error(frame: FrameIn, exc: EdgeInferError) -> FrameOutcome:

@@ -50,7 +50,7 @@ def test_latest_drops_stale_frames_but_answers_each_in_order() -> None:
     assert all(o.dropped and "newer frame" in o.dropped for o in out[1:19])
     assert all(len(o.classes) == 3 for o in (out[0], out[19]))
     assert runner.batch_sizes == [1, 1]
-    assert session.counts == {"predicted": 2, "dropped": 18, "errors": 0}
+    assert session.counts == {"predicted": 2, "dropped": 18, "error": 0}
 
 
 def test_all_policy_infers_every_frame() -> None:
