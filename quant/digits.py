@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tvm
 
+from edgeinfer.quant.fidelity import Model, logits
 from edgeinfer.quant.flows import default_engine, quantize_fx
 
 __all__ = ["DigitsCheck", "build", "check", "load_split", "train"]
@@ -100,10 +101,8 @@ def train(arch: str, *, epochs: int = 30, seed: int = 0, batch: int = 32, log: b
     return model.eval()
 
 
-def accuracy(model: object, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.inference_mode():
-        pred = torch.cat([model(x[i : i + 64]).argmax(1) for i in range(0, len(x), 64)])  # type: ignore[operator]
-    return (pred == y).float().mean().item()
+def accuracy(model: Model, x: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits(model, x, batch=64).argmax(1) == y).float().mean().item()
 
 
 @dataclass
