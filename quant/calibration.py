@@ -62,7 +62,16 @@ def _images(folder: Path, count: int) -> list[FrameImage]:
 def _video(path: Path, count: int) -> list[FrameImage]:
     from edgeinfer.client.sources import capture_frames
 
-    frames = list(capture_frames(path, fps=0))
+    # Keep every `stride`-th frame; when 2*count are kept, drop every other one and
+    # double the stride. Memory stays at 2*count frames however long the video is,
+    # and what is kept stays evenly spread over all of it.
+    frames: list[np.ndarray] = []
+    stride = 1
+    for i, frame in enumerate(capture_frames(path, fps=0)):
+        if i % stride == 0:
+            frames.append(frame)
+            if len(frames) >= 2 * count:
+                frames, stride = frames[::2], stride * 2
     if not frames:
         raise ValueError(f"no frames could be read from {path}")
     picked = np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int)
