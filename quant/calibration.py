@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from edgeinfer.server.preprocess import FrameImage, JpegImage, Preprocessor, RawImage
+from edgeinfer.server.registry import Preprocessing
 
-__all__ = ["CalibrationSet", "load_frames", "read_image"]
+__all__ = ["CalibrationSet", "load_frames", "offline_preprocessor", "read_image"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -33,6 +34,11 @@ class CalibrationSet:
     def batches(self, size: int = 8) -> Iterator[torch.Tensor]:
         for i in range(0, len(self.calibration), size):
             yield self.calibration[i : i + size]
+
+
+def offline_preprocessor(config: Preprocessing) -> Preprocessor:
+    """The daemon's preprocessing on the CPU, without its frame-size limit (files are trusted here)."""
+    return Preprocessor(config, device=torch.device("cpu"), max_frame_bytes=1 << 30)
 
 
 def _raw(bgr: np.ndarray) -> RawImage:

@@ -22,7 +22,7 @@ import torchvision
 from torch import nn
 
 from edgeinfer.quant.artifact import MODEL_FILES, artifact_dir, write_sidecar
-from edgeinfer.quant.calibration import CalibrationSet, load_frames, read_image
+from edgeinfer.quant.calibration import CalibrationSet, load_frames, offline_preprocessor, read_image
 from edgeinfer.quant.fidelity import FidelityReport, agreement, evaluate_folder, interleaved_latency, logits, sqnr_db
 from edgeinfer.quant.flows import default_engine, quantize_fx, quantize_pt2e, quiet_deprecations
 from edgeinfer.server.preprocess import FrameImage, Preprocessor
@@ -103,8 +103,7 @@ def quantize(
     flow = flow or DEFAULT_FLOW[spec.name]
     fp32 = build_model(spec, weights)
     model, preprocessing = prepare_for_int8(spec, copy.deepcopy(fp32), inception_transform)
-    preprocessor = Preprocessor(preprocessing, device=torch.device("cpu"), max_frame_bytes=1 << 30)
-    data: CalibrationSet = load_frames(calib, preprocessor, count=frames)
+    data: CalibrationSet = load_frames(calib, offline_preprocessor(preprocessing), count=frames)
     example = data.calibration[:1]
 
     bar = progress("calibrating", len(data.calibration)) if progress else None
@@ -198,8 +197,7 @@ def _reference_inputs(spec: ModelSpec, data: CalibrationSet, preprocessing: Prep
 def _evaluate(
     spec: ModelSpec, folder: Path, limit: int | None, fp32: nn.Module, int8: Any, preprocessing: Preprocessing
 ) -> dict[str, dict[str, float]]:
-    fp32_pre = Preprocessor(spec.preprocessing, device=torch.device("cpu"), max_frame_bytes=1 << 30)
-    int8_pre = Preprocessor(preprocessing, device=torch.device("cpu"), max_frame_bytes=1 << 30)
+    fp32_pre, int8_pre = offline_preprocessor(spec.preprocessing), offline_preprocessor(preprocessing)
 
     cache: dict[Path, FrameImage] = {}
 
