@@ -12,8 +12,11 @@ machine's noise hits all of them alike:
   (c) served      the same JPEG frames through an edgeserver process over loopback
                   gRPC, one stream: throughput (frames sent back to back, policy
                   all) and latency (one frame in flight at a time)
-  (d) N streams   aggregate throughput with N concurrent streams (batching)
-  (e) unix+raw    same-host fast path: Unix socket and raw uint8 frames vs TCP + JPEG
+  (d) N streams   aggregate throughput with N concurrent streams: against the
+                  daemon as configured (batch sizes it measured at load), and
+                  against a second daemon forced to batch 1, 2, 4, 8
+  (e) unix+raw    same-host fast path: Unix socket and raw uint8 frames vs TCP +
+                  JPEG, one frame in flight, at the JPEG size and at 640x480
 Then ONNX Runtime (CPU provider) on the same models, fp32 and its own static int8
 (best of several settings), model only; and the footprint: daemon RSS, time to
 SERVING, client import time and memory.
@@ -95,7 +98,9 @@ def free_port() -> int:
 class DaemonProcess:
     """An edgeserver subprocess, as it runs on a robot: its own process and cores."""
 
-    def __init__(self, models: list[str], repository: Path, threads: int, sock: Path, max_batch: int) -> None:
+    def __init__(
+        self, models: list[str], repository: Path, threads: int, sock: Path, max_batch: int, extra: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         self.sock = sock
         exe = shutil.which("edgeserver") or str(Path(sys.executable).with_name("edgeserver"))
@@ -119,6 +124,7 @@ class DaemonProcess:
             str(max_batch),
             "--log-level",
             "warning",
+            *extra,
         ]
         for m in models:
             cmd += ["--model", m]
@@ -186,6 +192,11 @@ def served_latency(target: str, name: str, precision: str, frames: list, encodin
             _record(s, r)
         s.seconds = time.perf_counter() - t0
     return s
+
+
+def batch_sizes(target: str, name: str, precision: str) -> list[int]:
+    with EdgeClient(target) as c:
+        return list(c.model(name, precision=precision).batch_sizes)
 
 
 def concurrent_streams(target: str, name: str, precision: str, frames: list, n: int) -> Samples:
@@ -374,13 +385,24 @@ def main() -> int:
     jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in frames_bgr]
     per_round = [jpegs[i % len(jpegs)] for i in range(args.frames)]
     raw_round = [Frame(frames_bgr[i % len(frames_bgr)]) for i in range(args.frames)]
+    # A robot's camera frame: the same content at 640x480, as JPEG and as raw BGR.
+    cam_bgr = [cv2.resize(f, (640, 480)) for f in frames_bgr[:4]]
+    cam_jpeg_round = [
+        cv2.imencode(".jpg", cam_bgr[i % 4], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for i in range(args.frames)
+    ]
+    cam_raw_round = [Frame(cam_bgr[i % 4]) for i in range(args.frames)]
 
     served_models = [f"{m}:{pr}" for m in args.models for pr in args.precisions]
     tmp = Path(tempfile.mkdtemp(prefix="edgebench-"))
     log(f"starting edgeserver with {', '.join(served_models)}")
     daemon_threads = args.daemon_threads or args.threads
     daemon = DaemonProcess(served_models, args.repository, daemon_threads, tmp / "edge.sock", args.max_batch)
-    tcp, uds = f"127.0.0.1:{daemon.port}", f"unix:{daemon.sock}"
+    ladder = ",".join(str(n) for n in (1, 2, 4, 8) if n <= args.max_batch)
+    log(f"starting a second edgeserver forced to batch sizes {ladder} (for the batching comparison)")
+    forced = DaemonProcess(
+        served_models, args.repository, daemon_threads, tmp / "forced.sock", args.max_batch, ("--batch-sizes", ladder)
+    )
+    tcp, uds, forced_tcp = f"127.0.0.1:{daemon.port}", f"unix:{daemon.sock}", f"127.0.0.1:{forced.port}"
     results: dict = {"config": vars(args) | {"out": str(args.out), "repository": str(args.repository)}, "rows": []}
     results["footprint"] = {"daemon_startup_s": daemon.startup_s, **client_footprint()}
     timelines: dict[str, list[float]] = {}
@@ -398,8 +420,11 @@ def main() -> int:
                         "c served",
                         "c served latency",
                         "e unix+raw latency",
+                        "e tcp+jpeg 640x480 latency",
+                        "e unix+raw 640x480 latency",
                     )
                 }
+                results.setdefault("batch_sizes", {})[key] = batch_sizes(tcp, name, precision)
                 served_lat_timeline: list[float] = []
                 for r in range(args.rounds):
                     log(f"{key}: round {r + 1}/{args.rounds}")
@@ -410,11 +435,17 @@ def main() -> int:
                     served_lat_timeline += lat.latencies_ms
                     _merge(modes["c served latency"], lat)
                     _merge(modes["e unix+raw latency"], served_latency(uds, name, precision, raw_round, "raw"))
+                    _merge(modes["e tcp+jpeg 640x480 latency"], served_latency(tcp, name, precision, cam_jpeg_round))
+                    _merge(
+                        modes["e unix+raw 640x480 latency"],
+                        served_latency(uds, name, precision, cam_raw_round, "raw"),
+                    )
                 inproc.stop()
                 timelines[key] = served_lat_timeline
                 for n in args.streams:
-                    log(f"{key}: {n} concurrent streams")
+                    log(f"{key}: {n} concurrent streams (as configured, then forced batching)")
                     modes[f"d {n} streams"] = concurrent_streams(tcp, name, precision, per_round, n)
+                    modes[f"d {n} streams forced"] = concurrent_streams(forced_tcp, name, precision, per_round, n)
                 for mode, s in modes.items():
                     results["rows"].append({"model": name, "precision": precision, "mode": mode, **s.row()})
                 if not args.no_onnx and precision == "fp32":
@@ -438,6 +469,7 @@ def main() -> int:
         results["footprint"]["daemon_rss_mb"] = daemon.rss_mb()
     finally:
         daemon.stop()
+        forced.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
     summary = report(results)
@@ -486,27 +518,39 @@ def report(results: dict) -> dict:
                 f"  {key:<22} served/limit throughput {served_over_limit:5.2f}   "
                 f"added latency p50 {added:+6.2f} ms (served one-at-a-time minus in-process)"
             )
-            one = get(model, precision, "d 1 streams")
-            for r in rows:
-                if r["model"] == model and r["precision"] == precision and r["mode"].startswith("d ") and one:
+            sizes = results.get("batch_sizes", {}).get(key)
+            print(f"    batching across streams (daemon's measured batch sizes: {sizes}; forced: 1-8)")
+            for suffix in ("", " forced"):
+                one = get(model, precision, f"d 1 streams{suffix}")
+                for r in rows:
+                    mode = r["mode"]
+                    if not (one and r["model"] == model and r["precision"] == precision):
+                        continue
+                    if not (mode.startswith("d ") and mode.endswith(" streams" + suffix)):
+                        continue
                     gain = r["fps"] / one["fps"] if one["fps"] else float("nan")
-                    summary[key][r["mode"]] = {
-                        "fps": r["fps"],
-                        "gain_vs_1": gain,
-                        "mean_batch": r["stages_ms"].get("batch"),
-                    }
+                    batch = r["stages_ms"].get("batch")
+                    summary[key][mode] = {"fps": r["fps"], "gain_vs_1": gain, "median_batch": batch}
                     print(
-                        f"    {r['mode']:<12} {r['fps']:7.1f} frames/s  {gain:4.2f}x of one stream, "
+                        f"    {mode:<20} {r['fps']:7.1f} frames/s  {gain:4.2f}x of one stream, "
                         f"median batch {r['stages_ms'].get('batch', 0):.0f}"
                     )
             # (c)'s one-at-a-time latency run is the TCP + JPEG side of the comparison.
-            tj, ur = lat, get(model, precision, "e unix+raw latency")
-            if tj and ur:
-                summary[key]["unix_raw_vs_tcp_jpeg_p50"] = tj["p50_ms"] / ur["p50_ms"]
-                print(
-                    f"    unix+raw p50 {ur['p50_ms']:.2f} ms vs tcp+jpeg {tj['p50_ms']:.2f} ms "
-                    f"({tj['p50_ms'] / ur['p50_ms']:.2f}x)"
-                )
+            pairs = {
+                "": (lat, get(model, precision, "e unix+raw latency")),
+                " 640x480": (
+                    get(model, precision, "e tcp+jpeg 640x480 latency"),
+                    get(model, precision, "e unix+raw 640x480 latency"),
+                ),
+            }
+            for size, (tj, ur) in pairs.items():
+                if tj and ur:
+                    summary[key][f"unix_raw_vs_tcp_jpeg_p50{size.replace(' ', '_')}"] = tj["p50_ms"] / ur["p50_ms"]
+                    print(
+                        f"    unix+raw{size} p50 {ur['p50_ms']:.2f} ms (decode {ur['stages_ms'].get('decode', 0):.2f}) "
+                        f"vs tcp+jpeg{size} {tj['p50_ms']:.2f} ms (decode {tj['stages_ms'].get('decode', 0):.2f}): "
+                        f"{tj['p50_ms'] / ur['p50_ms']:.2f}x"
+                    )
         peers = [r for r in rows if r["model"] == model and r["mode"] == "a model (peer)"]
         c8 = get(model, "int8", "c served")
         if peers and c8:

@@ -125,6 +125,8 @@ class ModelInfo:
     aliases: tuple[str, ...] = ()
     engine: str = ""
     max_batch_size: int = 1
+    batch_sizes: tuple[int, ...] = (1,)
+    preprocess_on: str = ""
     fidelity: Fidelity | None = field(default=None)
 
     @classmethod
@@ -144,5 +146,7 @@ class ModelInfo:
             aliases=tuple(m.aliases),
             engine=m.engine,
             max_batch_size=m.max_batch_size,
+            batch_sizes=tuple(m.batch_sizes),
+            preprocess_on=m.preprocess_on,
             fidelity=fidelity,
         )

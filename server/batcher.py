@@ -2,10 +2,19 @@
 
 Inference never runs on gRPC handler threads. Each model has one worker that
 takes the oldest waiting job, adds whatever else is already waiting (up to
-``max_batch``; Triton's "preferred batch" behaviour with ``max_wait_ms`` of
-patience) and runs them as one forward pass. With ``max_wait_ms=0`` a lone
-stream never waits for company. A job that has not started can be cancelled;
-that is how the ``latest`` drop policy replaces a stale frame.
+``max_batch``, with ``max_wait_ms`` of patience) and runs them as one forward
+pass. With ``max_wait_ms=0`` a lone stream never waits for company.
+
+Only the batch sizes in ``batch_sizes`` are run (Triton's preferred batch
+sizes): a batch is cut to the largest allowed size and the rest waits for the
+next pass. On the CPU some sizes are slower per frame than single frames (see
+:func:`profile_batch_sizes`), and running them would make batching a loss.
+
+A job carries its preprocessed frame, or a function that makes it; then the
+worker preprocesses right before the forward pass, in the same thread and
+OpenMP team as inference (see ``loading.PREPROCESS_ON``). A job that has not
+started can be cancelled; that is how the ``latest`` drop policy replaces a
+stale frame, which then is never decoded at all.
 """
 
 from __future__ import annotations
@@ -15,14 +24,16 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
 
+from edgeinfer.server.preprocess import PreprocessedFrame
 from edgeinfer.server.runner import ModelRunner
 
-__all__ = ["BatchScheduler", "Job", "JobResult"]
+__all__ = ["BatchScheduler", "Job", "JobResult", "allowed_sizes", "batch_ladder", "profile_batch_sizes"]
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +45,91 @@ class JobResult:
     probabilities: list[float]
     indices: list[int]
     queue_ms: float
+    decode_ms: float
+    preprocess_ms: float
     inference_ms: float
     batch_size: int
 
 
 @dataclass(eq=False)
 class Job:
-    tensor: torch.Tensor
+    """One frame for one model: its model input, or the function that makes it on the worker."""
+
+    frame: PreprocessedFrame | Callable[[], PreprocessedFrame]
     top_k: int
     future: Future[JobResult] = field(default_factory=Future)
     enqueued_at: float = 0.0
     state: str = _WAITING
 
+    def prepared(self) -> PreprocessedFrame:
+        if not isinstance(self.frame, PreprocessedFrame):
+            self.frame = self.frame()
+        return self.frame
+
+
+def allowed_sizes(batch_sizes: Sequence[int] | None, max_batch: int) -> tuple[int, ...]:
+    """The sorted batch sizes a scheduler may run: always 1, never above ``max_batch``."""
+    if max_batch < 1:
+        raise ValueError("max_batch must be at least 1")
+    sizes = set(batch_sizes or range(1, max_batch + 1))
+    if any(n < 1 for n in sizes):
+        raise ValueError(f"batch sizes must be positive, got {sorted(sizes)}")
+    return tuple(sorted({1} | {n for n in sizes if n <= max_batch}))
+
+
+def batch_ladder(max_batch: int) -> tuple[int, ...]:
+    """Powers of two up to ``max_batch``, and ``max_batch``: 1, 2, 4, 8 (or 1, 2, 4, 6)."""
+    return tuple(sorted({1 << i for i in range(max_batch.bit_length())} | {max_batch}))
+
+
+def profile_batch_sizes(
+    runner: ModelRunner,
+    crop_size: int,
+    max_batch: int,
+    *,
+    budget_s: float = 3.0,
+    min_gain: float = 0.1,
+    log_as: str = "model",
+) -> tuple[int, ...]:
+    """Batch sizes that are at least ``min_gain`` cheaper per frame than single frames, here.
+
+    Times powers of two up to ``max_batch`` (one warm-up and three timed passes
+    each; the fastest counts, so a noisy neighbour does not decide). On a few CPU
+    cores a single frame already keeps every core busy, and some int8 kernels are
+    much slower at batch 2-4 than at 1; on a GPU batching is almost free. Sizes
+    that would not finish within ``budget_s`` of start-up are not timed and not used.
+    """
+    started = time.perf_counter()
+    per_frame: dict[int, float] = {}
+    for n in batch_ladder(max_batch):
+        if per_frame and (time.perf_counter() - started) + 4 * n * per_frame[1] / 1e3 > budget_s:
+            break
+        x = torch.zeros(n, 3, crop_size, crop_size, dtype=runner.dtype, device=runner.device)
+        runner.infer(x, 1)
+        per_frame[n] = min(runner.infer(x, 1).inference_ms for _ in range(3)) / n
+    chosen = tuple(n for n, ms in per_frame.items() if n == 1 or ms <= (1 - min_gain) * per_frame[1])
+    log.info(
+        "%s: ms per frame by batch size %s; batching at %s",
+        log_as,
+        ", ".join(f"{n}: {ms:.2f}" for n, ms in per_frame.items()),
+        list(chosen),
+    )
+    return chosen
+
 
 class BatchScheduler:
     def __init__(
-        self, runner: ModelRunner, *, max_batch: int = 8, max_wait_ms: float = 0.0, name: str = "model"
+        self,
+        runner: ModelRunner,
+        *,
+        max_batch: int = 8,
+        max_wait_ms: float = 0.0,
+        batch_sizes: Sequence[int] | None = None,
+        name: str = "model",
     ) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
         self.runner = runner
-        self.max_batch = max_batch
+        self.batch_sizes = allowed_sizes(batch_sizes, max_batch)
+        self.max_batch = self.batch_sizes[-1]
         self.max_wait_s = max_wait_ms / 1e3
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
@@ -107,6 +182,10 @@ class BatchScheduler:
                 if remaining <= 0 or self._stopping:
                     break
                 self._cond.wait(remaining)
+            size = max(n for n in self.batch_sizes if n <= len(batch))
+            for job in reversed(batch[size:]):  # back to the front of the line, in order
+                self._queue.appendleft(job)
+            batch = batch[:size]
             for job in batch:
                 job.state = _RUNNING
             return batch
@@ -114,9 +193,13 @@ class BatchScheduler:
     def _run(self) -> None:
         while (batch := self._take_batch()) is not None:
             started = time.perf_counter()
+            batch = self._prepare(batch)
+            if not batch:
+                continue
             try:
                 k = max(job.top_k for job in batch)
-                inputs = torch.stack([job.tensor for job in batch]) if len(batch) > 1 else batch[0].tensor[None]
+                frames = [job.prepared().tensor for job in batch]
+                inputs = torch.stack(frames) if len(frames) > 1 else frames[0][None]
                 out = self.runner.infer(inputs, k)
             except Exception as exc:  # a model failure fails its batch, not the daemon
                 log.exception("inference failed for a batch of %d", len(batch))
@@ -125,12 +208,28 @@ class BatchScheduler:
                 continue
             probs, idx = out.probabilities.tolist(), out.indices.tolist()
             for i, job in enumerate(batch):
+                pre = job.prepared()
                 job.future.set_result(
                     JobResult(
                         probabilities=probs[i][: job.top_k],
                         indices=idx[i][: job.top_k],
                         queue_ms=(started - job.enqueued_at) * 1e3,
+                        decode_ms=pre.decode_ms,
+                        preprocess_ms=pre.preprocess_ms,
                         inference_ms=out.inference_ms,
                         batch_size=len(batch),
                     )
                 )
+
+    @staticmethod
+    def _prepare(batch: list[Job]) -> list[Job]:
+        """Preprocess deferred frames; a frame that fails answers with its error and leaves the batch."""
+        ready = []
+        for job in batch:
+            try:
+                job.prepared()
+            except Exception as exc:  # bad input (InvalidFrame...) or a bug: this frame's answer
+                job.future.set_exception(exc)
+                continue
+            ready.append(job)
+        return ready

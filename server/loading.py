@@ -10,24 +10,38 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from edgeinfer.server.batcher import BatchScheduler
+from edgeinfer.server.batcher import BatchScheduler, batch_ladder, profile_batch_sizes
 from edgeinfer.server.errors import InvalidRequest, ModelNotFound, NotReady
 from edgeinfer.server.preprocess import Preprocessor
 from edgeinfer.server.registry import ModelSpec, Preprocessing, get_spec
 from edgeinfer.server.runner import ModelRunner
 from edgeinfer.server.weights import WeightsSource, build_model
 
-__all__ = ["PRECISIONS", "ModelTable", "ServedModel", "load_model", "resolve_precision"]
+__all__ = ["PRECISIONS", "PREPROCESS_ON", "ModelTable", "ServedModel", "load_model", "resolve_precision"]
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
+
+# Where a frame is decoded and preprocessed:
+#   worker  on the model's inference thread, right before the forward pass. The
+#           CPU default: decode, preprocessing and inference share one OpenMP team
+#           instead of fighting over the same few cores (measured in
+#           bench/serve_bench.py), and a frame the `latest` policy drops is never
+#           decoded at all.
+#   stream  on each stream's reader thread, overlapping the previous frame's
+#           inference. The CUDA default (nvjpeg decodes, the GPU infers); on a CPU
+#           with cores to spare, pair it with --threads below the core count.
+# (Intra-op threads are one process-wide setting: calling torch.set_num_threads
+# from a reader thread measured 5x slower int8 inference on the worker.)
+PREPROCESS_ON = ("auto", "worker", "stream")
 
 
 @dataclass
@@ -42,6 +56,7 @@ class ServedModel:
     preprocessing: Preprocessing
     preprocessor: Preprocessor
     scheduler: BatchScheduler
+    preprocess_on: str = "stream"
     engine: str = ""
     fidelity: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -80,8 +95,19 @@ def load_model(
     max_frame_bytes: int = 8 << 20,
     max_batch: int = 8,
     max_wait_ms: float = 0.0,
+    batch_sizes: Sequence[int] | None = None,
+    preprocess_on: str = "auto",
     warmup: bool = True,
 ) -> ServedModel:
+    """Load one model for serving.
+
+    ``batch_sizes``: the sizes the scheduler may run (up to ``max_batch``). None:
+    on the CPU, the sizes measured here to be cheaper per frame than single
+    frames (:func:`profile_batch_sizes`; all sizes without ``warmup``); on CUDA,
+    the powers of two, each warmed up (cuDNN autotunes once per input shape).
+    """
+    if preprocess_on not in PREPROCESS_ON:
+        raise InvalidRequest(f"preprocess_on must be one of {', '.join(PREPROCESS_ON)}, got {preprocess_on!r}")
     spec = get_spec(name)
     device = torch.device(device)
     if device.type == "cuda":
@@ -104,11 +130,33 @@ def load_model(
         runner, preprocessing = _fp_runner(spec, weights, device, precision)
         described, engine, fidelity = weights.describe(spec), "", None
 
+    if preprocess_on == "auto":
+        preprocess_on = "worker" if device.type == "cpu" else "stream"
     preprocessor = Preprocessor(preprocessing, device=device, dtype=runner.dtype, max_frame_bytes=max_frame_bytes)
+    if batch_sizes is None and device.type == "cuda":
+        batch_sizes = batch_ladder(max_batch)
     if warmup:
-        runner.warmup(preprocessing.crop_size)
-    scheduler = BatchScheduler(runner, max_batch=max_batch, max_wait_ms=max_wait_ms, name=f"{spec.name}-{precision}")
-    log.info("loaded %s %s on %s (weights %s)", spec.name, precision, device, described)
+        runner.warmup(preprocessing.crop_size, batch_sizes=tuple(batch_sizes or (1,)))
+        if batch_sizes is None and max_batch > 1:
+            batch_sizes = profile_batch_sizes(
+                runner, preprocessing.crop_size, max_batch, log_as=f"{spec.name} {precision}"
+            )
+    scheduler = BatchScheduler(
+        runner,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        batch_sizes=batch_sizes,
+        name=f"{spec.name}-{precision}",
+    )
+    log.info(
+        "loaded %s %s on %s (weights %s; batch sizes %s; preprocessing on the %s thread)",
+        spec.name,
+        precision,
+        device,
+        described,
+        list(scheduler.batch_sizes),
+        preprocess_on,
+    )
     return ServedModel(
         name=spec.name,
         aliases=spec.aliases,
@@ -120,6 +168,7 @@ def load_model(
         preprocessing=preprocessing,
         preprocessor=preprocessor,
         scheduler=scheduler,
+        preprocess_on=preprocess_on,
         engine=engine,
         fidelity=fidelity,
     )

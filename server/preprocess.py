@@ -82,7 +82,7 @@ class Preprocessor:
         t0 = time.perf_counter()
         pixels = self.decode(image)
         t1 = time.perf_counter()
-        tensor = self.transform(pixels)
+        tensor = self.transform(pixels, bgr=isinstance(image, RawImage) and image.bgr)
         t2 = time.perf_counter()
         return PreprocessedFrame(tensor, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
 
@@ -96,7 +96,7 @@ class Preprocessor:
             )
 
     def decode(self, image: FrameImage) -> torch.Tensor:
-        """uint8 RGB, 3 x H x W, on the target device."""
+        """uint8 3 x H x W on the target device: RGB, or BGR for a raw BGR frame (swapped after the crop)."""
         self._check_size(len(image.data))
         if isinstance(image, JpegImage):
             return self._decode_jpeg(image.data)
@@ -124,17 +124,18 @@ class Preprocessor:
                 f"raw frame of {h}x{w}x3 needs {expected} bytes, got {len(image.data)}; "
                 f"send height*width*3 bytes of interleaved uint8 pixels"
             )
+        # An HWC view, no copy: resize reads it as channels-last, its fast uint8 path.
         hwc = torch.frombuffer(bytearray(image.data), dtype=torch.uint8).view(h, w, 3)
-        if image.bgr:
-            hwc = hwc.flip(-1)
         return hwc.permute(2, 0, 1).to(self.device, non_blocking=True)
 
-    def transform(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 3xHxW -> normalized model input 3 x crop x crop."""
+    def transform(self, pixels: torch.Tensor, *, bgr: bool = False) -> torch.Tensor:
+        """uint8 3xHxW -> normalized model input 3 x crop x crop (RGB)."""
         cfg = self.config
         resized = F.resize(pixels, [cfg.resize_size], interpolation=self._interpolation, antialias=True)
         cropped = F.center_crop(resized, [cfg.crop_size, cfg.crop_size])
-        out = torch.addcmul(self._shift, cropped.to(torch.float32), self._scale)
+        if bgr:  # swap channels on the cropped frame: a camera frame is often several times larger
+            cropped = cropped.flip(0)
+        out = torch.addcmul(self._shift, cropped, self._scale)  # uint8 * float32 -> float32, one pass
         return out.to(self.dtype)
 
 

@@ -186,6 +186,8 @@ def model_info(m: ServedModel) -> pb.ModelInfo:
         aliases=list(m.aliases),
         engine=m.engine,
         max_batch_size=m.scheduler.max_batch,
+        batch_sizes=list(m.scheduler.batch_sizes),
+        preprocess_on=m.preprocess_on,
     )
     if m.fidelity:
         info.fidelity.CopyFrom(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import logging
 import queue
 import threading
@@ -94,20 +95,32 @@ def _classes(result: JobResult, categories: list[str]) -> tuple[ClassScore, ...]
     return tuple(ClassScore(i, categories[i], p) for i, p in zip(result.indices, result.probabilities, strict=True))
 
 
+def frame_job(model: ServedModel, image: FrameImage, top_k: int) -> Job:
+    """A job for one frame: preprocessed here and now, or on the model's worker (``preprocess_on``)."""
+    if model.preprocess_on == "worker":
+        return Job(functools.partial(model.preprocessor, image), top_k)
+    return Job(model.preprocessor(image), top_k)
+
+
 def classify_one(model: ServedModel, image: FrameImage, top_k: int, timeout: float | None) -> FrameOutcome:
     """One image through the same decode/preprocess/batching path as the streams."""
     received = time.perf_counter()
     check_top_k(top_k, model)
-    pre = model.preprocessor(image)
-    job = model.scheduler.submit(Job(pre.tensor, top_k))
+    job = model.scheduler.submit(frame_job(model, image, top_k))
     try:
         result = job.future.result(timeout)
     except TimeoutError:
         model.scheduler.cancel(job)
         raise DeadlineExceeded(f"no answer from {model.name} within the call's deadline") from None
+    return _predicted(FrameIn(0, 0, image), result, model, received)
+
+
+def _predicted(frame: FrameIn, result: JobResult, model: ServedModel, received: float) -> FrameOutcome:
     total = (time.perf_counter() - received) * 1e3
-    timings = Timings(result.queue_ms, pre.decode_ms, pre.preprocess_ms, result.inference_ms, total)
-    return FrameOutcome(0, 0, _classes(result, model.categories), timings, result.batch_size)
+    timings = Timings(result.queue_ms, result.decode_ms, result.preprocess_ms, result.inference_ms, total)
+    return FrameOutcome(
+        frame.sequence, frame.capture_time_ns, _classes(result, model.categories), timings, result.batch_size
+    )
 
 
 _END = object()
@@ -142,33 +155,17 @@ class StreamSession:
             slot.set_result(self._error(frame, InvalidFrame("frame has no image: set image.jpeg or image.raw")))
             return True
         try:
-            pre = self.model.preprocessor(frame.image)
-        except EdgeInferError as exc:
-            slot.set_result(self._error(frame, exc))
+            job = frame_job(self.model, frame.image, self.top_k)
+        except Exception as exc:
+            slot.set_result(self._error(frame, _frame_error(exc, frame)))
             return True
-        except Exception as exc:  # a bug, not the sender's fault: answer it, keep the stream
-            log.exception("preprocessing frame %d failed", frame.sequence)
-            slot.set_result(self._error(frame, InternalError(f"preprocessing failed: {exc}")))
-            return True
-        job = Job(pre.tensor, self.top_k)
 
         def done(fut: Future[JobResult]) -> None:
             exc = fut.exception()
             if exc is not None:
-                slot.set_result(self._error(frame, InternalError(f"inference failed: {exc}")))
-                return
-            result = fut.result()
-            total = (time.perf_counter() - received) * 1e3
-            timings = Timings(result.queue_ms, pre.decode_ms, pre.preprocess_ms, result.inference_ms, total)
-            slot.set_result(
-                FrameOutcome(
-                    frame.sequence,
-                    frame.capture_time_ns,
-                    _classes(result, self.model.categories),
-                    timings,
-                    result.batch_size,
-                )
-            )
+                slot.set_result(self._error(frame, _frame_error(exc, frame)))
+            else:
+                slot.set_result(_predicted(frame, fut.result(), self.model, received))
 
         job.future.add_done_callback(done)
         with self._lock:
@@ -228,3 +225,11 @@ class StreamSession:
     @staticmethod
     def _error(frame: FrameIn, exc: EdgeInferError) -> FrameOutcome:
         return FrameOutcome(frame.sequence, frame.capture_time_ns, error=exc)
+
+
+def _frame_error(exc: BaseException, frame: FrameIn) -> EdgeInferError:
+    """The sender's fault (a bad frame) keeps its own error; anything else is our bug, logged."""
+    if isinstance(exc, EdgeInferError):
+        return exc
+    log.error("frame %d failed", frame.sequence, exc_info=exc)
+    return InternalError(f"the daemon failed on this frame: {exc}")

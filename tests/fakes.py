@@ -43,7 +43,7 @@ def wait_until_taken(scheduler: BatchScheduler, timeout: float = 5.0) -> None:
         time.sleep(0.001)
 
 
-def fake_model(runner: SlowRunner, *, max_batch: int = 1) -> ServedModel:
+def fake_model(runner: SlowRunner, *, max_batch: int = 1, preprocess_on: str = "stream") -> ServedModel:
     spec = get_spec("squeezenet")
     pre = spec.preprocessing
     return ServedModel(
@@ -57,4 +57,5 @@ def fake_model(runner: SlowRunner, *, max_batch: int = 1) -> ServedModel:
         preprocessing=pre,
         preprocessor=Preprocessor(pre, device=runner.device),
         scheduler=BatchScheduler(runner, max_batch=max_batch, name="fake"),  # type: ignore[arg-type]
+        preprocess_on=preprocess_on,
     )

@@ -52,9 +52,14 @@ def test_serve_bench_tiny(tmp_path: Path) -> None:
             "c served latency",
             "d 1 streams",
             "d 2 streams",
+            "d 2 streams forced",
             "e unix+raw latency",
+            "e tcp+jpeg 640x480 latency",
+            "e unix+raw 640x480 latency",
         ):
             assert (precision, mode) in modes
+    assert all(sizes[0] == 1 for sizes in result["batch_sizes"].values())
+    assert "batching across streams (daemon's measured batch sizes" in out.stdout
     assert all(r["frames"] > 0 for r in result["rows"] if not r["mode"].endswith("(peer)"))
     assert result["footprint"]["client_imports_torch"] is False
     assert result["footprint"]["daemon_rss_mb"] > 0 and result["footprint"]["daemon_startup_s"] > 0

@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import threading
+
+import pytest
 import torch
 
-from edgeinfer.server.batcher import BatchScheduler, Job
+from edgeinfer.server.batcher import BatchScheduler, Job, allowed_sizes, batch_ladder, profile_batch_sizes
+from edgeinfer.server.preprocess import PreprocessedFrame
+from edgeinfer.server.runner import BatchOutput
 from fakes import SlowRunner, wait_until_taken
 
 
 def _job(value: float, k: int = 3) -> Job:
-    return Job(torch.full((3, 8, 8), value), k)
+    return Job(PreprocessedFrame(torch.full((3, 8, 8), value), 0.0, 0.0), k)
 
 
 def test_waiting_jobs_from_many_streams_run_as_one_batch() -> None:
@@ -78,3 +83,79 @@ def test_a_failing_batch_fails_its_jobs_not_the_worker() -> None:
         assert sched.submit(_job(0.3)).future.result(5).indices[0] == 3
     finally:
         sched.stop()
+
+
+def test_only_allowed_batch_sizes_run_and_order_is_kept() -> None:
+    runner = SlowRunner()
+    runner.gate.clear()
+    sched = BatchScheduler(runner, max_batch=8, batch_sizes=[1, 4])
+    try:
+        first = sched.submit(_job(0.1))
+        wait_until_taken(sched)
+        rest = [sched.submit(_job(0.1 * i)) for i in range(2, 9)]  # 7 waiting: 4, then 1, 1, 1
+        runner.gate.set()
+        results = [j.future.result(5) for j in [first, *rest]]
+    finally:
+        sched.stop()
+    assert sched.batch_sizes == (1, 4) and sched.max_batch == 4
+    assert runner.batch_sizes == [1, 4, 1, 1, 1]
+    assert [r.indices[0] for r in results] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_deferred_preprocessing_runs_on_the_worker_and_a_bad_frame_leaves_its_batch() -> None:
+    runner = SlowRunner()
+    runner.gate.clear()
+    sched = BatchScheduler(runner, max_batch=4)
+    seen: list[str] = []
+
+    def frame(value: float):  # type: ignore[no-untyped-def]
+        def make() -> PreprocessedFrame:
+            seen.append(threading.current_thread().name)
+            if value < 0:
+                raise ValueError("not a JPEG")
+            return PreprocessedFrame(torch.full((3, 8, 8), value), 1.5, 2.5)
+
+        return make
+
+    try:
+        blocker = sched.submit(_job(0.0))
+        wait_until_taken(sched)
+        jobs = [sched.submit(Job(frame(v), 3)) for v in (0.2, -1.0, 0.4)]
+        runner.gate.set()
+        blocker.future.result(5)
+        good, bad, other = (j.future for j in jobs)
+        assert good.result(5).indices[0] == 2 and other.result(5).indices[0] == 4
+        assert (good.result().decode_ms, good.result().preprocess_ms) == (1.5, 2.5)
+        assert isinstance(bad.exception(5), ValueError)
+    finally:
+        sched.stop()
+    assert runner.batch_sizes == [1, 2]  # the bad frame left the batch of three
+    assert set(seen) == {"infer-model"}
+
+
+def test_allowed_sizes_and_ladder() -> None:
+    assert allowed_sizes(None, 3) == (1, 2, 3)
+    assert allowed_sizes([8, 4, 16], 8) == (1, 4, 8)
+    assert batch_ladder(8) == (1, 2, 4, 8) and batch_ladder(6) == (1, 2, 4, 6) and batch_ladder(1) == (1,)
+    with pytest.raises(ValueError):
+        allowed_sizes([0, 2], 4)
+
+
+class CostRunner:
+    """inference_ms = cost per frame at that batch size x batch size."""
+
+    dtype, device = torch.float32, torch.device("cpu")
+
+    def __init__(self, per_frame: dict[int, float]) -> None:
+        self.per_frame = per_frame
+
+    def infer(self, batch: torch.Tensor, k: int) -> BatchOutput:
+        n = batch.shape[0]
+        return BatchOutput(torch.ones(n, k), torch.zeros(n, k, dtype=torch.long), self.per_frame[n] * n)
+
+
+def test_profile_keeps_only_sizes_cheaper_per_frame() -> None:
+    # int8 SqueezeNet on 2 cores: batch 2 and 4 are slower per frame than batch 1.
+    runner = CostRunner({1: 4.0, 2: 14.0, 4: 9.0, 8: 3.0})
+    assert profile_batch_sizes(runner, 8, 8) == (1, 8)  # type: ignore[arg-type]
+    assert profile_batch_sizes(CostRunner({1: 4.0, 2: 3.9, 4: 3.5}), 8, 4) == (1, 4)  # type: ignore[arg-type]

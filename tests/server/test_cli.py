@@ -44,7 +44,8 @@ def test_edgeserver_serves_then_drains_on_sigterm(tmp_path: Path) -> None:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(3)]
         assert "listening on" in lines[0] and f"unix:{sock}" in lines[0]
-        assert "loaded squeezenet1_1 fp32 on cpu (weights random:seed=1, input 224x224)" in lines[1]
+        assert "loaded squeezenet1_1 fp32 on cpu (weights random:seed=1, input 224x224, batch sizes [1" in lines[1]
+        assert "preprocessing on the worker)" in lines[1]
         assert "SERVING" in lines[2]
         # Same-host clients reach it over the Unix socket.
         with EdgeClient(f"unix:{sock}") as client:

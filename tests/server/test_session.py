@@ -28,10 +28,14 @@ def _run(session: StreamSession, frames: list[FrameIn]) -> list:
     return out
 
 
-def test_latest_drops_stale_frames_but_answers_each_in_order() -> None:
+PLACES = pytest.mark.parametrize("preprocess_on", ["stream", "worker"])
+
+
+@PLACES
+def test_latest_drops_stale_frames_but_answers_each_in_order(preprocess_on: str) -> None:
     runner = SlowRunner()
     runner.gate.clear()  # the model is busy with frame 0 while frames 1..19 arrive
-    model = fake_model(runner)
+    model = fake_model(runner, preprocess_on=preprocess_on)
     try:
         session = StreamSession(model, top_k=3, policy=DropPolicy.LATEST)
         session.submit(FrameIn(0, 1000, FRAME))
@@ -53,9 +57,10 @@ def test_latest_drops_stale_frames_but_answers_each_in_order() -> None:
     assert session.counts == {"predicted": 2, "dropped": 18, "error": 0}
 
 
-def test_all_policy_infers_every_frame() -> None:
+@PLACES
+def test_all_policy_infers_every_frame(preprocess_on: str) -> None:
     runner = SlowRunner(delay_s=0.01)
-    model = fake_model(runner)
+    model = fake_model(runner, preprocess_on=preprocess_on)
     try:
         out = _run(StreamSession(model, top_k=1, policy=DropPolicy.ALL), [FrameIn(i, 0, FRAME) for i in range(30)])
     finally:
@@ -65,8 +70,9 @@ def test_all_policy_infers_every_frame() -> None:
     assert sum(runner.batch_sizes) == 30
 
 
-def test_bad_frames_are_answered_in_place() -> None:
-    model = fake_model(SlowRunner())
+@PLACES
+def test_bad_frames_are_answered_in_place(preprocess_on: str) -> None:
+    model = fake_model(SlowRunner(), preprocess_on=preprocess_on)
     frames = [
         FrameIn(0, 0, FRAME),
         FrameIn(1, 0, JpegImage(b"\xff\xd8broken")),
@@ -80,7 +86,31 @@ def test_bad_frames_are_answered_in_place() -> None:
     assert [o.sequence for o in out] == [0, 1, 2, 3]
     assert out[0].classes and out[3].classes
     assert out[1].error is not None and "could not be decoded" in out[1].error.details
+    assert out[1].error.status_code.name == "INVALID_ARGUMENT"
     assert out[2].error is not None and "no image" in out[2].error.details
+
+
+def test_on_the_worker_a_dropped_frame_is_never_decoded() -> None:
+    runner = SlowRunner()
+    runner.gate.clear()
+    model = fake_model(runner, preprocess_on="worker")
+    decoded: list[int] = []
+    decode = model.preprocessor.decode
+    model.preprocessor.decode = lambda image: decoded.append(1) or decode(image)  # type: ignore[method-assign]
+    try:
+        session = StreamSession(model, top_k=1, policy=DropPolicy.LATEST)
+        session.submit(FrameIn(0, 0, FRAME))
+        wait_until_taken(model.scheduler)
+        for i in range(1, 10):
+            session.submit(FrameIn(i, 0, FRAME))
+        assert len(decoded) == 1  # only the running frame; 1..9 wait undecoded
+        runner.gate.set()
+        session.finish()
+        out = list(session.results())
+    finally:
+        model.stop()
+    assert [o.kind for o in out] == ["predicted"] + ["dropped"] * 8 + ["predicted"]
+    assert len(decoded) == 2  # frames 1..8 were replaced before anyone decoded them
 
 
 def test_stream_level_failure_comes_after_earlier_answers() -> None:
