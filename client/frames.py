@@ -38,14 +38,21 @@ def as_frame(item: Frame | np.ndarray | bytes, default_sequence: int) -> Frame:
     return frame
 
 
-def require_cv2() -> Any:
+def _optional_cv2() -> Any:
     try:
         import cv2
-    except ImportError as exc:  # pragma: no cover - depends on the install
+    except ImportError:
+        return None
+    return cv2
+
+
+def require_cv2() -> Any:
+    cv2 = _optional_cv2()
+    if cv2 is None:  # pragma: no cover - depends on the install
         raise ImportError(
             "JPEG encoding and camera/video sources need OpenCV: pip install 'edgeinfer[camera]' "
             "(or send raw frames with encoding='raw', or JPEG bytes you already have)"
-        ) from exc
+        )
     return cv2
 
 
@@ -67,7 +74,12 @@ class Encoder:
         image = _check_array(image)
         if self.encoding == "raw":
             h, w, _ = image.shape
-            order = pb.PIXEL_FORMAT_BGR if frame.bgr else pb.PIXEL_FORMAT_RGB
+            bgr = frame.bgr
+            if bgr and (cv2 := _optional_cv2()) is not None:
+                # Send RGB: OpenCV's SIMD swap here costs less than the daemon's channel
+                # flip (measured 0.2-0.3 ms per frame on the daemon's side, 2 cores).
+                image, bgr = cv2.cvtColor(image, cv2.COLOR_BGR2RGB), False
+            order = pb.PIXEL_FORMAT_BGR if bgr else pb.PIXEL_FORMAT_RGB
             return pb.Image(raw=pb.RawImage(height=h, width=w, pixel_format=order, data=image.tobytes()))
         cv2 = require_cv2()
         if not frame.bgr:

@@ -13,8 +13,11 @@ def test_raw_encoding_keeps_pixels_and_order() -> None:
     image = synthetic_frame(3, 64, 48)
     msg = Encoder("raw").to_proto(Frame(image, bgr=True))
     assert msg.WhichOneof("data") == "raw"
-    assert (msg.raw.height, msg.raw.width, msg.raw.pixel_format) == (48, 64, pb.PIXEL_FORMAT_BGR)
-    assert np.array_equal(np.frombuffer(msg.raw.data, np.uint8).reshape(48, 64, 3), image)
+    # With OpenCV at hand the client swaps BGR to RGB itself (cheaper than on the daemon).
+    assert (msg.raw.height, msg.raw.width, msg.raw.pixel_format) == (48, 64, pb.PIXEL_FORMAT_RGB)
+    assert np.array_equal(np.frombuffer(msg.raw.data, np.uint8).reshape(48, 64, 3), image[..., ::-1])
+    rgb = Encoder("raw").to_proto(Frame(image, bgr=False))
+    assert rgb.raw.pixel_format == pb.PIXEL_FORMAT_RGB and rgb.raw.data == image.tobytes()
 
 
 def test_jpeg_encoding_decodes_back_close_to_original() -> None:
