@@ -15,8 +15,9 @@ machine's noise hits all of them alike:
   (d) N streams   aggregate throughput with N concurrent streams: against the
                   daemon as configured (batch sizes it measured at load), and
                   against a second daemon forced to batch 1, 2, 4, 8
-  (e) unix+raw    same-host fast path: Unix socket and raw uint8 frames vs TCP +
-                  JPEG, one frame in flight, at the JPEG size and at 640x480
+  (e) same host   a robot's camera frames (BGR arrays), one in flight, at the JPEG
+                  size and at 640x480: TCP + JPEG (the client encodes), Unix socket +
+                  raw pixels in the message, Unix socket + pixels in shared memory
 Then ONNX Runtime (CPU provider) on the same models, fp32 and its own static int8
 (best of several settings), model only; and the footprint: daemon RSS, time to
 SERVING, client import time and memory.
@@ -41,12 +42,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
-from edgeinfer.client import EdgeClient, Frame, FrameResult
+from edgeinfer.client import EdgeClient, FrameResult
 from edgeinfer.client.sample import synthetic_frame
 from edgeinfer.server.preprocess import JpegImage
 
@@ -153,6 +155,9 @@ class DaemonProcess:
 
 
 # --- the modes -------------------------------------------------------------------------
+
+# (e): path name, over the Unix socket?, client encoding
+SAME_HOST = (("tcp+jpeg", False, "jpeg"), ("unix+raw", True, "raw"), ("unix+shm", True, "shm"))
 
 
 def served_throughput(target: str, name: str, precision: str, frames: list, encoding: str = "jpeg") -> Samples:
@@ -384,13 +389,12 @@ def main() -> int:
     frames_bgr = [synthetic_frame(int(i), args.image_size, args.image_size) for i in rng.integers(0, 999, 16)]
     jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in frames_bgr]
     per_round = [jpegs[i % len(jpegs)] for i in range(args.frames)]
-    raw_round = [Frame(frames_bgr[i % len(frames_bgr)]) for i in range(args.frames)]
-    # A robot's camera frame: the same content at 640x480, as JPEG and as raw BGR.
+    # (e): camera frames as the robot has them (BGR arrays), at the JPEG size and at 640x480.
     cam_bgr = [cv2.resize(f, (640, 480)) for f in frames_bgr[:4]]
-    cam_jpeg_round = [
-        cv2.imencode(".jpg", cam_bgr[i % 4], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for i in range(args.frames)
-    ]
-    cam_raw_round = [Frame(cam_bgr[i % 4]) for i in range(args.frames)]
+    camera_rounds = {
+        "": [frames_bgr[i % len(frames_bgr)] for i in range(args.frames)],
+        " 640x480": [cam_bgr[i % 4] for i in range(args.frames)],
+    }
 
     served_models = [f"{m}:{pr}" for m in args.models for pr in args.precisions]
     tmp = Path(tempfile.mkdtemp(prefix="edgebench-"))
@@ -412,18 +416,8 @@ def main() -> int:
                 key = f"{name} {precision}"
                 inproc = InProcess(name, precision, args.repository)
                 tensor = inproc.model.preprocessor(JpegImage(jpegs[0])).tensor
-                modes = {
-                    m: Samples()
-                    for m in (
-                        "a model",
-                        "b limit",
-                        "c served",
-                        "c served latency",
-                        "e unix+raw latency",
-                        "e tcp+jpeg 640x480 latency",
-                        "e unix+raw 640x480 latency",
-                    )
-                }
+                modes = {m: Samples() for m in ("a model", "b limit", "c served", "c served latency")}
+                modes |= {f"e {path}{size} latency": Samples() for size in camera_rounds for path, _, _ in SAME_HOST}
                 results.setdefault("batch_sizes", {})[key] = batch_sizes(tcp, name, precision)
                 served_lat_timeline: list[float] = []
                 for r in range(args.rounds):
@@ -434,12 +428,11 @@ def main() -> int:
                     lat = served_latency(tcp, name, precision, per_round)
                     served_lat_timeline += lat.latencies_ms
                     _merge(modes["c served latency"], lat)
-                    _merge(modes["e unix+raw latency"], served_latency(uds, name, precision, raw_round, "raw"))
-                    _merge(modes["e tcp+jpeg 640x480 latency"], served_latency(tcp, name, precision, cam_jpeg_round))
-                    _merge(
-                        modes["e unix+raw 640x480 latency"],
-                        served_latency(uds, name, precision, cam_raw_round, "raw"),
-                    )
+                    for size, camera in camera_rounds.items():
+                        for path, over_unix, encoding in SAME_HOST:
+                            target = uds if over_unix else tcp
+                            lat = served_latency(target, name, precision, camera, encoding)
+                            _merge(modes[f"e {path}{size} latency"], lat)
                 inproc.stop()
                 timelines[key] = served_lat_timeline
                 for n in args.streams:
@@ -535,22 +528,25 @@ def report(results: dict) -> dict:
                         f"    {mode:<20} {r['fps']:7.1f} frames/s  {gain:4.2f}x of one stream, "
                         f"median batch {r['stages_ms'].get('batch', 0):.0f}"
                     )
-            # (c)'s one-at-a-time latency run is the TCP + JPEG side of the comparison.
-            pairs = {
-                "": (lat, get(model, precision, "e unix+raw latency")),
-                " 640x480": (
-                    get(model, precision, "e tcp+jpeg 640x480 latency"),
-                    get(model, precision, "e unix+raw 640x480 latency"),
-                ),
-            }
-            for size, (tj, ur) in pairs.items():
-                if tj and ur:
-                    summary[key][f"unix_raw_vs_tcp_jpeg_p50{size.replace(' ', '_')}"] = tj["p50_ms"] / ur["p50_ms"]
-                    print(
-                        f"    unix+raw{size} p50 {ur['p50_ms']:.2f} ms (decode {ur['stages_ms'].get('decode', 0):.2f}) "
-                        f"vs tcp+jpeg{size} {tj['p50_ms']:.2f} ms (decode {tj['stages_ms'].get('decode', 0):.2f}): "
-                        f"{tj['p50_ms'] / ur['p50_ms']:.2f}x"
-                    )
+            # (e): camera frames; the latency counts the client's encoding (JPEG, or the copy in).
+            for size in ("", " 640x480"):
+                tj = get(model, precision, f"e tcp+jpeg{size} latency")
+                if not tj:
+                    continue
+                line = [f"    same host{size or ' ' + str(results['config']['image_size'])}: tcp+jpeg p50 "]
+                line.append(f"{tj['p50_ms']:.2f} ms (decode {tj['stages_ms'].get('decode', 0):.2f})")
+                for path in ("unix+raw", "unix+shm"):
+                    r = get(model, precision, f"e {path}{size} latency")
+                    if r:
+                        ratio = tj["p50_ms"] / r["p50_ms"]
+                        summary[key][f"{path.replace('+', '_')}_vs_tcp_jpeg_p50{size.replace(' ', '_')}"] = ratio
+                        line.append(f", {path} {r['p50_ms']:.2f} ms ({ratio:.2f}x)")
+                print("".join(line))
+            shm = get(model, precision, "e unix+shm latency")
+            if shm:  # against (c), whose JPEGs were encoded before the clock started
+                ratio = lat["p50_ms"] / shm["p50_ms"]
+                summary[key]["unix_shm_vs_pre_encoded_jpeg_p50"] = ratio
+                print(f"    unix+shm vs tcp+jpeg already encoded (c): {ratio:.2f}x")
         peers = [r for r in rows if r["model"] == model and r["mode"] == "a model (peer)"]
         c8 = get(model, "int8", "c served")
         if peers and c8:
@@ -579,7 +575,7 @@ def plot(results: dict, timelines: dict[str, list[float]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(19, 4.8))
     for key, lat in timelines.items():
         ax1.plot(lat, label=key, linewidth=1)
     ax1.set_xlabel("frame (one in flight at a time, all rounds)")
@@ -601,8 +597,28 @@ def plot(results: dict, timelines: dict[str, list[float]], path: Path) -> None:
     ax2.set_ylabel("median ms per frame")
     ax2.set_title("per-stage medians: in-process limit vs served (one frame in flight)")
     ax2.legend(fontsize=8)
+    same_host(results["rows"], ax3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def same_host(rows: list[dict], ax: Any) -> None:  # a matplotlib Axes
+    """(e): p50 latency of each same-host path, per model/precision and frame size."""
+    by_mode = {(r["model"], r["precision"], r["mode"]): r for r in rows}
+    groups = list(dict.fromkeys((r["model"], r["precision"]) for r in rows if r["mode"].startswith("e ")))
+    width = 0.8 / (2 * len(SAME_HOST))
+    for i, (model, precision) in enumerate(groups):
+        for j, size in enumerate(("", " 640x480")):
+            for k, (path, _, _) in enumerate(SAME_HOST):
+                r = by_mode.get((model, precision, f"e {path}{size} latency"))
+                if r:
+                    x = i + (j * len(SAME_HOST) + k - len(SAME_HOST) + 0.5) * width
+                    label = f"{path}{size or ' small'}" if i == 0 else None
+                    ax.bar(x, r["p50_ms"], width, color=f"C{k}", alpha=1.0 if j == 0 else 0.55, label=label)
+    ax.set_xticks(range(len(groups)), [f"{m}\n{p}" for m, p in groups], fontsize=7)
+    ax.set_ylabel("p50 ms, camera frame -> answer")
+    ax.set_title("same host: TCP+JPEG vs Unix+raw vs Unix+shared memory")
+    ax.legend(fontsize=7)
 
 
 if __name__ == "__main__":

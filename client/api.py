@@ -11,6 +11,7 @@ yields answers as they arrive, one per frame, in frame order.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -22,6 +23,7 @@ import numpy as np
 from edgeinfer.client.errors import EdgeInferError
 from edgeinfer.client.frames import Encoder, Frame, as_frame
 from edgeinfer.client.results import FrameResult, ModelInfo, Prediction
+from edgeinfer.client.shm import DEFAULT_SLOTS, SharedMemoryFrames
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 
@@ -106,6 +108,8 @@ class EdgeClient:
         quality: int = 90,
         timeout: float | None = None,
     ) -> Prediction:
+        if encoding == "shm":
+            raise ValueError("encoding='shm' needs a stream (stream()); use 'raw' or 'jpeg' for classify()")
         frame = as_frame(image, 0)
         request = pb.ClassifyRequest(
             model=pb.ModelSelector(name=model, precision=precision),
@@ -133,9 +137,14 @@ class EdgeClient:
         encoding: str = "jpeg",
         quality: int = 90,
         timeout: float | None = None,
+        shm_slots: int = DEFAULT_SLOTS,
     ) -> Iterator[FrameResult]:
         """Send ``frames`` and yield one :class:`FrameResult` per frame, in order.
 
+        ``encoding``: "jpeg" (default), "raw" (uint8 pixels in the message), or
+        "shm" for a daemon on this host (``unix:`` target or loopback): pixels go
+        through ``shm_slots`` shared-memory slots sized for the first frame, and
+        only a handle travels (see :mod:`edgeinfer.client.shm`).
         ``timeout`` bounds the whole stream (None: no deadline, as for a camera).
         A frame the daemon cannot use comes back as a result with an error; a
         stream-level failure (unknown model, bad top_k) raises EdgeInferError.
@@ -148,6 +157,15 @@ class EdgeClient:
             top_k=top_k,
             drop_policy=DROP_POLICIES[drop_policy],
         )
+        pool: SharedMemoryFrames | None = None
+        if encoding == "shm":  # slots sized for the first frame
+            source = iter(frames)
+            first = next(source, None)
+            frames = source if first is None else itertools.chain([first], source)
+            pixels = first.image if isinstance(first, Frame) else first
+            if isinstance(pixels, np.ndarray):
+                pool = SharedMemoryFrames(pixels.nbytes, shm_slots)
+                config.shared_memory.CopyFrom(pool.region)
         sent_at: dict[int, float] = {}
         failure: list[BaseException] = []
         done = threading.Event()
@@ -159,8 +177,11 @@ class EdgeClient:
                     if done.is_set():
                         return
                     frame = as_frame(item, i)
-                    image = encoder.to_proto(frame)
+                    # Latency counts from here: encoding (JPEG, or the copy into shared memory) is part of it.
                     sent_at[frame.sequence] = time.perf_counter()  # type: ignore[index]
+                    image = pool.image(frame.image, bgr=frame.bgr) if pool else None
+                    if image is None:
+                        image = encoder.to_proto(frame)
                     yield pb.StreamRequest(
                         frame=pb.Frame(sequence=frame.sequence, capture_time_ns=frame.capture_time_ns, image=image)
                     )
@@ -171,6 +192,8 @@ class EdgeClient:
         call = self._stub.StreamClassify(requests(), timeout=timeout)
         try:
             for response in call:
+                if pool is not None:
+                    pool.answered()
                 start = sent_at.pop(response.sequence, None)
                 latency = (time.perf_counter() - start) * 1e3 if start is not None else None
                 yield FrameResult.from_proto(response, latency)
@@ -181,3 +204,5 @@ class EdgeClient:
         finally:
             done.set()
             call.cancel()
+            if pool is not None:
+                pool.close()

@@ -55,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         "0: as fast as the stream allows",
     )
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
-    p.add_argument("--encoding", choices=ENCODINGS, default="jpeg", help="wire format (default: jpeg)")
+    p.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="jpeg",
+        help="wire format: jpeg (default), raw pixels, or shm (raw pixels in shared memory; a daemon on this host)",
+    )
     p.add_argument("--quality", type=int, default=90, help="JPEG quality 1-100 (default: 90)")
     p.add_argument("--json", action="store_true", help="one JSON object per frame on stdout")
     p.add_argument("--save", type=Path, metavar="OUT.mp4", help="write the frames with top-1 and latency drawn")

@@ -16,7 +16,9 @@ from edgeinfer.proto import edgeinfer_pb2 as pb
 
 __all__ = ["Encoder", "Frame", "as_frame", "require_cv2"]
 
-ENCODINGS = ("jpeg", "raw")
+# shm: raw pixels in a shared-memory slot (client/shm.py, streams to a same-host daemon);
+# a frame that gets no slot goes inline as raw.
+ENCODINGS = ("jpeg", "raw", "shm")
 
 
 @dataclass
@@ -72,7 +74,7 @@ class Encoder:
         if isinstance(image, (bytes, bytearray, memoryview)):
             return pb.Image(jpeg=bytes(image))
         image = _check_array(image)
-        if self.encoding == "raw":
+        if self.encoding in ("raw", "shm"):
             h, w, _ = image.shape
             bgr = frame.bgr
             if bgr and (cv2 := _optional_cv2()) is not None:

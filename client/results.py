@@ -66,7 +66,7 @@ class FrameResult:
     dropped: str | None = None  # the reason, when the daemon dropped the frame
     error_code: grpc.StatusCode | None = None
     error: str | None = None
-    latency_ms: float | None = None  # send -> answer received, measured by the client
+    latency_ms: float | None = None  # frame handed to the client (before encoding) -> answer, client-measured
 
     @property
     def kind(self) -> str:

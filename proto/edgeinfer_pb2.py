@@ -24,53 +24,57 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65\x64geinfer/proto/edgeinfer.proto\x12\x0c\x65\x64geinfer.v1\"0\n\rModelSelector\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\t\"x\n\x0cStreamConfig\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.edgeinfer.v1.ModelSelector\x12\r\n\x05top_k\x18\x02 \x01(\r\x12-\n\x0b\x64rop_policy\x18\x03 \x01(\x0e\x32\x18.edgeinfer.v1.DropPolicy\"h\n\x08RawImage\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12/\n\x0cpixel_format\x18\x03 \x01(\x0e\x32\x19.edgeinfer.v1.PixelFormat\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"F\n\x05Image\x12\x0e\n\x04jpeg\x18\x01 \x01(\x0cH\x00\x12%\n\x03raw\x18\x02 \x01(\x0b\x32\x16.edgeinfer.v1.RawImageH\x00\x42\x06\n\x04\x64\x61ta\"V\n\x05\x46rame\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x17\n\x0f\x63\x61pture_time_ns\x18\x02 \x01(\x03\x12\"\n\x05image\x18\x03 \x01(\x0b\x32\x13.edgeinfer.v1.Image\"n\n\rStreamRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.edgeinfer.v1.StreamConfigH\x00\x12$\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x13.edgeinfer.v1.FrameH\x00\x42\t\n\x07request\"p\n\x0f\x43lassifyRequest\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.edgeinfer.v1.ModelSelector\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\"\n\x05image\x18\x03 \x01(\x0b\x32\x13.edgeinfer.v1.Image\":\n\x05\x43lass\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"m\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x11\n\tdecode_ms\x18\x02 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x03 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"\xa0\x01\n\nPrediction\x12$\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x13.edgeinfer.v1.Class\x12&\n\x07timings\x18\x02 \x01(\x0b\x32\x15.edgeinfer.v1.Timings\x12\r\n\x05model\x18\x03 \x01(\t\x12\x11\n\tprecision\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x12\n\nbatch_size\x18\x06 \x01(\r\"\x19\n\x07\x44ropped\x12\x0e\n\x06reason\x18\x01 \x01(\t\"+\n\nFrameError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xca\x01\n\x0eStreamResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x17\n\x0f\x63\x61pture_time_ns\x18\x02 \x01(\x03\x12.\n\nprediction\x18\x03 \x01(\x0b\x32\x18.edgeinfer.v1.PredictionH\x00\x12(\n\x07\x64ropped\x18\x04 \x01(\x0b\x32\x15.edgeinfer.v1.DroppedH\x00\x12)\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.edgeinfer.v1.FrameErrorH\x00\x42\x08\n\x06result\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.edgeinfer.v1.ModelInfo\"=\n\x0fGetModelRequest\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.edgeinfer.v1.ModelSelector\"Y\n\x08\x46idelity\x12\x16\n\x0etop1_agreement\x18\x01 \x01(\x01\x12\x14\n\x0ctop5_overlap\x18\x02 \x01(\x01\x12\x0f\n\x07sqnr_db\x18\x03 \x01(\x01\x12\x0e\n\x06\x66rames\x18\x04 \x01(\r\"\xb2\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x11\n\tprecision\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x14\n\x0cinput_height\x18\x05 \x01(\r\x12\x13\n\x0binput_width\x18\x06 \x01(\r\x12\x13\n\x0bnum_classes\x18\x07 \x01(\r\x12\x0f\n\x07weights\x18\x08 \x01(\t\x12\x0f\n\x07\x61liases\x18\t \x03(\t\x12\x0e\n\x06\x65ngine\x18\n \x01(\t\x12(\n\x08\x66idelity\x18\x0b \x01(\x0b\x32\x16.edgeinfer.v1.Fidelity\x12\x16\n\x0emax_batch_size\x18\x0c \x01(\r\x12\x13\n\x0b\x62\x61tch_sizes\x18\r \x03(\r\x12\x15\n\rpreprocess_on\x18\x0e \x01(\t*V\n\nDropPolicy\x12\x1b\n\x17\x44ROP_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44ROP_POLICY_LATEST\x10\x01\x12\x13\n\x0f\x44ROP_POLICY_ALL\x10\x02*W\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10PIXEL_FORMAT_RGB\x10\x01\x12\x14\n\x10PIXEL_FORMAT_BGR\x10\x02\x32\xba\x02\n\rEdgeInference\x12O\n\x0eStreamClassify\x12\x1b.edgeinfer.v1.StreamRequest\x1a\x1c.edgeinfer.v1.StreamResponse(\x01\x30\x01\x12\x43\n\x08\x43lassify\x12\x1d.edgeinfer.v1.ClassifyRequest\x1a\x18.edgeinfer.v1.Prediction\x12O\n\nListModels\x12\x1f.edgeinfer.v1.ListModelsRequest\x1a .edgeinfer.v1.ListModelsResponse\x12\x42\n\x08GetModel\x12\x1d.edgeinfer.v1.GetModelRequest\x1a\x17.edgeinfer.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65\x64geinfer/proto/edgeinfer.proto\x12\x0c\x65\x64geinfer.v1\"0\n\rModelSelector\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\t\"\xb1\x01\n\x0cStreamConfig\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.edgeinfer.v1.ModelSelector\x12\r\n\x05top_k\x18\x02 \x01(\r\x12-\n\x0b\x64rop_policy\x18\x03 \x01(\x0e\x32\x18.edgeinfer.v1.DropPolicy\x12\x37\n\rshared_memory\x18\x04 \x01(\x0b\x32 .edgeinfer.v1.SharedMemoryRegion\"4\n\x12SharedMemoryRegion\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x11\n\tbyte_size\x18\x02 \x01(\x04\"h\n\x08RawImage\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12/\n\x0cpixel_format\x18\x03 \x01(\x0e\x32\x19.edgeinfer.v1.PixelFormat\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"s\n\x11SharedMemoryImage\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12/\n\x0cpixel_format\x18\x04 \x01(\x0e\x32\x19.edgeinfer.v1.PixelFormat\"\x80\x01\n\x05Image\x12\x0e\n\x04jpeg\x18\x01 \x01(\x0cH\x00\x12%\n\x03raw\x18\x02 \x01(\x0b\x32\x16.edgeinfer.v1.RawImageH\x00\x12\x38\n\rshared_memory\x18\x03 \x01(\x0b\x32\x1f.edgeinfer.v1.SharedMemoryImageH\x00\x42\x06\n\x04\x64\x61ta\"V\n\x05\x46rame\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x17\n\x0f\x63\x61pture_time_ns\x18\x02 \x01(\x03\x12\"\n\x05image\x18\x03 \x01(\x0b\x32\x13.edgeinfer.v1.Image\"n\n\rStreamRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.edgeinfer.v1.StreamConfigH\x00\x12$\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x13.edgeinfer.v1.FrameH\x00\x42\t\n\x07request\"p\n\x0f\x43lassifyRequest\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.edgeinfer.v1.ModelSelector\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\"\n\x05image\x18\x03 \x01(\x0b\x32\x13.edgeinfer.v1.Image\":\n\x05\x43lass\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05label\x18\x02 \x01(\t\x12\x13\n\x0bprobability\x18\x03 \x01(\x02\"m\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x11\n\tdecode_ms\x18\x02 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x03 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\"\xa0\x01\n\nPrediction\x12$\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x13.edgeinfer.v1.Class\x12&\n\x07timings\x18\x02 \x01(\x0b\x32\x15.edgeinfer.v1.Timings\x12\r\n\x05model\x18\x03 \x01(\t\x12\x11\n\tprecision\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x12\n\nbatch_size\x18\x06 \x01(\r\"\x19\n\x07\x44ropped\x12\x0e\n\x06reason\x18\x01 \x01(\t\"+\n\nFrameError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xca\x01\n\x0eStreamResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x17\n\x0f\x63\x61pture_time_ns\x18\x02 \x01(\x03\x12.\n\nprediction\x18\x03 \x01(\x0b\x32\x18.edgeinfer.v1.PredictionH\x00\x12(\n\x07\x64ropped\x18\x04 \x01(\x0b\x32\x15.edgeinfer.v1.DroppedH\x00\x12)\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x18.edgeinfer.v1.FrameErrorH\x00\x42\x08\n\x06result\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.edgeinfer.v1.ModelInfo\"=\n\x0fGetModelRequest\x12*\n\x05model\x18\x01 \x01(\x0b\x32\x1b.edgeinfer.v1.ModelSelector\"Y\n\x08\x46idelity\x12\x16\n\x0etop1_agreement\x18\x01 \x01(\x01\x12\x14\n\x0ctop5_overlap\x18\x02 \x01(\x01\x12\x0f\n\x07sqnr_db\x18\x03 \x01(\x01\x12\x0e\n\x06\x66rames\x18\x04 \x01(\r\"\xb2\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x11\n\tprecision\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x14\n\x0cinput_height\x18\x05 \x01(\r\x12\x13\n\x0binput_width\x18\x06 \x01(\r\x12\x13\n\x0bnum_classes\x18\x07 \x01(\r\x12\x0f\n\x07weights\x18\x08 \x01(\t\x12\x0f\n\x07\x61liases\x18\t \x03(\t\x12\x0e\n\x06\x65ngine\x18\n \x01(\t\x12(\n\x08\x66idelity\x18\x0b \x01(\x0b\x32\x16.edgeinfer.v1.Fidelity\x12\x16\n\x0emax_batch_size\x18\x0c \x01(\r\x12\x13\n\x0b\x62\x61tch_sizes\x18\r \x03(\r\x12\x15\n\rpreprocess_on\x18\x0e \x01(\t*V\n\nDropPolicy\x12\x1b\n\x17\x44ROP_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12\x44ROP_POLICY_LATEST\x10\x01\x12\x13\n\x0f\x44ROP_POLICY_ALL\x10\x02*W\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10PIXEL_FORMAT_RGB\x10\x01\x12\x14\n\x10PIXEL_FORMAT_BGR\x10\x02\x32\xba\x02\n\rEdgeInference\x12O\n\x0eStreamClassify\x12\x1b.edgeinfer.v1.StreamRequest\x1a\x1c.edgeinfer.v1.StreamResponse(\x01\x30\x01\x12\x43\n\x08\x43lassify\x12\x1d.edgeinfer.v1.ClassifyRequest\x1a\x18.edgeinfer.v1.Prediction\x12O\n\nListModels\x12\x1f.edgeinfer.v1.ListModelsRequest\x1a .edgeinfer.v1.ListModelsResponse\x12\x42\n\x08GetModel\x12\x1d.edgeinfer.v1.GetModelRequest\x1a\x17.edgeinfer.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgeinfer.proto.edgeinfer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DROPPOLICY']._serialized_start=1871
-  _globals['_DROPPOLICY']._serialized_end=1957
-  _globals['_PIXELFORMAT']._serialized_start=1959
-  _globals['_PIXELFORMAT']._serialized_end=2046
+  _globals['_DROPPOLICY']._serialized_start=2159
+  _globals['_DROPPOLICY']._serialized_end=2245
+  _globals['_PIXELFORMAT']._serialized_start=2247
+  _globals['_PIXELFORMAT']._serialized_end=2334
   _globals['_MODELSELECTOR']._serialized_start=49
   _globals['_MODELSELECTOR']._serialized_end=97
-  _globals['_STREAMCONFIG']._serialized_start=99
-  _globals['_STREAMCONFIG']._serialized_end=219
-  _globals['_RAWIMAGE']._serialized_start=221
-  _globals['_RAWIMAGE']._serialized_end=325
-  _globals['_IMAGE']._serialized_start=327
-  _globals['_IMAGE']._serialized_end=397
-  _globals['_FRAME']._serialized_start=399
-  _globals['_FRAME']._serialized_end=485
-  _globals['_STREAMREQUEST']._serialized_start=487
-  _globals['_STREAMREQUEST']._serialized_end=597
-  _globals['_CLASSIFYREQUEST']._serialized_start=599
-  _globals['_CLASSIFYREQUEST']._serialized_end=711
-  _globals['_CLASS']._serialized_start=713
-  _globals['_CLASS']._serialized_end=771
-  _globals['_TIMINGS']._serialized_start=773
-  _globals['_TIMINGS']._serialized_end=882
-  _globals['_PREDICTION']._serialized_start=885
-  _globals['_PREDICTION']._serialized_end=1045
-  _globals['_DROPPED']._serialized_start=1047
-  _globals['_DROPPED']._serialized_end=1072
-  _globals['_FRAMEERROR']._serialized_start=1074
-  _globals['_FRAMEERROR']._serialized_end=1117
-  _globals['_STREAMRESPONSE']._serialized_start=1120
-  _globals['_STREAMRESPONSE']._serialized_end=1322
-  _globals['_LISTMODELSREQUEST']._serialized_start=1324
-  _globals['_LISTMODELSREQUEST']._serialized_end=1343
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1345
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1406
-  _globals['_GETMODELREQUEST']._serialized_start=1408
-  _globals['_GETMODELREQUEST']._serialized_end=1469
-  _globals['_FIDELITY']._serialized_start=1471
-  _globals['_FIDELITY']._serialized_end=1560
-  _globals['_MODELINFO']._serialized_start=1563
-  _globals['_MODELINFO']._serialized_end=1869
-  _globals['_EDGEINFERENCE']._serialized_start=2049
-  _globals['_EDGEINFERENCE']._serialized_end=2363
+  _globals['_STREAMCONFIG']._serialized_start=100
+  _globals['_STREAMCONFIG']._serialized_end=277
+  _globals['_SHAREDMEMORYREGION']._serialized_start=279
+  _globals['_SHAREDMEMORYREGION']._serialized_end=331
+  _globals['_RAWIMAGE']._serialized_start=333
+  _globals['_RAWIMAGE']._serialized_end=437
+  _globals['_SHAREDMEMORYIMAGE']._serialized_start=439
+  _globals['_SHAREDMEMORYIMAGE']._serialized_end=554
+  _globals['_IMAGE']._serialized_start=557
+  _globals['_IMAGE']._serialized_end=685
+  _globals['_FRAME']._serialized_start=687
+  _globals['_FRAME']._serialized_end=773
+  _globals['_STREAMREQUEST']._serialized_start=775
+  _globals['_STREAMREQUEST']._serialized_end=885
+  _globals['_CLASSIFYREQUEST']._serialized_start=887
+  _globals['_CLASSIFYREQUEST']._serialized_end=999
+  _globals['_CLASS']._serialized_start=1001
+  _globals['_CLASS']._serialized_end=1059
+  _globals['_TIMINGS']._serialized_start=1061
+  _globals['_TIMINGS']._serialized_end=1170
+  _globals['_PREDICTION']._serialized_start=1173
+  _globals['_PREDICTION']._serialized_end=1333
+  _globals['_DROPPED']._serialized_start=1335
+  _globals['_DROPPED']._serialized_end=1360
+  _globals['_FRAMEERROR']._serialized_start=1362
+  _globals['_FRAMEERROR']._serialized_end=1405
+  _globals['_STREAMRESPONSE']._serialized_start=1408
+  _globals['_STREAMRESPONSE']._serialized_end=1610
+  _globals['_LISTMODELSREQUEST']._serialized_start=1612
+  _globals['_LISTMODELSREQUEST']._serialized_end=1631
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1633
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1694
+  _globals['_GETMODELREQUEST']._serialized_start=1696
+  _globals['_GETMODELREQUEST']._serialized_end=1757
+  _globals['_FIDELITY']._serialized_start=1759
+  _globals['_FIDELITY']._serialized_end=1848
+  _globals['_MODELINFO']._serialized_start=1851
+  _globals['_MODELINFO']._serialized_end=2157
+  _globals['_EDGEINFERENCE']._serialized_start=2337
+  _globals['_EDGEINFERENCE']._serialized_end=2651
 # @@protoc_insertion_point(module_scope)

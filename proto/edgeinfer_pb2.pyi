@@ -34,14 +34,24 @@ class ModelSelector(_message.Message):
     def __init__(self, name: _Optional[str] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class StreamConfig(_message.Message):
-    __slots__ = ("model", "top_k", "drop_policy")
+    __slots__ = ("model", "top_k", "drop_policy", "shared_memory")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     DROP_POLICY_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     model: ModelSelector
     top_k: int
     drop_policy: DropPolicy
-    def __init__(self, model: _Optional[_Union[ModelSelector, _Mapping]] = ..., top_k: _Optional[int] = ..., drop_policy: _Optional[_Union[DropPolicy, str]] = ...) -> None: ...
+    shared_memory: SharedMemoryRegion
+    def __init__(self, model: _Optional[_Union[ModelSelector, _Mapping]] = ..., top_k: _Optional[int] = ..., drop_policy: _Optional[_Union[DropPolicy, str]] = ..., shared_memory: _Optional[_Union[SharedMemoryRegion, _Mapping]] = ...) -> None: ...
+
+class SharedMemoryRegion(_message.Message):
+    __slots__ = ("key", "byte_size")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    BYTE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    byte_size: int
+    def __init__(self, key: _Optional[str] = ..., byte_size: _Optional[int] = ...) -> None: ...
 
 class RawImage(_message.Message):
     __slots__ = ("height", "width", "pixel_format", "data")
@@ -55,13 +65,27 @@ class RawImage(_message.Message):
     data: bytes
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., pixel_format: _Optional[_Union[PixelFormat, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class SharedMemoryImage(_message.Message):
+    __slots__ = ("offset", "height", "width", "pixel_format")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    height: int
+    width: int
+    pixel_format: PixelFormat
+    def __init__(self, offset: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., pixel_format: _Optional[_Union[PixelFormat, str]] = ...) -> None: ...
+
 class Image(_message.Message):
-    __slots__ = ("jpeg", "raw")
+    __slots__ = ("jpeg", "raw", "shared_memory")
     JPEG_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     jpeg: bytes
     raw: RawImage
-    def __init__(self, jpeg: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ...) -> None: ...
+    shared_memory: SharedMemoryImage
+    def __init__(self, jpeg: _Optional[bytes] = ..., raw: _Optional[_Union[RawImage, _Mapping]] = ..., shared_memory: _Optional[_Union[SharedMemoryImage, _Mapping]] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("sequence", "capture_time_ns", "image")

@@ -56,9 +56,10 @@ class Daemon:
         *,
         max_streams: int = 16,
         max_frame_bytes: int = 8 << 20,
+        max_shm_bytes: int = 256 << 20,
     ) -> None:
         self.table = ModelTable()
-        self.servicer = EdgeInferenceServicer(self.table, max_streams=max_streams)
+        self.servicer = EdgeInferenceServicer(self.table, max_streams=max_streams, max_shm_bytes=max_shm_bytes)
         # A stream holds one handler thread for its life; unary calls and health
         # checks need a few more, so they never wait behind streams.
         self._pool = ThreadPoolExecutor(max_workers=max_streams + 8, thread_name_prefix="grpc")

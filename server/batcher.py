@@ -93,20 +93,31 @@ def profile_batch_sizes(
 ) -> tuple[int, ...]:
     """Batch sizes that are at least ``min_gain`` cheaper per frame than single frames, here.
 
-    Times powers of two up to ``max_batch`` (one warm-up and three timed passes
-    each; the fastest counts, so a noisy neighbour does not decide). On a few CPU
-    cores a single frame already keeps every core busy, and some int8 kernels are
-    much slower at batch 2-4 than at 1; on a GPU batching is almost free. Sizes
-    that would not finish within ``budget_s`` of start-up are not timed and not used.
+    Times powers of two up to ``max_batch``: two warm-up passes per size (TorchScript
+    specializes per shape), then 3-7 rounds that alternate between the sizes, so that
+    a burst of noise on this shared machine hits every size alike; each size keeps
+    its fastest pass. On a few CPU cores a single frame already keeps every core
+    busy, and some int8 kernels are much slower at batch 2-4 than at 1; on a GPU
+    batching is almost free. Sizes whose passes would not fit in ``budget_s`` of
+    start-up are not timed and not used.
     """
-    started = time.perf_counter()
-    per_frame: dict[int, float] = {}
+    budget_ms = budget_s * 1e3
+    spent_ms = 0.0
+    inputs: dict[int, torch.Tensor] = {}
+    pass_ms: dict[int, float] = {}  # one pass at each size, after warm-up
     for n in batch_ladder(max_batch):
-        if per_frame and (time.perf_counter() - started) + 4 * n * per_frame[1] / 1e3 > budget_s:
+        if inputs and spent_ms + 5 * n * pass_ms[1] > budget_ms:  # 2 warm-up + 3 timed passes
             break
-        x = torch.zeros(n, 3, crop_size, crop_size, dtype=runner.dtype, device=runner.device)
-        runner.infer(x, 1)
-        per_frame[n] = min(runner.infer(x, 1).inference_ms for _ in range(3)) / n
+        inputs[n] = torch.zeros(n, 3, crop_size, crop_size, dtype=runner.dtype, device=runner.device)
+        for _ in range(2):
+            pass_ms[n] = runner.infer(inputs[n], 1).inference_ms
+            spent_ms += pass_ms[n]
+    round_ms = max(sum(pass_ms.values()), 1e-3)
+    rounds = max(3, min(7, int((budget_ms - spent_ms) / round_ms)))
+    per_frame = {n: float("inf") for n in inputs}
+    for _ in range(rounds):
+        for n, x in inputs.items():
+            per_frame[n] = min(per_frame[n], runner.infer(x, 1).inference_ms / n)
     chosen = tuple(n for n, ms in per_frame.items() if n == 1 or ms <= (1 - min_gain) * per_frame[1])
     log.info(
         "%s: ms per frame by batch size %s; batching at %s",

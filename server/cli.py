@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=8 << 20,
         help="largest frame accepted, JPEG or raw (default: 8 MiB); larger ones get RESOURCE_EXHAUSTED",
     )
+    p.add_argument(
+        "--max-shm-bytes",
+        type=int,
+        default=256 << 20,
+        help="largest shared-memory region a same-host stream may map (default: 256 MiB; 0: refuse shared memory)",
+    )
     p.add_argument("--max-batch", type=int, default=8, help="most frames batched across streams (default: 8)")
     p.add_argument(
         "--batch-sizes",
@@ -134,7 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.unix_socket:
         addresses.append(f"unix:{args.unix_socket}")
     started = time.perf_counter()
-    daemon = Daemon(addresses, max_streams=args.max_streams, max_frame_bytes=args.max_frame_bytes).start()
+    daemon = Daemon(
+        addresses,
+        max_streams=args.max_streams,
+        max_frame_bytes=args.max_frame_bytes,
+        max_shm_bytes=args.max_shm_bytes,
+    ).start()
     print(f"edgeserver: listening on {', '.join(daemon.listening)} (loading models)", flush=True)
 
     if args.metrics_port:

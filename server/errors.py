@@ -19,7 +19,9 @@ __all__ = [
     "InvalidRequest",
     "LimitExceeded",
     "ModelNotFound",
+    "NotLocal",
     "NotReady",
+    "SharedMemoryNotFound",
     "WeightsUnavailable",
 ]
 
@@ -40,12 +42,20 @@ class ModelNotFound(_grpc.NotFound):
     """The model asked for is not loaded in this daemon."""
 
 
+class SharedMemoryNotFound(_grpc.NotFound):
+    """The shared-memory object a stream names does not exist on the daemon's host."""
+
+
 class LimitExceeded(_grpc.ResourceExhausted):
-    """Over a configured limit: frame bytes, concurrent streams."""
+    """Over a configured limit: frame bytes, concurrent streams, shared-memory size."""
 
 
 class NotReady(_grpc.Unavailable):
     """The daemon is loading models or draining for shutdown; retry later."""
+
+
+class NotLocal(_grpc.FailedPrecondition):
+    """Shared memory asked for by a client that is not on the daemon's host (or the daemon turned it off)."""
 
 
 class WeightsUnavailable(_grpc.FailedPrecondition):

@@ -29,6 +29,9 @@ warnings.filterwarnings(
     message="The image decoding and encoding capabilities of TorchVision are deprecated",
     category=DeprecationWarning,
 )
+# Raw frames are read in place from the message's bytes or a shared-memory map, both
+# read-only. Nothing here writes to an input tensor (resize allocates its output).
+warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
 
 __all__ = ["FrameImage", "JpegImage", "PreprocessedFrame", "Preprocessor", "RawImage"]
 
@@ -42,7 +45,7 @@ class JpegImage:
 class RawImage:
     height: int
     width: int
-    data: bytes
+    data: bytes | memoryview  # the message's bytes, or a slice of a shared-memory map (server/shm.py)
     bgr: bool = False  # OpenCV's order; RGB otherwise
 
 
@@ -105,8 +108,7 @@ class Preprocessor:
     def _decode_jpeg(self, data: bytes) -> torch.Tensor:
         if not data.startswith(b"\xff\xd8"):
             raise InvalidFrame("image.jpeg does not start with a JPEG SOI marker (FF D8); is it a JPEG?")
-        # frombuffer needs a writable buffer; bytearray copies the (small) JPEG once.
-        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        encoded = torch.frombuffer(data, dtype=torch.uint8)  # read in place; the decoder only reads
         try:
             if self.device.type == "cuda":
                 return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
@@ -124,8 +126,9 @@ class Preprocessor:
                 f"raw frame of {h}x{w}x3 needs {expected} bytes, got {len(image.data)}; "
                 f"send height*width*3 bytes of interleaved uint8 pixels"
             )
-        # An HWC view, no copy: resize reads it as channels-last, its fast uint8 path.
-        hwc = torch.frombuffer(bytearray(image.data), dtype=torch.uint8).view(h, w, 3)
+        # An HWC view of the caller's buffer, no copy: resize reads it as channels-last, its
+        # fast uint8 path, and writes a new tensor.
+        hwc = torch.frombuffer(image.data, dtype=torch.uint8).view(h, w, 3)
         return hwc.permute(2, 0, 1).to(self.device, non_blocking=True)
 
     def transform(self, pixels: torch.Tensor, *, bgr: bool = False) -> torch.Tensor:

@@ -16,7 +16,7 @@ import grpc
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 from edgeinfer.server import metrics
-from edgeinfer.server.errors import InvalidFrame, InvalidRequest, LimitExceeded, NotReady
+from edgeinfer.server.errors import InvalidFrame, InvalidRequest, LimitExceeded, NotLocal, NotReady
 from edgeinfer.server.loading import ModelTable, ServedModel
 from edgeinfer.server.preprocess import FrameImage, JpegImage, RawImage
 from edgeinfer.server.session import (
@@ -26,6 +26,7 @@ from edgeinfer.server.session import (
     StreamSession,
     classify_one,
 )
+from edgeinfer.server.shm import SharedMemoryRegion, check_local
 
 __all__ = ["EdgeInferenceServicer"]
 
@@ -39,9 +40,10 @@ _POLICIES = {
 
 
 class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
-    def __init__(self, table: ModelTable, *, max_streams: int) -> None:
+    def __init__(self, table: ModelTable, *, max_streams: int, max_shm_bytes: int = 256 << 20) -> None:
         self.table = table
         self.max_streams = max_streams
+        self.max_shm_bytes = max_shm_bytes
         self._streams = 0
         self._lock = threading.Lock()
         self.draining = False
@@ -59,10 +61,13 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         config = first.config
         model = self._resolve(config.model)
         session = StreamSession(model, top_k=config.top_k, policy=_POLICIES[config.drop_policy])
+        region = self._shared_memory(config, context.peer()) if config.HasField("shared_memory") else None
         self._open_stream()
         try:
             context.add_callback(session.abort)
-            reader = threading.Thread(target=_pump, args=(request_iterator, session), name="stream-reader", daemon=True)
+            reader = threading.Thread(
+                target=_pump, args=(request_iterator, session, region), name="stream-reader", daemon=True
+            )
             reader.start()
             for outcome in session.results():
                 _record(model, outcome)
@@ -71,6 +76,13 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
             session.abort()
             self._close_stream()
             log.info("stream on %s closed: %s", model.name, session.counts)
+
+    def _shared_memory(self, config: pb.StreamConfig, peer: str) -> SharedMemoryRegion:
+        if self.max_shm_bytes == 0:
+            raise NotLocal("this daemon does not accept shared-memory frames (--max-shm-bytes 0); send image.raw")
+        check_local(peer)
+        shm = config.shared_memory
+        return SharedMemoryRegion.open(shm.key, shm.byte_size, max_bytes=self.max_shm_bytes)
 
     def _open_stream(self) -> None:
         with self._lock:
@@ -92,8 +104,6 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
     def Classify(self, request: pb.ClassifyRequest, context: grpc.ServicerContext) -> pb.Prediction:
         model = self._resolve(request.model)
         image = image_from_proto(request.image)
-        if image is None:
-            raise InvalidFrame("request has no image: set image.jpeg or image.raw")
         outcome = classify_one(model, image, request.top_k, timeout=context.time_remaining())
         _record(model, outcome)
         return _prediction(outcome, model)
@@ -110,7 +120,7 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         return self.table.resolve(selector.name, selector.precision)
 
 
-def _pump(requests: Iterator[pb.StreamRequest], session: StreamSession) -> None:
+def _pump(requests: Iterator[pb.StreamRequest], session: StreamSession, region: SharedMemoryRegion | None) -> None:
     """Reader thread of one stream: frames in until the peer half-closes."""
     try:
         for request in requests:
@@ -118,7 +128,11 @@ def _pump(requests: Iterator[pb.StreamRequest], session: StreamSession) -> None:
                 session.fail(InvalidRequest("only the first message of a stream may be a StreamConfig"))
                 return
             frame = request.frame
-            if not session.submit(FrameIn(frame.sequence, frame.capture_time_ns, image_from_proto(frame.image))):
+            try:
+                image: FrameImage | InvalidFrame = image_from_proto(frame.image, region)
+            except InvalidFrame as exc:  # answered in-band: the stream goes on
+                image = exc
+            if not session.submit(FrameIn(frame.sequence, frame.capture_time_ns, image)):
                 return
     except Exception:  # the RPC was cancelled or broke: nobody is left to answer
         session.abort()
@@ -126,14 +140,22 @@ def _pump(requests: Iterator[pb.StreamRequest], session: StreamSession) -> None:
     session.finish()
 
 
-def image_from_proto(image: pb.Image) -> FrameImage | None:
+def image_from_proto(image: pb.Image, region: SharedMemoryRegion | None = None) -> FrameImage:
+    """The frame's pixels as the preprocessor takes them; InvalidFrame when it has none usable."""
     kind = image.WhichOneof("data")
     if kind == "jpeg":
         return JpegImage(image.jpeg)
     if kind == "raw":
         raw = image.raw
         return RawImage(raw.height, raw.width, raw.data, bgr=raw.pixel_format == pb.PIXEL_FORMAT_BGR)
-    return None
+    if kind == "shared_memory":
+        shm = image.shared_memory
+        if region is None:
+            raise InvalidFrame(
+                "image.shared_memory needs a stream opened with StreamConfig.shared_memory; send image.raw"
+            )
+        return region.image(shm.offset, shm.height, shm.width, bgr=shm.pixel_format == pb.PIXEL_FORMAT_BGR)
+    raise InvalidFrame("frame has no image: set image.jpeg, image.raw or image.shared_memory")
 
 
 def _prediction(outcome: FrameOutcome, model: ServedModel) -> pb.Prediction:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 # The answer types are the client's: one definition of what a prediction carries.
 from edgeinfer.client.results import ClassScore, Timings
 from edgeinfer.server.batcher import Job, JobResult
-from edgeinfer.server.errors import DeadlineExceeded, EdgeInferError, InternalError, InvalidFrame, InvalidRequest
+from edgeinfer.server.errors import DeadlineExceeded, EdgeInferError, InternalError, InvalidRequest
 from edgeinfer.server.loading import ServedModel
 from edgeinfer.server.preprocess import FrameImage
 
@@ -65,7 +65,7 @@ WINDOW = {DropPolicy.LATEST: 256, DropPolicy.ALL: 8}
 class FrameIn:
     sequence: int
     capture_time_ns: int
-    image: FrameImage | None
+    image: FrameImage | EdgeInferError  # the pixels, or why the frame carries none usable
 
 
 @dataclass(frozen=True)
@@ -151,8 +151,8 @@ class StreamSession:
         received = time.perf_counter()
         slot: Future[FrameOutcome] = Future()
         self._order.put(slot)
-        if frame.image is None:
-            slot.set_result(self._error(frame, InvalidFrame("frame has no image: set image.jpeg or image.raw")))
+        if isinstance(frame.image, EdgeInferError):
+            slot.set_result(self._error(frame, frame.image))
             return True
         try:
             job = frame_job(self.model, frame.image, self.top_k)

@@ -154,6 +154,30 @@ class CostRunner:
         return BatchOutput(torch.ones(n, k), torch.zeros(n, k, dtype=torch.long), self.per_frame[n] * n)
 
 
+class BurstyRunner(CostRunner):
+    """CostRunner on a noisy machine: calls ``burst`` (1-based) cost ``factor`` times more."""
+
+    def __init__(self, per_frame: dict[int, float], burst: range, factor: float = 2.0) -> None:
+        super().__init__(per_frame)
+        self.burst, self.factor, self.calls = burst, factor, []
+
+    def infer(self, batch: torch.Tensor, k: int) -> BatchOutput:
+        self.calls.append(batch.shape[0])
+        out = super().infer(batch, k)
+        noisy = out.inference_ms * (self.factor if len(self.calls) in self.burst else 1.0)
+        return BatchOutput(out.probabilities, out.indices, noisy)
+
+
+def test_profile_alternates_sizes_so_a_noise_burst_cannot_pick_them() -> None:
+    # Batch 4 is slower per frame. A burst over three timed passes in a row would have made
+    # batch 1 look slow if its passes ran back to back; alternated, each size also gets quiet passes.
+    runner = BurstyRunner({1: 4.0, 2: 5.0, 4: 4.5}, burst=range(7, 10))
+    assert profile_batch_sizes(runner, 8, 4, budget_s=0.2) == (1,)
+    assert runner.calls[:12] == [1, 1, 2, 2, 4, 4] + [1, 2, 4] * 2  # warm-ups, then rounds across sizes
+    # Too slow to time within the budget: only batch 1 runs.
+    assert profile_batch_sizes(CostRunner({1: 900.0, 2: 100.0}), 8, 8, budget_s=3.0) == (1,)
+
+
 def test_profile_keeps_only_sizes_cheaper_per_frame() -> None:
     # int8 SqueezeNet on 2 cores: batch 2 and 4 are slower per frame than batch 1.
     runner = CostRunner({1: 4.0, 2: 14.0, 4: 9.0, 8: 3.0})

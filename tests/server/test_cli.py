@@ -47,10 +47,14 @@ def test_edgeserver_serves_then_drains_on_sigterm(tmp_path: Path) -> None:
         assert "loaded squeezenet1_1 fp32 on cpu (weights random:seed=1, input 224x224, batch sizes [1" in lines[1]
         assert "preprocessing on the worker)" in lines[1]
         assert "SERVING" in lines[2]
-        # Same-host clients reach it over the Unix socket.
+        # Same-host clients reach it over the Unix socket, with pixels in shared memory if they like.
+        frames = [synthetic_frame(i) for i in range(3)]
         with EdgeClient(f"unix:{sock}") as client:
-            results = list(client.stream([synthetic_frame(0)] * 3, "squeezenet1_1", drop_policy="all"))
-        assert [r.kind for r in results] == ["prediction"] * 3
+            results = list(client.stream(frames, "squeezenet1_1", drop_policy="all"))
+            raw = list(client.stream(frames, "squeezenet1_1", drop_policy="all", encoding="raw"))
+            shared = list(client.stream(frames, "squeezenet1_1", drop_policy="all", encoding="shm"))
+        assert [r.kind for r in results + raw + shared] == ["prediction"] * 9
+        assert [r.prediction.top1.index for r in shared] == [r.prediction.top1.index for r in raw]
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0 and "draining" in out

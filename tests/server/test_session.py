@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from edgeinfer.server.errors import InvalidRequest
+from edgeinfer.server.errors import InvalidFrame, InvalidRequest
 from edgeinfer.server.preprocess import JpegImage
 from edgeinfer.server.session import DropPolicy, FrameIn, StreamSession
 from fakes import SlowRunner, fake_model, wait_until_taken
@@ -76,7 +76,7 @@ def test_bad_frames_are_answered_in_place(preprocess_on: str) -> None:
     frames = [
         FrameIn(0, 0, FRAME),
         FrameIn(1, 0, JpegImage(b"\xff\xd8broken")),
-        FrameIn(2, 0, None),
+        FrameIn(2, 0, InvalidFrame("frame has no image")),
         FrameIn(3, 0, FRAME),
     ]
     try:
