@@ -183,3 +183,5 @@ def test_profile_keeps_only_sizes_cheaper_per_frame() -> None:
     runner = CostRunner({1: 4.0, 2: 14.0, 4: 9.0, 8: 3.0})
     assert profile_batch_sizes(runner, 8, 8) == (1, 8)  # type: ignore[arg-type]
     assert profile_batch_sizes(CostRunner({1: 4.0, 2: 3.9, 4: 3.5}), 8, 4) == (1, 4)  # type: ignore[arg-type]
+    # fp32 SqueezeNet here: 2 and 4 are cheaper, 8 is cheaper than 1 but dearer than 4.
+    assert profile_batch_sizes(CostRunner({1: 25.0, 2: 21.6, 4: 20.4, 8: 22.0}), 8, 8, budget_s=2.0) == (1, 2, 4)
