@@ -29,6 +29,7 @@ serve_bench.png (latency over time, per-stage medians).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -50,6 +51,7 @@ import torch
 
 from edgeinfer.client import EdgeClient, FrameResult
 from edgeinfer.client.sample import synthetic_frame
+from edgeinfer.server.batcher import cpu_thread
 from edgeinfer.server.preprocess import JpegImage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,6 +244,16 @@ class InProcess:
         self.runner = self.model.scheduler.runner
 
     def model_only(self, tensor: torch.Tensor, n: int, s: Samples) -> None:
+        # On the CPU inference thread, as in the daemon: one OpenMP team in this process too.
+        cpu_thread().call(lambda: self._model_only(tensor, n, s))
+
+    def limit(self, jpegs: list[bytes], s: Samples) -> None:
+        cpu_thread().call(lambda: self._limit(jpegs, s))
+
+    def preprocessed(self, jpegs: list[bytes]) -> torch.Tensor:
+        return cpu_thread().call(lambda: torch.stack([self.model.preprocessor(JpegImage(j)).tensor for j in jpegs]))
+
+    def _model_only(self, tensor: torch.Tensor, n: int, s: Samples) -> None:
         x = tensor[None]
         for _ in range(n):
             t = time.perf_counter()
@@ -250,7 +262,7 @@ class InProcess:
             s.frames += 1
             s.seconds += s.latencies_ms[-1] / 1e3
 
-    def limit(self, jpegs: list[bytes], s: Samples) -> None:
+    def _limit(self, jpegs: list[bytes], s: Samples) -> None:
         for data in jpegs:
             t = time.perf_counter()
             pre = self.model.preprocessor(JpegImage(data))
@@ -419,7 +431,7 @@ def main() -> int:
             for precision in args.precisions:
                 key = f"{name} {precision}"
                 inproc = InProcess(name, precision, args.repository)
-                tensor = inproc.model.preprocessor(JpegImage(jpegs[0])).tensor
+                tensor = inproc.preprocessed(jpegs[:1])[0]
                 modes = {m: Samples() for m in ("a model", "b limit", "c served", "c served latency")}
                 modes |= {f"e {path}{size} latency": Samples() for size in camera_rounds for path, _, _ in SAME_HOST}
                 results.setdefault("batch_sizes", {})[key] = batch_sizes(tcp, name, precision)
@@ -452,8 +464,10 @@ def main() -> int:
                     results["rows"].append({"model": name, "precision": precision, "mode": mode, **s.row()})
                 if not args.no_onnx and precision == "fp32":
                     log(f"{name}: ONNX Runtime peer (export, quantize_static variants, timing)")
-                    calib = torch.stack([inproc.model.preprocessor(JpegImage(j)).tensor for j in jpegs])
-                    ort_ms = onnx_peer(name, calib, max(10, args.frames // 2), tmp, args.threads)
+
+                    calib = inproc.preprocessed(jpegs)
+                    peer = functools.partial(onnx_peer, name, calib, max(10, args.frames // 2), tmp, args.threads)
+                    ort_ms = cpu_thread().call(peer)  # torch.onnx.export runs torch ops: the same one thread
                     for label, ms in ort_ms.items():
                         results["rows"].append(
                             {

@@ -1,9 +1,19 @@
-"""Dynamic batching: one worker thread per model runs frames from all streams.
+"""Dynamic batching: an inference thread runs frames from all streams, model by model.
 
-Inference never runs on gRPC handler threads. Each model has one worker that
-takes the oldest waiting job, adds whatever else is already waiting (up to
-``max_batch``, with ``max_wait_ms`` of patience) and runs them as one forward
-pass. With ``max_wait_ms=0`` a lone stream never waits for company.
+Inference never runs on gRPC handler threads. Each model's scheduler takes the
+oldest waiting job, adds whatever else is already waiting (up to ``max_batch``,
+with ``max_wait_ms`` of patience) and runs them as one forward pass. With
+``max_wait_ms=0`` a lone stream never waits for company.
+
+Every CPU model of a daemon shares one :class:`InferenceThread` (``cpu_thread()``),
+which also loads and warms them up: all of the daemon's torch work on the CPU
+runs in one thread, so there is one OpenMP team. A second team (a second thread
+that ever ran a parallel op) makes libgomp count more threads than cores, and
+then its threads stop spinning between parallel regions and sleep at every
+barrier; on this project's VM a slept vCPU is slow to come back, and int8
+ResNet50 measured 1.6-2x slower in the daemon than in process (issue 4 note).
+On a few cores, two models' forward passes at the same time would only fight
+over them anyway. A model on CUDA gets its own thread.
 
 Only the batch sizes in ``batch_sizes`` are run (Triton's preferred batch
 sizes): a batch is cut to the largest allowed size and the rest waits for the
@@ -20,6 +30,7 @@ stale frame, which then is never decoded at all.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -27,17 +38,29 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
 from edgeinfer.server.preprocess import PreprocessedFrame
 from edgeinfer.server.runner import ModelRunner
 
-__all__ = ["BatchScheduler", "Job", "JobResult", "allowed_sizes", "batch_ladder", "profile_batch_sizes"]
+__all__ = [
+    "BatchScheduler",
+    "InferenceThread",
+    "Job",
+    "JobResult",
+    "allowed_sizes",
+    "batch_ladder",
+    "cpu_thread",
+    "profile_batch_sizes",
+]
 
 log = logging.getLogger(__name__)
 
 _WAITING, _RUNNING, _CANCELLED = "waiting", "running", "cancelled"
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -133,7 +156,95 @@ def profile_batch_sizes(
     return tuple(chosen)
 
 
+class InferenceThread:
+    """One thread that runs the batches of the schedulers attached to it, oldest waiting job first.
+
+    ``call(fn)`` runs any function there too (loading, warm-up, profiling), so
+    that every torch op of the models it serves runs in this one thread.
+    """
+
+    def __init__(self, name: str = "infer") -> None:
+        self.cond = threading.Condition()
+        self._schedulers: list[BatchScheduler] = []
+        self._calls: deque[Callable[[], None]] = deque()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on this thread and return its result (or raise its exception)."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        done: Future[T] = Future()
+
+        def settle() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # the caller gets it
+                done.set_exception(exc)
+
+        with self.cond:
+            self._calls.append(settle)
+            self.cond.notify_all()
+        return done.result()
+
+    def attach(self, scheduler: BatchScheduler) -> None:
+        with self.cond:
+            self._schedulers.append(scheduler)
+
+    def detach(self, scheduler: BatchScheduler) -> None:
+        with self.cond:
+            self._schedulers.remove(scheduler)
+            self.cond.notify_all()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the thread once its schedulers are detached (a scheduler's own thread)."""
+        with self.cond:
+            self._stopping = True
+            self.cond.notify_all()
+        self._thread.join(timeout)
+
+    def _next(self) -> Callable[[], None] | None:
+        with self.cond:
+            while True:
+                if self._calls:
+                    return self._calls.popleft()
+                busy = [s for s in self._schedulers if s._queue]
+                if busy:  # the model whose oldest frame has waited longest goes first
+                    scheduler = min(busy, key=lambda s: s._queue[0].enqueued_at)
+                    return functools.partial(scheduler._execute, scheduler._cut_batch())
+                if self._stopping and not self._schedulers:
+                    return None
+                self.cond.wait()
+
+    def _run(self) -> None:
+        while (work := self._next()) is not None:
+            try:
+                work()
+            except Exception:  # a bug in one batch must not take every model down
+                log.exception("inference thread: unexpected error")
+
+
+_cpu_thread: InferenceThread | None = None
+_cpu_thread_lock = threading.Lock()
+
+
+def cpu_thread() -> InferenceThread:
+    """The process's one thread for CPU inference (created on first use)."""
+    global _cpu_thread
+    with _cpu_thread_lock:
+        if _cpu_thread is None:
+            _cpu_thread = InferenceThread("infer-cpu")
+        return _cpu_thread
+
+
 class BatchScheduler:
+    """One model's queue of jobs; its batches run on an :class:`InferenceThread`.
+
+    ``thread``: the shared thread to run on (``cpu_thread()`` for CPU models);
+    None gives the scheduler a thread of its own.
+    """
+
     def __init__(
         self,
         runner: ModelRunner,
@@ -142,16 +253,19 @@ class BatchScheduler:
         max_wait_ms: float = 0.0,
         batch_sizes: Sequence[int] | None = None,
         name: str = "model",
+        thread: InferenceThread | None = None,
     ) -> None:
         self.runner = runner
+        self.name = name
         self.batch_sizes = allowed_sizes(batch_sizes, max_batch)
         self.max_batch = self.batch_sizes[-1]
         self.max_wait_s = max_wait_ms / 1e3
         self._queue: deque[Job] = deque()
-        self._cond = threading.Condition()
+        self._own_thread = thread is None
+        self.thread = thread or InferenceThread(f"infer-{name}")
+        self._cond = self.thread.cond
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=f"infer-{name}", daemon=True)
-        self._thread.start()
+        self.thread.attach(self)
 
     def submit(self, job: Job) -> Job:
         with self._cond:
@@ -159,7 +273,7 @@ class BatchScheduler:
                 raise RuntimeError("scheduler is stopped")
             job.enqueued_at = time.perf_counter()
             self._queue.append(job)
-            self._cond.notify()
+            self._cond.notify_all()
         return job
 
     def cancel(self, job: Job) -> bool:
@@ -177,65 +291,66 @@ class BatchScheduler:
             return len(self._queue)
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Refuse new jobs, let the waiting ones run (up to ``timeout``), then leave the thread."""
+        deadline = time.monotonic() + timeout
         with self._cond:
             self._stopping = True
-            self._cond.notify_all()
-        self._thread.join(timeout)
-
-    def _take_batch(self) -> list[Job] | None:
-        with self._cond:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                self._cond.wait()
-            batch = [self._queue.popleft()]
-            deadline = time.perf_counter() + self.max_wait_s
-            while len(batch) < self.max_batch:
-                if self._queue:
-                    batch.append(self._queue.popleft())
-                    continue
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0 or self._stopping:
-                    break
+            while self._queue and (remaining := deadline - time.monotonic()) > 0:
                 self._cond.wait(remaining)
-            size = max(n for n in self.batch_sizes if n <= len(batch))
-            for job in reversed(batch[size:]):  # back to the front of the line, in order
-                self._queue.appendleft(job)
-            batch = batch[:size]
-            for job in batch:
-                job.state = _RUNNING
-            return batch
+        self.thread.detach(self)
+        if self._own_thread:
+            self.thread.stop(timeout)
 
-    def _run(self) -> None:
-        while (batch := self._take_batch()) is not None:
-            started = time.perf_counter()
-            batch = self._prepare(batch)
-            if not batch:
+    def _cut_batch(self) -> list[Job]:
+        """With the thread's lock held and a job waiting: the next batch (allowed sizes only)."""
+        batch = [self._queue.popleft()]
+        deadline = time.perf_counter() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            if self._queue:
+                batch.append(self._queue.popleft())
                 continue
-            try:
-                k = max(job.top_k for job in batch)
-                frames = [job.prepared().tensor for job in batch]
-                inputs = torch.stack(frames) if len(frames) > 1 else frames[0][None]
-                out = self.runner.infer(inputs, k)
-            except Exception as exc:  # a model failure fails its batch, not the daemon
-                log.exception("inference failed for a batch of %d", len(batch))
-                for job in batch:
-                    job.future.set_exception(exc)
-                continue
-            probs, idx = out.probabilities.tolist(), out.indices.tolist()
-            for i, job in enumerate(batch):
-                pre = job.prepared()
-                job.future.set_result(
-                    JobResult(
-                        probabilities=probs[i][: job.top_k],
-                        indices=idx[i][: job.top_k],
-                        queue_ms=(started - job.enqueued_at) * 1e3,
-                        decode_ms=pre.decode_ms,
-                        preprocess_ms=pre.preprocess_ms,
-                        inference_ms=out.inference_ms,
-                        batch_size=len(batch),
-                    )
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0 or self._stopping:
+                break
+            self._cond.wait(remaining)
+        size = max(n for n in self.batch_sizes if n <= len(batch))
+        for job in reversed(batch[size:]):  # back to the front of the line, in order
+            self._queue.appendleft(job)
+        batch = batch[:size]
+        for job in batch:
+            job.state = _RUNNING
+        self._cond.notify_all()  # stop() may be waiting for the queue to empty
+        return batch
+
+    def _execute(self, batch: list[Job]) -> None:
+        started = time.perf_counter()
+        batch = self._prepare(batch)
+        if not batch:
+            return
+        try:
+            k = max(job.top_k for job in batch)
+            frames = [job.prepared().tensor for job in batch]
+            inputs = torch.stack(frames) if len(frames) > 1 else frames[0][None]
+            out = self.runner.infer(inputs, k)
+        except Exception as exc:  # a model failure fails its batch, not the daemon
+            log.exception("inference failed for a batch of %d", len(batch))
+            for job in batch:
+                job.future.set_exception(exc)
+            return
+        probs, idx = out.probabilities.tolist(), out.indices.tolist()
+        for i, job in enumerate(batch):
+            pre = job.prepared()
+            job.future.set_result(
+                JobResult(
+                    probabilities=probs[i][: job.top_k],
+                    indices=idx[i][: job.top_k],
+                    queue_ms=(started - job.enqueued_at) * 1e3,
+                    decode_ms=pre.decode_ms,
+                    preprocess_ms=pre.preprocess_ms,
+                    inference_ms=out.inference_ms,
+                    batch_size=len(batch),
                 )
+            )
 
     @staticmethod
     def _prepare(batch: list[Job]) -> list[Job]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from edgeinfer.server.batcher import BatchScheduler, batch_ladder, profile_batch_sizes
+from edgeinfer.server.batcher import BatchScheduler, InferenceThread, batch_ladder, cpu_thread, profile_batch_sizes
 from edgeinfer.server.errors import InvalidRequest, ModelNotFound, NotReady
 from edgeinfer.server.preprocess import Preprocessor
 from edgeinfer.server.registry import ModelSpec, Preprocessing, get_spec
@@ -118,60 +118,72 @@ def load_model(
         torch.backends.cudnn.benchmark = True
     precision = resolve_precision(precision, device)
     weights = weights or WeightsSource("imagenet")
+    # CPU models load, warm up and run on the daemon's one CPU inference thread
+    # (one OpenMP team; see server/batcher.py); a CUDA model gets its own.
+    thread = cpu_thread() if device.type == "cpu" else InferenceThread(f"infer-{spec.name}-{precision}")
 
-    if precision == "int8":
-        from edgeinfer.quant.artifact import load_int8_runner  # needs the quant stage
+    def build() -> ServedModel:
+        most, sizes = max_batch, batch_sizes
+        if precision == "int8":
+            from edgeinfer.quant.artifact import load_int8_runner  # needs the quant stage
 
-        runner, preprocessing, meta = load_int8_runner(spec, repository)
-        described, engine, fidelity = meta["weights"], meta["engine"], meta.get("fidelity")
-        if meta.get("max_batch"):  # pt2e packages are compiled for a fixed batch size
-            max_batch = min(max_batch, meta["max_batch"])
-    else:
-        runner, preprocessing = _fp_runner(spec, weights, device, precision)
-        described, engine, fidelity = weights.describe(spec), "", None
+            runner, preprocessing, meta = load_int8_runner(spec, repository)
+            described, engine, fidelity = meta["weights"], meta["engine"], meta.get("fidelity")
+            if meta.get("max_batch"):  # pt2e packages are compiled for a fixed batch size
+                most = min(most, meta["max_batch"])
+        else:
+            runner, preprocessing = _fp_runner(spec, weights, device, precision)
+            described, engine, fidelity = weights.describe(spec), "", None
 
-    if preprocess_on == "auto":
-        preprocess_on = "worker" if device.type == "cpu" else "stream"
-    preprocessor = Preprocessor(preprocessing, device=device, dtype=runner.dtype, max_frame_bytes=max_frame_bytes)
-    if batch_sizes is None and device.type == "cuda":
-        batch_sizes = batch_ladder(max_batch)
-    if warmup:
-        runner.warmup(preprocessing.crop_size, batch_sizes=tuple(batch_sizes or (1,)))
-        if batch_sizes is None and max_batch > 1:
-            batch_sizes = profile_batch_sizes(
-                runner, preprocessing.crop_size, max_batch, log_as=f"{spec.name} {precision}"
-            )
-    scheduler = BatchScheduler(
-        runner,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-        batch_sizes=batch_sizes,
-        name=f"{spec.name}-{precision}",
-    )
-    log.info(
-        "loaded %s %s on %s (weights %s; batch sizes %s; preprocessing on the %s thread)",
-        spec.name,
-        precision,
-        device,
-        described,
-        list(scheduler.batch_sizes),
-        preprocess_on,
-    )
-    return ServedModel(
-        name=spec.name,
-        aliases=spec.aliases,
-        architecture=spec.build.__name__.lstrip("_"),
-        precision=precision,
-        device=device,
-        weights=described,
-        categories=spec.categories,
-        preprocessing=preprocessing,
-        preprocessor=preprocessor,
-        scheduler=scheduler,
-        preprocess_on=preprocess_on,
-        engine=engine,
-        fidelity=fidelity,
-    )
+        placement = preprocess_on
+        if placement == "auto":
+            placement = "worker" if device.type == "cpu" else "stream"
+        preprocessor = Preprocessor(preprocessing, device=device, dtype=runner.dtype, max_frame_bytes=max_frame_bytes)
+        if sizes is None and device.type == "cuda":
+            sizes = batch_ladder(most)
+        if warmup:
+            runner.warmup(preprocessing.crop_size, batch_sizes=tuple(sizes or (1,)))
+            if sizes is None and most > 1:
+                sizes = profile_batch_sizes(runner, preprocessing.crop_size, most, log_as=f"{spec.name} {precision}")
+        scheduler = BatchScheduler(
+            runner,
+            max_batch=most,
+            max_wait_ms=max_wait_ms,
+            batch_sizes=sizes,
+            name=f"{spec.name}-{precision}",
+            thread=thread,
+        )
+        log.info(
+            "loaded %s %s on %s (weights %s; batch sizes %s; preprocessing on the %s thread)",
+            spec.name,
+            precision,
+            device,
+            described,
+            list(scheduler.batch_sizes),
+            placement,
+        )
+        return ServedModel(
+            name=spec.name,
+            aliases=spec.aliases,
+            architecture=spec.build.__name__.lstrip("_"),
+            precision=precision,
+            device=device,
+            weights=described,
+            categories=spec.categories,
+            preprocessing=preprocessing,
+            preprocessor=preprocessor,
+            scheduler=scheduler,
+            preprocess_on=placement,
+            engine=engine,
+            fidelity=fidelity,
+        )
+
+    try:
+        return thread.call(build)
+    except BaseException:
+        if device.type != "cpu":
+            thread.stop()
+        raise
 
 
 def _fp_runner(

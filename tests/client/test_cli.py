@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import pytest
 from torchvision.models import SqueezeNet1_0_Weights
 
 IMAGENET = set(SqueezeNet1_0_Weights.IMAGENET1K_V1.meta["categories"])
@@ -57,10 +58,13 @@ def test_video_all_frames_json(target: str, clip: Path) -> None:
     assert counts == {"sent": 30, "answered": 30, "predicted": 30, "dropped": 0, "errors": 0}
 
 
-def test_latest_policy_answers_every_frame_and_counts_add_up(target: str, clip: Path) -> None:
+@pytest.mark.parametrize("encoding", ["jpeg", "shm"])
+def test_latest_policy_answers_every_frame_and_counts_add_up(target: str, clip: Path, encoding: str) -> None:
     # As fast as possible: the model cannot keep up, so some frames are dropped,
-    # but each one is still answered, in order.
-    out = edgeclient("--server", target, "--video", str(clip), "--fps", "0", "--json", "--top-k", "3")
+    # but each one is still answered, in order. With shm, a dropped frame's answer frees its slot.
+    out = edgeclient(
+        "--server", target, "--video", str(clip), "--fps", "0", "--json", "--top-k", "3", "--encoding", encoding
+    )
     assert out.returncode == 0, out.stderr
     records = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["sequence"] for r in records] == list(range(30))

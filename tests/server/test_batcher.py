@@ -5,7 +5,15 @@ import threading
 import pytest
 import torch
 
-from edgeinfer.server.batcher import BatchScheduler, Job, allowed_sizes, batch_ladder, profile_batch_sizes
+from edgeinfer.server.batcher import (
+    BatchScheduler,
+    InferenceThread,
+    Job,
+    allowed_sizes,
+    batch_ladder,
+    cpu_thread,
+    profile_batch_sizes,
+)
 from edgeinfer.server.preprocess import PreprocessedFrame
 from edgeinfer.server.runner import BatchOutput
 from fakes import SlowRunner, wait_until_taken
@@ -185,3 +193,71 @@ def test_profile_keeps_only_sizes_cheaper_per_frame() -> None:
     assert profile_batch_sizes(CostRunner({1: 4.0, 2: 3.9, 4: 3.5}), 8, 4) == (1, 4)  # type: ignore[arg-type]
     # fp32 SqueezeNet here: 2 and 4 are cheaper, 8 is cheaper than 1 but dearer than 4.
     assert profile_batch_sizes(CostRunner({1: 25.0, 2: 21.6, 4: 20.4, 8: 22.0}), 8, 8, budget_s=2.0) == (1, 2, 4)
+
+
+class NamedRunner(SlowRunner):
+    """Records, per call, the model's name and the thread it ran on."""
+
+    def __init__(self, name: str, log: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.name, self.log = name, log
+
+    def infer(self, batch: torch.Tensor, k: int) -> BatchOutput:
+        self.log.append((self.name, threading.current_thread().name))
+        return super().infer(batch, k)
+
+
+def test_models_sharing_a_thread_run_oldest_job_first_on_that_thread() -> None:
+    thread = InferenceThread("infer-test")
+    ran: list[tuple[str, str]] = []
+    a, b = NamedRunner("a", ran), NamedRunner("b", ran)
+    sched_a = BatchScheduler(a, max_batch=1, thread=thread)  # type: ignore[arg-type]
+    sched_b = BatchScheduler(b, max_batch=1, thread=thread)  # type: ignore[arg-type]
+    gate = threading.Event()
+    try:
+        blocked = threading.Thread(target=thread.call, args=(gate.wait,))  # hold the thread busy
+        blocked.start()
+        jobs = [sched_a.submit(_job(0.1)), sched_b.submit(_job(0.2)), sched_a.submit(_job(0.3))]
+        gate.set()
+        assert [j.future.result(5).indices[0] for j in jobs] == [1, 2, 3]
+        blocked.join(5)
+    finally:
+        sched_a.stop()
+        sched_b.stop()
+        thread.stop()
+    assert ran == [("a", "infer-test"), ("b", "infer-test"), ("a", "infer-test")]
+
+
+def test_call_runs_on_the_thread_and_hands_back_results_and_errors() -> None:
+    thread = InferenceThread("infer-test")
+    try:
+        assert thread.call(lambda: threading.current_thread().name) == "infer-test"
+        with pytest.raises(ZeroDivisionError):
+            thread.call(lambda: 1 / 0)
+        assert thread.call(lambda: thread.call(lambda: 7)) == 7  # re-entrant from the thread itself
+    finally:
+        thread.stop()
+
+
+def test_cpu_models_load_and_infer_on_the_one_cpu_thread() -> None:
+    # One OpenMP team per daemon: every CPU model shares cpu_thread(), warm-up included.
+    from edgeinfer.server import WeightsSource, load_model
+
+    seen: list[str] = []
+    models = [
+        load_model(name, weights=WeightsSource("random", seed=0), batch_sizes=[1], max_batch=1)
+        for name in ("squeezenet1_1", "squeezenet1_0")
+    ]
+    try:
+        for m in models:
+            assert m.scheduler.thread is cpu_thread()
+            infer = m.scheduler.runner.infer
+            m.scheduler.runner.infer = lambda x, k, infer=infer: (
+                seen.append(threading.current_thread().name) or infer(x, k)
+            )  # type: ignore[method-assign]
+            job = m.scheduler.submit(Job(PreprocessedFrame(torch.zeros(3, 224, 224), 0.0, 0.0), 1))
+            assert len(job.future.result(30).indices) == 1
+    finally:
+        for m in models:
+            m.stop()
+    assert seen == ["infer-cpu", "infer-cpu"]
