@@ -648,7 +648,8 @@ def same_host(rows: list[dict], ax: Any) -> None:  # a matplotlib Axes
     ax.set_xticks(range(len(groups)), [f"{m}\n{p}" for m, p in groups], fontsize=7)
     ax.set_ylabel("median ms: camera frame -> answer, minus inference")
     ax.set_title("same host: TCP+JPEG vs Unix+raw vs Unix+shared memory")
-    ax.legend(fontsize=7)
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.3)  # room for the legend above the bars
+    ax.legend(fontsize=7, loc="upper left", ncols=2)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ class JobResult:
 
 @dataclass(eq=False)
 class Job:
-    """One frame for one model: its model input, or the function that makes it on the worker."""
+    """One frame for one model: its model input, or the function that makes it on the inference thread."""
 
     frame: PreprocessedFrame | Callable[[], PreprocessedFrame]
     top_k: int

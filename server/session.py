@@ -96,7 +96,7 @@ def _classes(result: JobResult, categories: list[str]) -> tuple[ClassScore, ...]
 
 
 def frame_job(model: ServedModel, image: FrameImage, top_k: int) -> Job:
-    """A job for one frame: preprocessed here and now, or on the model's worker (``preprocess_on``)."""
+    """A job for one frame: preprocessed here and now, or on the inference thread (``preprocess_on``)."""
     if model.preprocess_on == "worker":
         return Job(functools.partial(model.preprocessor, image), top_k)
     return Job(model.preprocessor(image), top_k)
