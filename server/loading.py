@@ -71,6 +71,8 @@ class ServedModel:
 
     def stop(self) -> None:
         self.scheduler.stop()
+        if self.scheduler.thread is not cpu_thread():  # a CUDA model's own thread
+            self.scheduler.thread.stop()
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
