@@ -42,6 +42,7 @@ from typing import TypeVar
 
 import torch
 
+from edgeinfer.server.errors import InternalError
 from edgeinfer.server.preprocess import PreprocessedFrame
 from edgeinfer.server.runner import ModelRunner
 
@@ -332,10 +333,11 @@ class BatchScheduler:
             frames = [job.prepared().tensor for job in batch]
             inputs = torch.stack(frames) if len(frames) > 1 else frames[0][None]
             out = self.runner.infer(inputs, k)
-        except Exception as exc:  # a model failure fails its batch, not the daemon
-            log.exception("inference failed for a batch of %d", len(batch))
+        except Exception as exc:  # a model failure fails its batch, not the daemon; logged here, once
+            log.exception("%s: inference failed for a batch of %d", self.name, len(batch))
+            error = InternalError(f"the model failed on this frame's batch of {len(batch)}: {exc}")
             for job in batch:
-                job.future.set_exception(exc)
+                job.future.set_exception(error)
             return
         probs, idx = out.probabilities.tolist(), out.indices.tolist()
         for i, job in enumerate(batch):

@@ -228,7 +228,7 @@ class StreamSession:
 
 
 def _frame_error(exc: BaseException, frame: FrameIn) -> EdgeInferError:
-    """The sender's fault (a bad frame) keeps its own error; anything else is our bug, logged."""
+    """Our errors pass through (a bad frame's, a model failure the batcher logged); anything else is a bug: logged."""
     if isinstance(exc, EdgeInferError):
         return exc
     log.error("frame %d failed", frame.sequence, exc_info=exc)

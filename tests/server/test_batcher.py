@@ -14,6 +14,7 @@ from edgeinfer.server.batcher import (
     cpu_thread,
     profile_batch_sizes,
 )
+from edgeinfer.server.errors import InternalError
 from edgeinfer.server.preprocess import PreprocessedFrame
 from edgeinfer.server.runner import BatchOutput
 from fakes import SlowRunner, wait_until_taken
@@ -87,7 +88,8 @@ def test_a_failing_batch_fails_its_jobs_not_the_worker() -> None:
     sched = BatchScheduler(Boom(), max_batch=1)
     try:
         bad = sched.submit(_job(0.1))
-        assert isinstance(bad.future.exception(5), RuntimeError)
+        error = bad.future.exception(5)
+        assert isinstance(error, InternalError) and "kernel exploded" in error.details
         assert sched.submit(_job(0.3)).future.result(5).indices[0] == 3
     finally:
         sched.stop()

@@ -163,7 +163,7 @@ def test_top_k_bounds(k: int) -> None:
         model.stop()
 
 
-def test_a_failing_model_answers_internal_and_the_stream_goes_on() -> None:
+def test_a_failing_model_answers_internal_and_the_stream_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     class Flaky(SlowRunner):
         calls = 0
 
@@ -182,3 +182,5 @@ def test_a_failing_model_answers_internal_and_the_stream_goes_on() -> None:
     assert out[0].classes and out[2].classes
     assert out[1].error is not None and out[1].error.status_code.name == "INTERNAL"
     assert "out of memory" in out[1].error.details
+    logged = [r for r in caplog.records if r.exc_info and "out of memory" in str(r.exc_info[1])]
+    assert len(logged) == 1  # once, by the batcher, with its traceback
