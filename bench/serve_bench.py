@@ -79,6 +79,13 @@ class Samples:
     def stage(self, name: str, value: float) -> None:
         self.stages.setdefault(name, []).append(value)
 
+    def add_timed(self, started: float) -> None:
+        """One in-process frame that took from ``started`` (perf_counter) until now."""
+        ms = (time.perf_counter() - started) * 1e3
+        self.latencies_ms.append(ms)
+        self.frames += 1
+        self.seconds += ms / 1e3
+
     def row(self) -> dict:
         return {
             "fps": self.fps,
@@ -258,18 +265,14 @@ class InProcess:
         for _ in range(n):
             t = time.perf_counter()
             self.runner.infer(x, 5)
-            s.latencies_ms.append((time.perf_counter() - t) * 1e3)
-            s.frames += 1
-            s.seconds += s.latencies_ms[-1] / 1e3
+            s.add_timed(t)
 
     def _limit(self, jpegs: list[bytes], s: Samples) -> None:
         for data in jpegs:
             t = time.perf_counter()
             pre = self.model.preprocessor(JpegImage(data))
             out = self.runner.infer(pre.tensor[None], 5)
-            s.latencies_ms.append((time.perf_counter() - t) * 1e3)
-            s.frames += 1
-            s.seconds += s.latencies_ms[-1] / 1e3
+            s.add_timed(t)
             s.stage("decode", pre.decode_ms)
             s.stage("preprocess", pre.preprocess_ms)
             s.stage("inference", out.inference_ms)

@@ -22,7 +22,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from edgeinfer.client.frames import _check_array, _optional_cv2
+from edgeinfer.client.frames import _check_array, raw_pixels
 from edgeinfer.proto import edgeinfer_pb2 as pb
 
 __all__ = ["DEFAULT_SLOTS", "SharedMemoryFrames"]
@@ -54,29 +54,21 @@ class SharedMemoryFrames:
 
     def image(self, frame: np.ndarray | bytes, *, bgr: bool) -> pb.Image | None:
         """The frame in a free slot, or None: send it inline. Call once per frame sent, in order."""
-        slot = None
-        if isinstance(frame, np.ndarray):
-            frame = _check_array(frame)
-            with self._lock:
-                if frame.nbytes <= self.slot_bytes and self._free and not self._closed:
-                    slot = self._free.popleft()
+        pixels = _check_array(frame) if isinstance(frame, np.ndarray) else None
         with self._lock:
+            fits = pixels is not None and pixels.nbytes <= self.slot_bytes and not self._closed
+            slot = self._free.popleft() if fits and self._free else None
             self._in_flight.append(slot)
         if slot is None:
             self.sent_inline += 1
             return None
-        assert isinstance(frame, np.ndarray)
-        h, w, _ = frame.shape
+        assert pixels is not None
+        h, w, _ = pixels.shape
         offset = slot * self.slot_bytes
         dst = np.ndarray((h, w, 3), dtype=np.uint8, buffer=self._shm.buf, offset=offset)
-        if bgr and (cv2 := _optional_cv2()) is not None:
-            cv2.cvtColor(frame, cv2.COLOR_BGR2RGB, dst=dst)  # swap and copy in one pass
-            bgr = False
-        else:
-            np.copyto(dst, frame)
+        _, order = raw_pixels(pixels, bgr=bgr, out=dst)  # swap (if BGR) and copy in one pass
         del dst  # no view may outlive the map (close() would fail)
         self.sent_shared += 1
-        order = pb.PIXEL_FORMAT_BGR if bgr else pb.PIXEL_FORMAT_RGB
         return pb.Image(shared_memory=pb.SharedMemoryImage(offset=offset, height=h, width=w, pixel_format=order))
 
     def answered(self) -> None:

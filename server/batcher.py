@@ -162,9 +162,12 @@ class InferenceThread:
 
     ``call(fn)`` runs any function there too (loading, warm-up, profiling), so
     that every torch op of the models it serves runs in this one thread.
+    ``dedicated``: the thread of one model, which ends when that model's scheduler
+    leaves; the shared ``cpu_thread()`` lives as long as the process.
     """
 
-    def __init__(self, name: str = "infer") -> None:
+    def __init__(self, name: str = "infer", *, dedicated: bool = True) -> None:
+        self.dedicated = dedicated
         self.cond = threading.Condition()
         self._schedulers: list[BatchScheduler] = []
         self._calls: deque[Callable[[], None]] = deque()
@@ -193,17 +196,21 @@ class InferenceThread:
         with self.cond:
             self._schedulers.append(scheduler)
 
-    def detach(self, scheduler: BatchScheduler) -> None:
+    def detach(self, scheduler: BatchScheduler, timeout: float = 5.0) -> None:
         with self.cond:
             self._schedulers.remove(scheduler)
+            last = not self._schedulers
             self.cond.notify_all()
+        if self.dedicated and last:
+            self.stop(timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """End the thread once its schedulers are detached (a scheduler's own thread)."""
+        """End the thread once its schedulers are detached (it finishes the batch it runs)."""
         with self.cond:
             self._stopping = True
             self.cond.notify_all()
-        self._thread.join(timeout)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
 
     def _next(self) -> Callable[[], None] | None:
         with self.cond:
@@ -235,15 +242,15 @@ def cpu_thread() -> InferenceThread:
     global _cpu_thread
     with _cpu_thread_lock:
         if _cpu_thread is None:
-            _cpu_thread = InferenceThread("infer-cpu")
+            _cpu_thread = InferenceThread("infer-cpu", dedicated=False)
         return _cpu_thread
 
 
 class BatchScheduler:
     """One model's queue of jobs; its batches run on an :class:`InferenceThread`.
 
-    ``thread``: the shared thread to run on (``cpu_thread()`` for CPU models);
-    None gives the scheduler a thread of its own.
+    ``thread``: the thread to run on (``cpu_thread()`` for CPU models); None
+    gives the scheduler a dedicated one.
     """
 
     def __init__(
@@ -262,7 +269,6 @@ class BatchScheduler:
         self.max_batch = self.batch_sizes[-1]
         self.max_wait_s = max_wait_ms / 1e3
         self._queue: deque[Job] = deque()
-        self._own_thread = thread is None
         self.thread = thread or InferenceThread(f"infer-{name}")
         self._cond = self.thread.cond
         self._stopping = False
@@ -298,9 +304,7 @@ class BatchScheduler:
             self._stopping = True
             while self._queue and (remaining := deadline - time.monotonic()) > 0:
                 self._cond.wait(remaining)
-        self.thread.detach(self)
-        if self._own_thread:
-            self.thread.stop(timeout)
+        self.thread.detach(self, timeout)
 
     def _cut_batch(self) -> list[Job]:
         """With the thread's lock held and a job waiting: the next batch (allowed sizes only)."""

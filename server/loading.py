@@ -71,8 +71,6 @@ class ServedModel:
 
     def stop(self) -> None:
         self.scheduler.stop()
-        if self.scheduler.thread is not cpu_thread():  # a CUDA model's own thread
-            self.scheduler.thread.stop()
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -121,7 +119,8 @@ def load_model(
     precision = resolve_precision(precision, device)
     weights = weights or WeightsSource("imagenet")
     # CPU models load, warm up and run on the daemon's one CPU inference thread
-    # (one OpenMP team; see server/batcher.py); a CUDA model gets its own.
+    # (one OpenMP team; see server/batcher.py); a CUDA model gets a dedicated one,
+    # which ends with the model.
     thread = cpu_thread() if device.type == "cpu" else InferenceThread(f"infer-{spec.name}-{precision}")
 
     def build() -> ServedModel:
@@ -183,7 +182,7 @@ def load_model(
     try:
         return thread.call(build)
     except BaseException:
-        if device.type != "cpu":
+        if thread.dedicated:
             thread.stop()
         raise
 
