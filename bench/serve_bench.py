@@ -8,13 +8,19 @@ For each model and precision, in rounds that alternate between the modes so the
 machine's noise hits all of them alike:
   (a) model       the model alone, batch 1, in this process
   (b) limit       JPEG decode + preprocess + model + top-k, in this process: the
-                  most the daemon could do on one stream
+                  most the daemon could do on one stream; run in chunks that
+                  alternate with (c)'s, so both sides of a ratio see the same noise
   (c) served      the same JPEG frames through an edgeserver process over loopback
                   gRPC, one stream: throughput (frames sent back to back, policy
-                  all) and latency (one frame in flight at a time)
+                  all; chunks of 20) and latency (one frame in flight at a time;
+                  chunks of 10)
+      floor       the latency of a bare gRPC stream with the daemon's threads and
+                  no model (bench/grpc_floor.py), holding each frame as long as (b)
+                  takes: the part of the added latency no daemon code can remove
   (d) N streams   aggregate throughput with N concurrent streams: against the
                   daemon as configured (batch sizes it measured at load), and
-                  against a second daemon forced to batch 1, 2, 4, 8
+                  against a second daemon forced to batch 1, 2, 4, 8; a share of
+                  the frames in every round
   (e) same host   a robot's camera frames (BGR arrays), one in flight, at the JPEG
                   size and at 640x480: TCP + JPEG (the client encodes), Unix socket +
                   raw pixels in the message, Unix socket + pixels in shared memory
@@ -55,6 +61,8 @@ from edgeinfer.server.batcher import cpu_thread
 from edgeinfer.server.preprocess import JpegImage
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from grpc_floor import busy_model  # noqa: E402  (bench/ is not a package)
 
 
 def log(msg: str) -> None:
@@ -163,11 +171,29 @@ class DaemonProcess:
             self.proc.kill()
 
 
+class FloorProcess:
+    """bench/grpc_floor.py: the same gRPC stream and threads as the daemon, no model."""
+
+    def __init__(self, threads: int) -> None:
+        cmd = [sys.executable, str(ROOT / "bench" / "grpc_floor.py"), "--port", "0", "--threads", str(threads)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        if line[:1] != ["ready"]:
+            raise RuntimeError(f"grpc_floor.py did not start: {line}")
+        self.target = f"127.0.0.1:{line[1]}"
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 # --- the modes -------------------------------------------------------------------------
 
 # (e): path name, over the Unix socket?, client encoding
 SAME_HOST = (("tcp+jpeg", False, "jpeg"), ("unix+raw", True, "raw"), ("unix+shm", True, "shm"))
-E_CHUNK = 10  # frames per stream before (e) moves on to the next path
+E_CHUNK = 10  # frames per stream before a latency comparison moves on to the next mode
+THROUGHPUT_CHUNK = 20  # frames per stream in the throughput comparison (b) vs (c)
 
 
 def served_throughput(target: str, name: str, precision: str, frames: list, encoding: str = "jpeg") -> Samples:
@@ -425,6 +451,7 @@ def main() -> int:
     forced = DaemonProcess(
         served_models, args.repository, daemon_threads, tmp / "forced.sock", args.max_batch, ("--batch-sizes", ladder)
     )
+    floor = FloorProcess(daemon_threads)
     tcp, uds, forced_tcp = f"127.0.0.1:{daemon.port}", f"unix:{daemon.sock}", f"127.0.0.1:{forced.port}"
     results: dict = {"config": vars(args) | {"out": str(args.out), "repository": str(args.repository)}, "rows": []}
     results["footprint"] = {"daemon_startup_s": daemon.startup_s, **client_footprint()}
@@ -435,34 +462,57 @@ def main() -> int:
                 key = f"{name} {precision}"
                 inproc = InProcess(name, precision, args.repository)
                 tensor = inproc.preprocessed(jpegs[:1])[0]
-                modes = {m: Samples() for m in ("a model", "b limit", "c served", "c served latency")}
+                modes = {m: Samples() for m in ("a model", "b limit", "c served")}
+                modes |= {m: Samples() for m in ("b limit latency", "c served latency", "c floor latency")}
                 modes |= {f"e {path}{size} latency": Samples() for size in camera_rounds for path, _, _ in SAME_HOST}
+                for n in args.streams:
+                    modes |= {f"d {n} streams": Samples(), f"d {n} streams forced": Samples()}
                 results.setdefault("batch_sizes", {})[key] = batch_sizes(tcp, name, precision)
                 served_lat_timeline: list[float] = []
+                d_frames = per_round[: max(4, args.frames // args.rounds)]  # (d) spread over the rounds
                 for r in range(args.rounds):
                     log(f"{key}: round {r + 1}/{args.rounds}")
                     inproc.model_only(tensor, args.frames, modes["a model"])
-                    inproc.limit(per_round, modes["b limit"])
-                    _merge(modes["c served"], served_throughput(tcp, name, precision, per_round))
-                    lat = served_latency(tcp, name, precision, per_round)
-                    served_lat_timeline += lat.latencies_ms
-                    _merge(modes["c served latency"], lat)
-                    # (e) in chunks of a few frames, rotating which path goes first: the machine's
-                    # noise comes in bursts of seconds, longer than one path's 60 frames.
+                    # Every comparison runs in chunks, rotating which mode goes first: the machine's
+                    # noise comes in bursts of seconds, longer than one mode's 60 frames.
+                    # (b) and (c) throughput: frames back to back (policy all) in both.
+                    for c, start in enumerate(range(0, args.frames, THROUGHPUT_CHUNK)):
+                        chunk = per_round[start : start + THROUGHPUT_CHUNK]
+                        for mode in _rotate(["b limit", "c served"], c + r):
+                            if mode == "b limit":
+                                inproc.limit(chunk, modes[mode])
+                            else:
+                                _merge(modes[mode], served_throughput(tcp, name, precision, chunk))
+                    # (b) and (c) latency, and the floor: one frame in flight at a time.
+                    for c, start in enumerate(range(0, args.frames, E_CHUNK)):
+                        chunk = per_round[start : start + E_CHUNK]
+                        for mode in _rotate(["b limit latency", "c served latency", "c floor latency"], c + r):
+                            if mode == "b limit latency":
+                                inproc.limit(chunk, modes[mode])
+                                continue
+                            if mode == "c served latency":
+                                lat = served_latency(tcp, name, precision, chunk)
+                                served_lat_timeline += lat.latencies_ms
+                            else:  # held as long as the daemon's work on a frame takes in process
+                                done = modes["b limit latency"].latencies_ms or modes["b limit"].latencies_ms
+                                hold = statistics.median(done)
+                                lat = served_latency(floor.target, busy_model(hold), "", chunk)
+                            _merge(modes[mode], lat)
                     paths = [
                         (size, path, over_unix, enc) for size in camera_rounds for path, over_unix, enc in SAME_HOST
                     ]
                     for c, start in enumerate(range(0, args.frames, E_CHUNK)):
-                        for size, path, over_unix, encoding in paths[c % len(paths) :] + paths[: c % len(paths)]:
+                        for size, path, over_unix, encoding in _rotate(paths, c):
                             chunk = camera_rounds[size][start : start + E_CHUNK]
                             lat = served_latency(uds if over_unix else tcp, name, precision, chunk, encoding)
                             _merge(modes[f"e {path}{size} latency"], lat)
+                    log(f"{key}: round {r + 1}/{args.rounds}: {', '.join(map(str, args.streams))} concurrent streams")
+                    for n in args.streams:
+                        runs = [(f"d {n} streams", tcp), (f"d {n} streams forced", forced_tcp)]
+                        for mode, target in _rotate(runs, r):
+                            _merge(modes[mode], concurrent_streams(target, name, precision, d_frames, n))
                 inproc.stop()
                 timelines[key] = served_lat_timeline
-                for n in args.streams:
-                    log(f"{key}: {n} concurrent streams (as configured, then forced batching)")
-                    modes[f"d {n} streams"] = concurrent_streams(tcp, name, precision, per_round, n)
-                    modes[f"d {n} streams forced"] = concurrent_streams(forced_tcp, name, precision, per_round, n)
                 for mode, s in modes.items():
                     results["rows"].append({"model": name, "precision": precision, "mode": mode, **s.row()})
                 if not args.no_onnx and precision == "fp32":
@@ -489,6 +539,7 @@ def main() -> int:
     finally:
         daemon.stop()
         forced.stop()
+        floor.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
     summary = report(results)
@@ -497,6 +548,12 @@ def main() -> int:
     plot(results, timelines, args.out / "serve_bench.png")
     log(f"wrote {args.out / 'serve_bench.json'} and {args.out / 'serve_bench.png'}")
     return 0
+
+
+def _rotate(items: list, by: int) -> list:
+    """``items`` starting at ``by`` (mod its length): which mode goes first changes from chunk to chunk."""
+    by %= len(items)
+    return items[by:] + items[:by]
 
 
 def _merge(into: Samples, s: Samples) -> None:
@@ -526,16 +583,27 @@ def report(results: dict) -> dict:
     for model in dict.fromkeys(r["model"] for r in rows):
         for precision in ("fp32", "int8"):
             b, c = get(model, precision, "b limit"), get(model, precision, "c served")
-            lat = get(model, precision, "c served latency")
-            if not (b and c and lat):
+            b_lat, lat = get(model, precision, "b limit latency"), get(model, precision, "c served latency")
+            floor = get(model, precision, "c floor latency")
+            if not (b and c and b_lat and lat and floor):
                 continue
             key = f"{model} {precision}"
             served_over_limit = c["fps"] / b["fps"]
-            added = lat["p50_ms"] - b["p50_ms"]
-            summary[key] = {"served_over_limit": served_over_limit, "added_latency_p50_ms": added}
+            added = lat["p50_ms"] - b_lat["p50_ms"]
+            floor_ms = floor["stages_ms"]["overhead"]  # its latency minus the time it held the frame
+            summary[key] = {
+                "served_over_limit": served_over_limit,
+                "added_latency_p50_ms": added,
+                "grpc_floor_p50_ms": floor_ms,
+                "added_above_floor_ms": added - floor_ms,
+            }
             print(
                 f"  {key:<22} served/limit throughput {served_over_limit:5.2f}   "
                 f"added latency p50 {added:+6.2f} ms (served one-at-a-time minus in-process)"
+            )
+            print(
+                f"    of which the bare gRPC stream's floor {floor_ms:+.2f} ms (bench/grpc_floor.py, same hand-offs "
+                f"and idle gap, no model), the daemon's own {added - floor_ms:+.2f} ms"
             )
             sizes = results.get("batch_sizes", {}).get(key)
             print(f"    batching across streams (daemon's measured batch sizes: {sizes}; forced: 1-8)")
@@ -613,20 +681,22 @@ def plot(results: dict, timelines: dict[str, list[float]], path: Path) -> None:
     ax1.set_ylabel("client round-trip latency, ms")
     ax1.set_title("served latency over time")
     ax1.legend(fontsize=8)
-    rows = [r for r in results["rows"] if r["mode"] in ("b limit", "c served latency")]
-    labels, bottoms = [], []
+    rows = [r for r in results["rows"] if r["mode"] in ("b limit latency", "c served latency", "c floor latency")]
+    labels = []
     stages = ("decode", "preprocess", "queue", "inference")
     for i, r in enumerate(rows):
-        labels.append(f"{r['model']}\n{r['precision']} {r['mode'][2:]}")
+        labels.append(f"{r['model']}\n{r['precision']} {r['mode'][2:].removesuffix(' latency')}")
         bottom = 0.0
         for j, stage in enumerate(stages):
             v = r["stages_ms"].get(stage, 0.0)
             ax2.bar(i, v, bottom=bottom, color=f"C{j}", label=stage if i == 0 else None)
             bottom += v
-        bottoms.append(bottom)
+        # What the stages do not cover: gRPC, the two processes, thread hand-offs.
+        rest = max(0.0, r["p50_ms"] - bottom)
+        ax2.bar(i, rest, bottom=bottom, color="C7", label="rest of p50 (gRPC, hand-offs)" if i == 0 else None)
     ax2.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30, ha="right")
     ax2.set_ylabel("median ms per frame")
-    ax2.set_title("per-stage medians: in-process limit vs served (one frame in flight)")
+    ax2.set_title("one frame in flight: in-process limit vs served vs bare-gRPC floor")
     ax2.legend(fontsize=8)
     same_host(results["rows"], ax3)
     fig.tight_layout()

@@ -49,7 +49,9 @@ def test_serve_bench_tiny(tmp_path: Path) -> None:
             "a model",
             "b limit",
             "c served",
+            "b limit latency",
             "c served latency",
+            "c floor latency",
             "d 1 streams",
             "d 2 streams",
             "d 2 streams forced",
@@ -63,10 +65,15 @@ def test_serve_bench_tiny(tmp_path: Path) -> None:
             assert (precision, mode) in modes
     assert all(sizes[0] == 1 for sizes in result["batch_sizes"].values())
     assert "batching across streams (daemon's measured batch sizes" in out.stdout
+    assert "of which the bare gRPC stream's floor" in out.stdout
     assert "same host 640x480: p50 (overhead = latency minus inference) tcp+jpeg" in out.stdout
     assert "unix+shm vs tcp+jpeg already encoded" in out.stdout
     ratios = result["summary"]["squeezenet1_1 int8"]
     assert {"unix_shm_vs_tcp_jpeg_p50", "unix_raw_vs_tcp_jpeg_640x480_overhead_saved_ms"} <= set(ratios)
+    assert ratios["added_above_floor_ms"] == pytest.approx(ratios["added_latency_p50_ms"] - ratios["grpc_floor_p50_ms"])
+    # (d) runs in every round, a share of the frames each time: 1 round of 6 frames per stream here.
+    d2 = next(r for r in result["rows"] if (r["precision"], r["mode"]) == ("int8", "d 2 streams"))
+    assert d2["frames"] == 2 * 6
     assert all(r["frames"] > 0 for r in result["rows"] if not r["mode"].endswith("(peer)"))
     assert result["footprint"]["client_imports_torch"] is False
     assert result["footprint"]["daemon_rss_mb"] > 0 and result["footprint"]["daemon_startup_s"] > 0
@@ -83,3 +90,36 @@ def test_quant_flows_bench_tiny(tmp_path: Path) -> None:
     assert [r["variant"] for r in rows] == ["fp32", "int8-fx"]
     assert rows[1]["sqnr_db"] > 20
     assert "int8-fx" in out.stdout and (tmp_path / "quant_flows.png").read_bytes()[:8] == PNG
+
+
+def test_grpc_floor_holds_each_frame_and_answers_in_order() -> None:
+    """The floor server answers every frame, in order, after holding it as long as the model name says."""
+    import grpc
+
+    from edgeinfer.client import EdgeClient, EdgeInferError
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import grpc_floor
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    from concurrent import futures
+
+    from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_EdgeInferenceServicer_to_server(grpc_floor.FloorServicer(grpc_floor.Worker(threads=1)), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with EdgeClient(f"127.0.0.1:{port}", timeout=30) as client:
+            frames = [b"\xff\xd8 not decoded" for _ in range(5)]
+            results = list(client.stream(frames, grpc_floor.busy_model(3.0), drop_policy="all", timeout=30))
+            assert [r.sequence for r in results] == list(range(5))
+            assert all(r.prediction is not None and r.prediction.timings.inference_ms >= 3.0 for r in results)
+            assert all(r.latency_ms is not None and r.latency_ms >= r.prediction.timings.inference_ms for r in results)
+            with pytest.raises(EdgeInferError) as err:
+                list(client.stream(frames, "squeezenet", timeout=30))
+            assert err.value.code == grpc.StatusCode.NOT_FOUND
+    finally:
+        server.stop(None)
