@@ -107,10 +107,10 @@ def batch_ladder(max_batch: int) -> tuple[int, ...]:
     return tuple(sorted({1 << i for i in range(max_batch.bit_length())} | {max_batch}))
 
 
-# What a batch costs the inference thread besides its forward pass: cutting it, the
-# hand-offs to and from the stream threads, answering each frame (0.2-0.8 ms traced on
-# this project's 2-vCPU VM, issue 4). A batch of N pays it once for N frames.
-BATCH_COST_MS = 0.5
+# What a batch costs the inference thread besides its forward pass and its frames' own
+# answers: cutting it and the stall while the stream threads take their turn (0.2-0.6 ms
+# traced on this project's 2-vCPU VM, issue 4). A batch of N pays it once for N frames.
+BATCH_COST_MS = 0.3
 
 
 def profile_batch_sizes(
@@ -120,9 +120,10 @@ def profile_batch_sizes(
     *,
     budget_s: float = 3.0,
     batch_cost_ms: float = BATCH_COST_MS,
+    min_gain: float = 0.05,
     log_as: str = "model",
 ) -> tuple[int, ...]:
-    """Batch sizes no dearer per served frame than single frames, and than smaller sizes, here.
+    """Batch sizes ``min_gain`` cheaper per served frame than single frames, and no dearer than smaller sizes.
 
     Times powers of two up to ``max_batch``: two warm-up passes per size (TorchScript
     specializes per shape), then 3-7 rounds that alternate between the sizes, so that
@@ -130,9 +131,12 @@ def profile_batch_sizes(
     its fastest pass. A served frame costs its share of the pass plus its share of
     ``batch_cost_ms``. On a few CPU cores a single frame already keeps every core
     busy: some int8 kernels are much slower per frame at batch 2-4 than at 1, and
-    others cost the same per frame at every size, where batching still wins the
-    per-batch cost back when served (int8 ResNet50: 15-30% more frames/s at 1-8
-    streams). On a GPU batching is almost free. Sizes whose passes would not fit in
+    others cost a little less per frame at 4-8, where batching wins more once
+    served (int8 ResNet50: 1.3x the frames/s at 2-8 streams). ``min_gain`` keeps a
+    size that is only even within this machine's noise out: batching one stream's
+    backlog at such a size only delays its answers (int8 SqueezeNet at 8: served
+    throughput 0.81 of the limit against 0.87-0.97 at batch 1). On a GPU batching
+    is almost free. Sizes whose passes would not fit in
     ``budget_s`` of start-up are not timed and not used.
     """
     budget_ms = budget_s * 1e3
@@ -157,7 +161,7 @@ def profile_batch_sizes(
     # no dearer per frame than the sizes below it (fp32 SqueezeNet: 4 beats 1, 8 loses to 4).
     chosen = [1]
     for n, ms in served.items():
-        if n > 1 and ms <= served[1] and ms <= served[chosen[-1]]:
+        if n > 1 and ms <= (1 - min_gain) * served[1] and ms <= served[chosen[-1]]:
             chosen.append(n)
     log.info(
         "%s: ms per frame by batch size %s (+%.1f ms per batch when served); batching at %s",

@@ -188,24 +188,24 @@ def test_profile_alternates_sizes_so_a_noise_burst_cannot_pick_them() -> None:
     assert profile_batch_sizes(CostRunner({1: 900.0, 2: 100.0}), 8, 8, budget_s=3.0) == (1,)
 
 
-def test_profile_keeps_only_sizes_no_dearer_per_served_frame() -> None:
+def test_profile_keeps_only_sizes_cheaper_per_served_frame() -> None:
     # int8 SqueezeNet on 2 cores: batch 2 and 4 are slower per frame than batch 1.
     runner = CostRunner({1: 4.0, 2: 14.0, 4: 9.0, 8: 3.0})
     assert profile_batch_sizes(runner, 8, 8) == (1, 8)  # type: ignore[arg-type]
-    # Batch 2 is dearer per frame even with the per-batch cost shared (4.4 + 0.25 > 4.0 + 0.5).
-    assert profile_batch_sizes(CostRunner({1: 4.0, 2: 4.4, 4: 3.5}), 8, 4) == (1, 4)  # type: ignore[arg-type]
+    # Batch 2 is only even once its frames share the per-batch cost (4.2 + 0.15 vs 4.0 + 0.3).
+    assert profile_batch_sizes(CostRunner({1: 4.0, 2: 4.2, 4: 3.5}), 8, 4) == (1, 4)  # type: ignore[arg-type]
     # fp32 SqueezeNet here: 2 and 4 are cheaper, 8 is cheaper than 1 but dearer than 4.
     assert profile_batch_sizes(CostRunner({1: 25.0, 2: 21.6, 4: 20.4, 8: 22.0}), 8, 8, budget_s=2.0) == (1, 2, 4)
 
 
-def test_profile_batches_when_the_pass_costs_the_same_per_frame() -> None:
-    # int8 ResNet50 here: about the same per frame at every size; a batch of 4 or 8 still
-    # pays the per-batch cost once, and served that is 15-30% more frames/s.
-    runner = CostRunner({1: 20.0, 2: 20.3, 4: 20.0, 8: 19.9})
-    assert profile_batch_sizes(runner, 8, 8) == (1, 4, 8)  # type: ignore[arg-type]
-    assert profile_batch_sizes(runner, 8, 8, batch_cost_ms=0.0) == (1, 4, 8)  # type: ignore[arg-type]
-    # Without a per-batch cost, a size only a hair dearer per frame is not taken.
-    assert profile_batch_sizes(CostRunner({1: 20.0, 2: 20.1}), 8, 2, batch_cost_ms=0.0) == (1,)  # type: ignore[arg-type]
+def test_profile_counts_the_per_batch_cost_a_batch_shares() -> None:
+    # int8 ResNet50 here: a little cheaper per frame at 4 and 8 (3%), not enough on the
+    # forward pass alone; with the per-batch cost shared, 4 and 8 are worth it served.
+    runner = CostRunner({1: 10.0, 2: 10.0, 4: 9.7, 8: 9.7})
+    assert profile_batch_sizes(runner, 8, 8, batch_cost_ms=0.0) == (1,)  # type: ignore[arg-type]
+    assert profile_batch_sizes(runner, 8, 8, batch_cost_ms=0.6) == (1, 4, 8)  # type: ignore[arg-type]
+    # int8 SqueezeNet at 8: about even per frame, within noise: not batched.
+    assert profile_batch_sizes(CostRunner({1: 4.33, 2: 9.1, 4: 6.1, 8: 4.55}), 8, 8) == (1,)  # type: ignore[arg-type]
 
 
 class NamedRunner(SlowRunner):
