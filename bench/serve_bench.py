@@ -118,7 +118,14 @@ class DaemonProcess:
     """An edgeserver subprocess, as it runs on a robot: its own process and cores."""
 
     def __init__(
-        self, models: list[str], repository: Path, threads: int, sock: Path, max_batch: int, extra: tuple[str, ...] = ()
+        self,
+        models: list[str],
+        repository: Path,
+        threads: int,
+        sock: Path,
+        max_batch: int,
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.sock = sock
@@ -148,7 +155,9 @@ class DaemonProcess:
         for m in models:
             cmd += ["--model", m]
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ | (env or {})
+        )
         self.startup_s = self._wait_serving(models[0])
 
     def _wait_serving(self, model: str) -> float:
@@ -417,6 +426,9 @@ def main() -> int:
     p.add_argument("--image-size", type=int, default=224, help="side of the square JPEG frames sent")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads, daemon and in-process alike")
     p.add_argument("--daemon-threads", type=int, default=None, help="the daemon's --threads (default: --threads)")
+    p.add_argument(
+        "--daemon-env", action="append", default=[], metavar="NAME=VALUE", help="environment of the daemons only"
+    )
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--repository", type=Path, default=ROOT / "bench" / "results" / "model-repo")
     p.add_argument("--no-onnx", action="store_true")
@@ -445,11 +457,20 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="edgebench-"))
     log(f"starting edgeserver with {', '.join(served_models)}")
     daemon_threads = args.daemon_threads or args.threads
-    daemon = DaemonProcess(served_models, args.repository, daemon_threads, tmp / "edge.sock", args.max_batch)
+    daemon_env = dict(kv.split("=", 1) for kv in args.daemon_env)
+    daemon = DaemonProcess(
+        served_models, args.repository, daemon_threads, tmp / "edge.sock", args.max_batch, env=daemon_env
+    )
     ladder = ",".join(str(n) for n in (1, 2, 4, 8) if n <= args.max_batch)
     log(f"starting a second edgeserver forced to batch sizes {ladder} (for the batching comparison)")
     forced = DaemonProcess(
-        served_models, args.repository, daemon_threads, tmp / "forced.sock", args.max_batch, ("--batch-sizes", ladder)
+        served_models,
+        args.repository,
+        daemon_threads,
+        tmp / "forced.sock",
+        args.max_batch,
+        ("--batch-sizes", ladder),
+        env=daemon_env,
     )
     floor = FloorProcess(daemon_threads)
     tcp, uds, forced_tcp = f"127.0.0.1:{daemon.port}", f"unix:{daemon.sock}", f"127.0.0.1:{forced.port}"

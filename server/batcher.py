@@ -47,11 +47,11 @@ from edgeinfer.server.preprocess import PreprocessedFrame
 from edgeinfer.server.runner import ModelRunner
 
 __all__ = [
+    "BATCH_COST_MS",
     "BatchScheduler",
     "InferenceThread",
     "Job",
     "JobResult",
-    "BATCH_COST_MS",
     "allowed_sizes",
     "batch_ladder",
     "cpu_thread",
