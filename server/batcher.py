@@ -132,12 +132,13 @@ def profile_batch_sizes(
     ``batch_cost_ms``. On a few CPU cores a single frame already keeps every core
     busy: some int8 kernels are much slower per frame at batch 2-4 than at 1, and
     others cost a little less per frame at 4-8, where batching wins more once
-    served (int8 ResNet50: 1.3x the frames/s at 2-8 streams). ``min_gain`` keeps a
-    size that is only even within this machine's noise out: batching one stream's
-    backlog at such a size only delays its answers (int8 SqueezeNet at 8: served
-    throughput 0.81 of the limit against 0.87-0.97 at batch 1). On a GPU batching
-    is almost free. Sizes whose passes would not fit in
-    ``budget_s`` of start-up are not timed and not used.
+    served (int8 ResNet50: 1.1-1.3x the frames/s at 2-8 streams). ``min_gain`` keeps
+    out a size that is only even within this machine's noise: it wins nothing, and
+    every frame of a batch waits for the whole batch (int8 SqueezeNet allowed an
+    even batch 8: one stream's backlog ran in batches of 8, with served/limit 0.81
+    against 0.80-0.83 at batch 1 in the same day's runs). On a GPU batching is
+    almost free. Sizes whose passes would not fit in ``budget_s`` of start-up are
+    not timed and not used.
     """
     budget_ms = budget_s * 1e3
     spent_ms = 0.0
