@@ -517,36 +517,32 @@ def main() -> int:
                     # Every comparison runs in chunks, rotating which mode goes first: the machine's
                     # noise comes in bursts of seconds, longer than one mode's 60 frames.
                     # (b) and (c) throughput: frames back to back (policy all) in both.
-                    for c, start in enumerate(range(0, args.frames, THROUGHPUT_CHUNK)):
-                        chunk = per_round[start : start + THROUGHPUT_CHUNK]
-                        for mode in _rotate(["b limit", "c served"], c + r):
-                            if mode == "b limit":
-                                inproc.limit(chunk, modes[mode])
-                            else:
-                                _merge(modes[mode], served_throughput(tcp, name, precision, chunk))
+                    for part, mode in interleaved(args.frames, THROUGHPUT_CHUNK, ["b limit", "c served"], r):
+                        if mode == "b limit":
+                            inproc.limit(per_round[part], modes[mode])
+                        else:
+                            _merge(modes[mode], served_throughput(tcp, name, precision, per_round[part]))
                     # (b) and (c) latency, and the floor: one frame in flight at a time.
-                    for c, start in enumerate(range(0, args.frames, E_CHUNK)):
-                        chunk = per_round[start : start + E_CHUNK]
-                        for mode in _rotate(["b limit latency", "c served latency", "c floor latency"], c + r):
-                            if mode == "b limit latency":
-                                inproc.limit(chunk, modes[mode])
-                                continue
-                            if mode == "c served latency":
-                                lat = served_latency(tcp, name, precision, chunk)
-                                served_lat_timeline += lat.latencies_ms
-                            else:  # held as long as the daemon's work on a frame takes in process
-                                done = modes["b limit latency"].latencies_ms or modes["b limit"].latencies_ms
-                                hold = statistics.median(done)
-                                lat = served_latency(floor.target, busy_model(hold), "", chunk)
-                            _merge(modes[mode], lat)
+                    latency_modes = ["b limit latency", "c served latency", "c floor latency"]
+                    for part, mode in interleaved(args.frames, E_CHUNK, latency_modes, r):
+                        chunk = per_round[part]
+                        if mode == "b limit latency":
+                            inproc.limit(chunk, modes[mode])
+                            continue
+                        if mode == "c served latency":
+                            lat = served_latency(tcp, name, precision, chunk)
+                            served_lat_timeline += lat.latencies_ms
+                        else:  # held as long as the daemon's work on a frame takes in process
+                            done = modes["b limit latency"].latencies_ms or modes["b limit"].latencies_ms
+                            lat = served_latency(floor.target, busy_model(statistics.median(done)), "", chunk)
+                        _merge(modes[mode], lat)
                     paths = [
                         (size, path, over_unix, enc) for size in camera_rounds for path, over_unix, enc in SAME_HOST
                     ]
-                    for c, start in enumerate(range(0, args.frames, E_CHUNK)):
-                        for size, path, over_unix, encoding in _rotate(paths, c):
-                            chunk = camera_rounds[size][start : start + E_CHUNK]
-                            lat = served_latency(uds if over_unix else tcp, name, precision, chunk, encoding)
-                            _merge(modes[f"e {path}{size} latency"], lat)
+                    for part, (size, path, over_unix, encoding) in interleaved(args.frames, E_CHUNK, paths):
+                        chunk = camera_rounds[size][part]
+                        lat = served_latency(uds if over_unix else tcp, name, precision, chunk, encoding)
+                        _merge(modes[f"e {path}{size} latency"], lat)
                     log(f"{key}: round {r + 1}/{args.rounds}: {', '.join(map(str, args.streams))} concurrent streams")
                     for n in args.streams:
                         runs = [(f"d {n} streams", tcp), (f"d {n} streams forced", forced_tcp)]
@@ -595,6 +591,13 @@ def _rotate(items: list, by: int) -> list:
     """``items`` starting at ``by`` (mod its length): which mode goes first changes from chunk to chunk."""
     by %= len(items)
     return items[by:] + items[:by]
+
+
+def interleaved(frames: int, chunk: int, items: list, offset: int = 0) -> Iterator[tuple[slice, Any]]:
+    """(frames of the chunk, item) for every item on every ``chunk`` frames; the first item rotates per chunk."""
+    for c, start in enumerate(range(0, frames, chunk)):
+        for item in _rotate(items, c + offset):
+            yield slice(start, start + chunk), item
 
 
 def _merge(into: Samples, s: Samples) -> None:
