@@ -1,9 +1,11 @@
 """Dynamic batching: an inference thread runs frames from all streams, model by model.
 
-Inference never runs on gRPC handler threads. Each model's scheduler takes the
-oldest waiting job, adds whatever else is already waiting (up to ``max_batch``,
-with ``max_wait_ms`` of patience) and runs them as one forward pass. With
-``max_wait_ms=0`` a lone stream never waits for company.
+Inference never runs on gRPC handler threads. Each model's scheduler queues its
+jobs; its next batch is ready when ``max_batch`` jobs wait or its oldest job has
+waited ``max_wait_ms`` for company (Triton's max queue delay), and then runs as
+one forward pass of the oldest waiting jobs. With ``max_wait_ms=0`` a lone stream
+never waits. A model waiting for company does not hold its thread: other models'
+ready batches run meanwhile.
 
 Every CPU model of a daemon shares one :class:`InferenceThread` (``cpu_thread()``),
 which also loads and warms them up: all of the daemon's torch work on the CPU
@@ -215,6 +217,8 @@ class InferenceThread:
 
     def detach(self, scheduler: BatchScheduler, timeout: float = 5.0) -> None:
         with self.cond:
+            if scheduler not in self._schedulers:  # stopped before
+                return
             self._schedulers.remove(scheduler)
             last = not self._schedulers
             self.cond.notify_all()
@@ -234,13 +238,17 @@ class InferenceThread:
             while True:
                 if self._calls:
                     return self._calls.popleft()
-                busy = [s for s in self._schedulers if s._queue]
-                if busy:  # the model whose oldest frame has waited longest goes first
-                    scheduler = min(busy, key=lambda s: s._queue[0].enqueued_at)
-                    return functools.partial(scheduler._execute, scheduler._cut_batch())
+                now = time.perf_counter()
+                waiting = [(oldest, s) for s in self._schedulers if (oldest := s.oldest_waiting()) is not None]
+                ready = [(oldest, s) for oldest, s in waiting if s.ready_at() <= now]
+                if ready:  # the model whose oldest frame has waited longest goes first
+                    scheduler = min(ready, key=lambda pair: pair[0])[1]
+                    return functools.partial(scheduler.run_batch, scheduler.take_batch())
                 if self._stopping and not self._schedulers:
                     return None
-                self.cond.wait()
+                # Nothing ready: sleep until a model's batch wait ends, or a job or a call comes.
+                wake_at = min((s.ready_at() for _, s in waiting), default=None)
+                self.cond.wait(None if wake_at is None else wake_at - now)
 
     def _run(self) -> None:
         while (work := self._next()) is not None:
@@ -319,32 +327,39 @@ class BatchScheduler:
         deadline = time.monotonic() + timeout
         with self._cond:
             self._stopping = True
+            self._cond.notify_all()  # a batch waiting for company runs now
             while self._queue and (remaining := deadline - time.monotonic()) > 0:
                 self._cond.wait(remaining)
         self.thread.detach(self, timeout)
 
-    def _cut_batch(self) -> list[Job]:
-        """With the thread's lock held and a job waiting: the next batch (allowed sizes only)."""
-        batch = [self._queue.popleft()]
-        deadline = time.perf_counter() + self.max_wait_s
-        while len(batch) < self.max_batch:
-            if self._queue:
-                batch.append(self._queue.popleft())
-                continue
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0 or self._stopping:
-                break
-            self._cond.wait(remaining)
-        size = max(n for n in self.batch_sizes if n <= len(batch))
-        for job in reversed(batch[size:]):  # back to the front of the line, in order
-            self._queue.appendleft(job)
-        batch = batch[:size]
+    # The three below are called by the thread with its lock (``self._cond``) held.
+
+    def oldest_waiting(self) -> float | None:
+        """When the oldest waiting job was queued, or None if none waits."""
+        return self._queue[0].enqueued_at if self._queue else None
+
+    def ready_at(self) -> float:
+        """When the next batch may run: now if it is full or the scheduler stops, else when its wait ends.
+
+        The wait counts from the oldest job's arrival (Triton's max queue delay), so
+        a frame waits at most ``max_wait_ms`` for company, and while it does the
+        thread runs other models' ready batches.
+        """
+        if len(self._queue) >= self.max_batch or self._stopping:
+            return float("-inf")
+        return self._queue[0].enqueued_at + self.max_wait_s
+
+    def take_batch(self) -> list[Job]:
+        """The next batch: the oldest jobs, cut to the largest allowed size; the rest wait in order."""
+        size = max(n for n in self.batch_sizes if n <= len(self._queue))
+        batch = [self._queue.popleft() for _ in range(size)]
         for job in batch:
             job.state = _RUNNING
         self._cond.notify_all()  # stop() may be waiting for the queue to empty
         return batch
 
-    def _execute(self, batch: list[Job]) -> None:
+    def run_batch(self, batch: list[Job]) -> None:
+        """Preprocess (if deferred) and infer ``batch`` on the calling (inference) thread; settle its futures."""
         started = time.perf_counter()
         batch = self._prepare(batch)
         if not batch:

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-wait-ms",
         type=float,
         default=0.0,
-        help="how long a frame may wait for others to batch with (default: 0, never wait)",
+        help="longest a frame waits, from its arrival, for others to batch with (default: 0, never wait)",
     )
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: off)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

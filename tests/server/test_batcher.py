@@ -241,6 +241,42 @@ def test_models_sharing_a_thread_run_oldest_job_first_on_that_thread() -> None:
     assert ran == [("a", "infer-test"), ("b", "infer-test"), ("a", "infer-test")]
 
 
+def test_a_lone_job_waits_for_company_up_to_the_batch_wait() -> None:
+    runner = SlowRunner()
+    sched = BatchScheduler(runner, max_batch=2, max_wait_ms=60_000)
+    lone = BatchScheduler(SlowRunner(), max_batch=2, max_wait_ms=30)
+    try:
+        # A full batch runs at once, whatever is left of the wait.
+        pair = [sched.submit(_job(0.1)), sched.submit(_job(0.2))]
+        assert [j.future.result(5).batch_size for j in pair] == [2, 2]
+        # Alone, a frame runs once it has waited the batch wait, counted from its arrival.
+        result = lone.submit(_job(0.3)).future.result(5)
+    finally:
+        sched.stop()
+        lone.stop()
+    assert runner.batch_sizes == [2]
+    assert result.batch_size == 1 and result.indices[0] == 3
+    assert result.queue_ms >= 30
+
+
+def test_a_model_waiting_for_company_does_not_hold_the_shared_thread() -> None:
+    thread = InferenceThread("infer-test")
+    ran: list[tuple[str, str]] = []
+    patient = BatchScheduler(NamedRunner("a", ran), max_batch=4, max_wait_ms=60_000, thread=thread)  # type: ignore[arg-type]
+    eager = BatchScheduler(NamedRunner("b", ran), max_batch=1, thread=thread)  # type: ignore[arg-type]
+    try:
+        waiting = patient.submit(_job(0.1))
+        assert eager.submit(_job(0.2)).future.result(5).indices[0] == 2  # b runs while a waits
+        assert not waiting.future.done() and patient.pending() == 1
+        patient.stop()  # stopping ends the wait: the waiting frame runs, alone
+        assert waiting.future.result(5).batch_size == 1
+    finally:
+        patient.stop()
+        eager.stop()
+        thread.stop()
+    assert ran == [("b", "infer-test"), ("a", "infer-test")]
+
+
 def test_call_runs_on_the_thread_and_hands_back_results_and_errors() -> None:
     thread = InferenceThread("infer-test")
     try:
