@@ -40,14 +40,19 @@ class Worker:
     """One thread for all torch work, as the daemon's ``cpu_thread()``."""
 
     def __init__(self, threads: int) -> None:
-        self.jobs: queue.SimpleQueue[tuple[float, queue.SimpleQueue[float]]] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[tuple[float, queue.SimpleQueue[float]] | None] = queue.SimpleQueue()
         self._a = torch.randn(192, 192)
-        threading.Thread(target=self._run, args=(threads,), name="floor-worker", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, args=(threads,), name="floor-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self._thread.join(5)
 
     def _run(self, threads: int) -> None:
         torch.set_num_threads(threads)
-        while True:
-            hold_ms, answer = self.jobs.get()
+        while (job := self.jobs.get()) is not None:
+            hold_ms, answer = job
             t0 = time.perf_counter()
             while (time.perf_counter() - t0) * 1e3 < hold_ms:
                 torch.mm(self._a, self._a)  # releases the GIL, keeps the OpenMP team busy like a model

@@ -220,18 +220,21 @@ def connected(target: str) -> Iterator[EdgeClient]:
 def served_throughput(target: str, name: str, precision: str, frames: list, encoding: str = "jpeg") -> Samples:
     """Frames back to back; frames/s in steady state, from the first answer to the last.
 
-    The first answer's latency (the stream's start and the pipeline filling) is left
-    out of the rate, so that short chunks measure what a long camera stream gets.
+    The first answer (the stream's start and the pipeline filling) is left out of
+    the rate and the latencies, so that short chunks measure what a long camera
+    stream gets.
     """
     s = Samples()
     with connected(target) as client:
-        first = 0.0
+        first: float | None = None
         for r in client.stream(frames, name, precision=precision, drop_policy="all", encoding=encoding):
-            _record(s, r)
-            if s.frames == 1:
+            if first is None:
+                assert r.prediction is not None, r
                 first = time.perf_counter()
+            else:
+                _record(s, r)
+        assert first is not None, "no answer"
         s.seconds = time.perf_counter() - first
-        s.frames -= 1  # the rate counts the frames answered after the first
     return s
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,8 @@ def test_grpc_floor_holds_each_frame_and_answers_in_order() -> None:
     from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_EdgeInferenceServicer_to_server(grpc_floor.FloorServicer(grpc_floor.Worker(threads=1)), server)
+    worker = grpc_floor.Worker(threads=1)
+    pb_grpc.add_EdgeInferenceServicer_to_server(grpc_floor.FloorServicer(worker), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
@@ -123,3 +125,5 @@ def test_grpc_floor_holds_each_frame_and_answers_in_order() -> None:
             assert err.value.code == grpc.StatusCode.NOT_FOUND
     finally:
         server.stop(None)
+        worker.stop()
+    assert not any(t.name == "floor-worker" for t in threading.enumerate())
