@@ -111,11 +111,8 @@ class EdgeClient:
         if encoding == "shm":
             raise ValueError("encoding='shm' needs a stream (stream()); use 'raw' or 'jpeg' for classify()")
         frame = as_frame(image, 0)
-        request = pb.ClassifyRequest(
-            model=pb.ModelSelector(name=model, precision=precision),
-            top_k=top_k,
-            image=Encoder(encoding, quality).to_proto(frame),
-        )
+        request = pb.ClassifyRequest(model=pb.ModelSelector(name=model, precision=precision), top_k=top_k)
+        Encoder(encoding, quality).write(frame, request.image)
         return Prediction.from_proto(self._call(self._stub.Classify, request, timeout))
 
     def _call(self, method: grpc.UnaryUnaryMultiCallable, request: object, timeout: float | None) -> object:
@@ -177,14 +174,15 @@ class EdgeClient:
                     if done.is_set():
                         return
                     frame = as_frame(item, i)
+                    assert frame.sequence is not None and frame.capture_time_ns is not None  # as_frame sets them
                     # Latency counts from here: encoding (JPEG, or the copy into shared memory) is part of it.
-                    sent_at[frame.sequence] = time.perf_counter()  # type: ignore[index]
-                    image = pool.image(frame.image, bgr=frame.bgr) if pool else None
-                    if image is None:
-                        image = encoder.to_proto(frame)
-                    yield pb.StreamRequest(
-                        frame=pb.Frame(sequence=frame.sequence, capture_time_ns=frame.capture_time_ns, image=image)
-                    )
+                    sent_at[frame.sequence] = time.perf_counter()
+                    request = pb.StreamRequest()  # filled in place: see Encoder.write
+                    request.frame.sequence = frame.sequence
+                    request.frame.capture_time_ns = frame.capture_time_ns
+                    if pool is None or not pool.write(frame.image, request.frame.image, bgr=frame.bgr):
+                        encoder.write(frame, request.frame.image)
+                    yield request
             except Exception as exc:  # gRPC would swallow it and report CANCELLED
                 failure.append(exc)
                 raise

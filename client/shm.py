@@ -52,8 +52,8 @@ class SharedMemoryFrames:
     def region(self) -> pb.SharedMemoryRegion:
         return pb.SharedMemoryRegion(key="/" + self._shm.name, byte_size=self.slot_bytes * self.slots)
 
-    def image(self, frame: np.ndarray | bytes, *, bgr: bool) -> pb.Image | None:
-        """The frame in a free slot, or None: send it inline. Call once per frame sent, in order."""
+    def write(self, frame: np.ndarray | bytes, into: pb.Image, *, bgr: bool) -> bool:
+        """Put the frame in a free slot and its handle in ``into``; False: send it inline. Once per frame, in order."""
         pixels = _check_array(frame) if isinstance(frame, np.ndarray) else None
         with self._lock:
             fits = pixels is not None and pixels.nbytes <= self.slot_bytes and not self._closed
@@ -61,7 +61,7 @@ class SharedMemoryFrames:
             self._in_flight.append(slot)
         if slot is None:
             self.sent_inline += 1
-            return None
+            return False
         assert pixels is not None
         h, w, _ = pixels.shape
         offset = slot * self.slot_bytes
@@ -69,7 +69,9 @@ class SharedMemoryFrames:
         _, order = raw_pixels(pixels, bgr=bgr, out=dst)  # swap (if BGR) and copy in one pass
         del dst  # no view may outlive the map (close() would fail)
         self.sent_shared += 1
-        return pb.Image(shared_memory=pb.SharedMemoryImage(offset=offset, height=h, width=w, pixel_format=order))
+        handle = into.shared_memory
+        handle.offset, handle.height, handle.width, handle.pixel_format = offset, h, w, order
+        return True
 
     def answered(self) -> None:
         """The oldest unanswered frame got its answer: its slot (if it had one) is free."""

@@ -20,6 +20,15 @@ def test_raw_encoding_keeps_pixels_and_order() -> None:
     assert rgb.raw.pixel_format == pb.PIXEL_FORMAT_RGB and rgb.raw.data == image.tobytes()
 
 
+def test_write_fills_a_request_in_place_as_to_proto_builds_it() -> None:
+    image = synthetic_frame(5, 64, 48)
+    for encoding in ("raw", "jpeg"):
+        request = pb.StreamRequest()
+        Encoder(encoding).write(Frame(image), request.frame.image)
+        assert request.frame.image == Encoder(encoding).to_proto(Frame(image))
+    assert request.frame.image.WhichOneof("data") == "jpeg"
+
+
 def test_jpeg_encoding_decodes_back_close_to_original() -> None:
     image = synthetic_frame(1, 128, 96)
     msg = Encoder("jpeg", quality=95).to_proto(Frame(image))
