@@ -85,7 +85,8 @@ class Job:
     frame: PreprocessedFrame | Callable[[], PreprocessedFrame]
     top_k: int
     future: Future[JobResult] = field(default_factory=Future)
-    enqueued_at: float = 0.0
+    enqueued_at: float = 0.0  # when this job was queued: its queue_ms counts from here
+    in_line_since: float = 0.0  # its place in line and batch wait; a job that replaces another keeps that one's
     state: str = _WAITING
 
     def prepared(self) -> PreprocessedFrame:
@@ -303,10 +304,30 @@ class BatchScheduler:
         with self._cond:
             if self._stopping:
                 raise RuntimeError("scheduler is stopped")
-            job.enqueued_at = time.perf_counter()
+            job.enqueued_at = job.in_line_since = time.perf_counter()
             self._queue.append(job)
             self._cond.notify_all()
         return job
+
+    def replace(self, old: Job, new: Job) -> bool:
+        """``new`` takes ``old``'s place in line if ``old`` has not started (True); else it queues at the back.
+
+        The ``latest`` drop policy: a stream's newer frame keeps the place, and the
+        batch wait, of the frame it replaces, so a stream that sends faster than
+        its frames run is not sent to the back of the line (or past its batch
+        wait) at every frame.
+        """
+        with self._cond:
+            if old.state != _WAITING:
+                self.submit(new)
+                return False
+            if self._stopping:
+                raise RuntimeError("scheduler is stopped")
+            old.state = _CANCELLED
+            new.enqueued_at, new.in_line_since = time.perf_counter(), old.in_line_since
+            self._queue[self._queue.index(old)] = new
+            self._cond.notify_all()
+            return True
 
     def cancel(self, job: Job) -> bool:
         """Withdraw a job that has not started. False if it already runs or ran."""
@@ -336,7 +357,7 @@ class BatchScheduler:
 
     def oldest_waiting(self) -> float | None:
         """When the oldest waiting job was queued, or None if none waits."""
-        return self._queue[0].enqueued_at if self._queue else None
+        return self._queue[0].in_line_since if self._queue else None
 
     def ready_at(self) -> float:
         """When the next batch may run: now if it is full or the scheduler stops, else when its wait ends.
@@ -347,7 +368,7 @@ class BatchScheduler:
         """
         if len(self._queue) >= self.max_batch or self._stopping:
             return float("-inf")
-        return self._queue[0].enqueued_at + self.max_wait_s
+        return self._queue[0].in_line_since + self.max_wait_s
 
     def take_batch(self) -> list[Job]:
         """The next batch: the oldest jobs, cut to the largest allowed size; the rest wait in order."""

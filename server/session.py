@@ -8,8 +8,9 @@ leave strictly in frame order.
 
 Drop policies (DESIGN.md):
   latest  while the model is busy keep only the newest waiting frame; the one it
-          replaces is answered "dropped". Latency stays bounded when the camera
-          is faster than the model.
+          replaces is answered "dropped", and the new one takes its place in the
+          model's line. Latency stays bounded when the camera is faster than the
+          model.
   all     infer every frame. At most ``window`` frames are unanswered; beyond
           that :meth:`submit` blocks, the servicer stops reading, and gRPC flow
           control pushes back on the sender.
@@ -171,7 +172,7 @@ class StreamSession:
         with self._lock:
             if self.policy is DropPolicy.LATEST and self._waiting is not None:
                 old_job, old_slot, old_frame = self._waiting
-                if self.model.scheduler.cancel(old_job):
+                if self.model.scheduler.replace(old_job, job):  # the new frame takes its place in line
                     old_slot.set_result(
                         FrameOutcome(
                             old_frame.sequence,
@@ -179,8 +180,9 @@ class StreamSession:
                             dropped="a newer frame of this stream arrived while the model was busy",
                         )
                     )
+            else:
+                self.model.scheduler.submit(job)
             self._waiting = (job, slot, frame)
-            self.model.scheduler.submit(job)
         return True
 
     def finish(self) -> None:

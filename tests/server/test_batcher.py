@@ -277,6 +277,41 @@ def test_a_model_waiting_for_company_does_not_hold_the_shared_thread() -> None:
     assert ran == [("b", "infer-test"), ("a", "infer-test")]
 
 
+def test_a_replacing_job_keeps_the_place_in_line_and_the_batch_wait() -> None:
+    runner = SlowRunner()
+    runner.gate.clear()
+    sched = BatchScheduler(runner, max_batch=8)
+    try:
+        blocker = sched.submit(_job(0.0))
+        wait_until_taken(sched)
+        a1, b1 = sched.submit(_job(0.1)), sched.submit(_job(0.2))
+        a2 = _job(0.3)
+        assert sched.replace(a1, a2)  # a's newer frame, still ahead of b's
+        runner.gate.set()
+        assert blocker.future.result(5).batch_size == 1
+        assert [a2.future.result(5).indices[0], b1.future.result(5).indices[0]] == [3, 2]
+        assert not a1.future.done() and a1.state == "cancelled"
+        assert not sched.replace(a2, late := _job(0.4))  # a2 ran: the next one queues normally
+        assert late.future.result(5).indices[0] == 4
+    finally:
+        sched.stop()
+    assert runner.batch_sizes == [1, 2, 1]
+
+    # A stream faster than its batch wait is not pushed past it at every frame.
+    patient = BatchScheduler(SlowRunner(), max_batch=4, max_wait_ms=60_000)
+    try:
+        first = patient.submit(_job(0.1))
+        with patient.thread.cond:
+            deadline = patient.ready_at()
+        newer = _job(0.2)
+        assert patient.replace(first, newer)
+        with patient.thread.cond:
+            assert patient.ready_at() == deadline and patient.pending() == 1
+    finally:
+        patient.stop()
+    assert newer.future.result(5).indices[0] == 2 and not first.future.done()
+
+
 def test_call_runs_on_the_thread_and_hands_back_results_and_errors() -> None:
     thread = InferenceThread("infer-test")
     try:
