@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -24,18 +27,29 @@ def _job(value: float, k: int = 3) -> Job:
     return Job(PreprocessedFrame(torch.full((3, 8, 8), value), 0.0, 0.0), k)
 
 
-def test_waiting_jobs_from_many_streams_run_as_one_batch() -> None:
+@contextlib.contextmanager
+def held(first: float = 0.0, **kwargs: Any) -> Iterator[tuple[BatchScheduler, SlowRunner, Job]]:
+    """A scheduler whose thread is held in its first batch (a job of ``first``): what comes next waits in line.
+
+    ``runner.gate.set()`` lets it go; the scheduler stops on the way out.
+    """
     runner = SlowRunner()
-    runner.gate.clear()  # hold the worker on its first batch
-    sched = BatchScheduler(runner, max_batch=4)
+    runner.gate.clear()
+    sched = BatchScheduler(runner, **kwargs)
     try:
-        first = sched.submit(_job(0.1))
-        wait_until_taken(sched)  # the worker took the first job and waits at the gate
+        blocker = sched.submit(_job(first))
+        wait_until_taken(sched)  # the thread took it and waits at the gate
+        yield sched, runner, blocker
+    finally:
+        runner.gate.set()
+        sched.stop()
+
+
+def test_waiting_jobs_from_many_streams_run_as_one_batch() -> None:
+    with held(0.1, max_batch=4) as (sched, runner, first):
         rest = [sched.submit(_job(0.1 * i)) for i in range(2, 8)]
         runner.gate.set()
         results = [j.future.result(5) for j in [first, *rest]]
-    finally:
-        sched.stop()
     assert runner.batch_sizes == [1, 4, 2]
     assert [r.batch_size for r in results] == [1, 4, 4, 4, 4, 2, 2]
     # Each job gets its own row back: class = round(value * 10).
@@ -43,36 +57,22 @@ def test_waiting_jobs_from_many_streams_run_as_one_batch() -> None:
 
 
 def test_each_job_gets_its_own_top_k() -> None:
-    runner = SlowRunner()
-    runner.gate.clear()
-    sched = BatchScheduler(runner, max_batch=8)
-    try:
-        blocker = sched.submit(_job(0.0))
-        wait_until_taken(sched)
+    with held(max_batch=8) as (sched, runner, blocker):
         small, big = sched.submit(_job(0.2, k=1)), sched.submit(_job(0.2, k=5))
         runner.gate.set()
         blocker.future.result(5)
         assert len(small.future.result(5).indices) == 1
         assert len(big.future.result(5).indices) == 5
-    finally:
-        sched.stop()
 
 
 def test_cancel_only_before_start() -> None:
-    runner = SlowRunner()
-    runner.gate.clear()
-    sched = BatchScheduler(runner, max_batch=1)
-    try:
-        running = sched.submit(_job(0.1))
-        wait_until_taken(sched)
+    with held(0.1, max_batch=1) as (sched, runner, running):
         waiting = sched.submit(_job(0.2))
         assert sched.cancel(waiting) is True
         assert sched.cancel(running) is False
         runner.gate.set()
         assert running.future.result(5).indices[0] == 1
         assert not waiting.future.done() and sched.pending() == 0
-    finally:
-        sched.stop()
 
 
 def test_a_failing_batch_fails_its_jobs_not_the_worker() -> None:
@@ -96,26 +96,16 @@ def test_a_failing_batch_fails_its_jobs_not_the_worker() -> None:
 
 
 def test_only_allowed_batch_sizes_run_and_order_is_kept() -> None:
-    runner = SlowRunner()
-    runner.gate.clear()
-    sched = BatchScheduler(runner, max_batch=8, batch_sizes=[1, 4])
-    try:
-        first = sched.submit(_job(0.1))
-        wait_until_taken(sched)
+    with held(0.1, max_batch=8, batch_sizes=[1, 4]) as (sched, runner, first):
         rest = [sched.submit(_job(0.1 * i)) for i in range(2, 9)]  # 7 waiting: 4, then 1, 1, 1
         runner.gate.set()
         results = [j.future.result(5) for j in [first, *rest]]
-    finally:
-        sched.stop()
     assert sched.batch_sizes == (1, 4) and sched.max_batch == 4
     assert runner.batch_sizes == [1, 4, 1, 1, 1]
     assert [r.indices[0] for r in results] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_deferred_preprocessing_runs_on_the_worker_and_a_bad_frame_leaves_its_batch() -> None:
-    runner = SlowRunner()
-    runner.gate.clear()
-    sched = BatchScheduler(runner, max_batch=4)
     seen: list[str] = []
 
     def frame(value: float):  # type: ignore[no-untyped-def]
@@ -127,9 +117,7 @@ def test_deferred_preprocessing_runs_on_the_worker_and_a_bad_frame_leaves_its_ba
 
         return make
 
-    try:
-        blocker = sched.submit(_job(0.0))
-        wait_until_taken(sched)
+    with held(max_batch=4) as (sched, runner, blocker):
         jobs = [sched.submit(Job(frame(v), 3)) for v in (0.2, -1.0, 0.4)]
         runner.gate.set()
         blocker.future.result(5)
@@ -137,8 +125,6 @@ def test_deferred_preprocessing_runs_on_the_worker_and_a_bad_frame_leaves_its_ba
         assert good.result(5).indices[0] == 2 and other.result(5).indices[0] == 4
         assert (good.result().decode_ms, good.result().preprocess_ms) == (1.5, 2.5)
         assert isinstance(bad.exception(5), ValueError)
-    finally:
-        sched.stop()
     assert runner.batch_sizes == [1, 2]  # the bad frame left the batch of three
     assert set(seen) == {"infer-model"}
 
@@ -278,12 +264,7 @@ def test_a_model_waiting_for_company_does_not_hold_the_shared_thread() -> None:
 
 
 def test_a_replacing_job_keeps_the_place_in_line_and_the_batch_wait() -> None:
-    runner = SlowRunner()
-    runner.gate.clear()
-    sched = BatchScheduler(runner, max_batch=8)
-    try:
-        blocker = sched.submit(_job(0.0))
-        wait_until_taken(sched)
+    with held(max_batch=8) as (sched, runner, blocker):
         a1, b1 = sched.submit(_job(0.1)), sched.submit(_job(0.2))
         a2 = _job(0.3)
         assert sched.replace(a1, a2)  # a's newer frame, still ahead of b's
@@ -293,8 +274,6 @@ def test_a_replacing_job_keeps_the_place_in_line_and_the_batch_wait() -> None:
         assert not a1.future.done() and a1.state == "cancelled"
         assert not sched.replace(a2, late := _job(0.4))  # a2 ran: the next one queues normally
         assert late.future.result(5).indices[0] == 4
-    finally:
-        sched.stop()
     assert runner.batch_sizes == [1, 2, 1]
 
     # A stream faster than its batch wait is not pushed past it at every frame.
