@@ -731,8 +731,15 @@ def plot(results: dict, timelines: dict[str, list[float]], path: Path) -> None:
     rows = [r for r in results["rows"] if r["mode"] in ("b limit latency", "c served latency", "c floor latency")]
     labels = []
     stages = ("decode", "preprocess", "queue", "inference")
+    limits = {(r["model"], r["precision"]): r["p50_ms"] for r in rows if r["mode"] == "b limit latency"}
     for i, r in enumerate(rows):
-        labels.append(f"{r['model']}\n{r['precision']} {r['mode'][2:].removesuffix(' latency')}")
+        labels.append(f"{r['model']} {r['precision']} {r['mode'][2:].removesuffix(' latency')}")
+        if r["mode"] == "c served latency":  # the added latency, and the floor's share of it, on the bars
+            added = r["p50_ms"] - limits.get((r["model"], r["precision"]), r["p50_ms"])
+            ax2.annotate(f"{added:+.1f}", (i, r["p50_ms"]), ha="center", va="bottom", fontsize=6)
+        elif r["mode"] == "c floor latency":
+            floor = r["stages_ms"].get("overhead", 0.0)  # latency minus the time held, as in the summary
+            ax2.annotate(f"{floor:+.1f}", (i, r["p50_ms"]), ha="center", va="bottom", fontsize=6)
         bottom = 0.0
         for j, stage in enumerate(stages):
             v = r["stages_ms"].get(stage, 0.0)
@@ -741,8 +748,9 @@ def plot(results: dict, timelines: dict[str, list[float]], path: Path) -> None:
         # What the stages do not cover: gRPC, the two processes, thread hand-offs.
         rest = max(0.0, r["p50_ms"] - bottom)
         ax2.bar(i, rest, bottom=bottom, color="C7", label="rest of p50 (gRPC, hand-offs)" if i == 0 else None)
-    ax2.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30, ha="right")
+    ax2.set_xticks(range(len(labels)), labels, fontsize=7, rotation=90)
     ax2.set_ylabel("median ms per frame")
+    ax2.set_xlabel("on the bars: served minus limit, and the floor's own ms", fontsize=8)
     ax2.set_title("one frame in flight: in-process limit vs served vs bare-gRPC floor")
     ax2.legend(fontsize=8)
     same_host(results["rows"], ax3)
