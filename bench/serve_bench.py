@@ -731,15 +731,13 @@ def plot(results: dict, timelines: dict[str, list[float]], path: Path) -> None:
     rows = [r for r in results["rows"] if r["mode"] in ("b limit latency", "c served latency", "c floor latency")]
     labels = []
     stages = ("decode", "preprocess", "queue", "inference")
-    limits = {(r["model"], r["precision"]): r["p50_ms"] for r in rows if r["mode"] == "b limit latency"}
+    # The added latency, and the floor's share of it, written on the bars: report()'s figures.
+    on_bar = {"c served latency": "added_latency_p50_ms", "c floor latency": "grpc_floor_p50_ms"}
     for i, r in enumerate(rows):
         labels.append(f"{r['model']} {r['precision']} {r['mode'][2:].removesuffix(' latency')}")
-        if r["mode"] == "c served latency":  # the added latency, and the floor's share of it, on the bars
-            added = r["p50_ms"] - limits.get((r["model"], r["precision"]), r["p50_ms"])
-            ax2.annotate(f"{added:+.1f}", (i, r["p50_ms"]), ha="center", va="bottom", fontsize=6)
-        elif r["mode"] == "c floor latency":
-            floor = r["stages_ms"].get("overhead", 0.0)  # latency minus the time held, as in the summary
-            ax2.annotate(f"{floor:+.1f}", (i, r["p50_ms"]), ha="center", va="bottom", fontsize=6)
+        ms = results["summary"].get(f"{r['model']} {r['precision']}", {}).get(on_bar.get(r["mode"], ""))
+        if ms is not None:
+            ax2.annotate(f"{ms:+.1f}", (i, r["p50_ms"]), ha="center", va="bottom", fontsize=6)
         bottom = 0.0
         for j, stage in enumerate(stages):
             v = r["stages_ms"].get(stage, 0.0)

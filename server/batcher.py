@@ -31,7 +31,6 @@ stale frame, which then is never decoded at all.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import threading
@@ -335,8 +334,7 @@ class BatchScheduler:
             if job.state != _WAITING:
                 return False
             job.state = _CANCELLED
-            with contextlib.suppress(ValueError):
-                self._queue.remove(job)
+            self._queue.remove(job)  # a waiting job is always in the queue (take_batch marks what it takes)
             return True
 
     def pending(self) -> int:
