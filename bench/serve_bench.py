@@ -16,7 +16,9 @@ machine's noise hits all of them alike:
                   chunks of 10)
       floor       the latency of a bare gRPC stream with the daemon's threads and
                   no model (bench/grpc_floor.py), holding each frame as long as (b)
-                  takes: the part of the added latency no daemon code can remove
+                  takes: the part of the added latency no daemon code can remove;
+                  and the same floor holding each frame 0 ms ("floor hot"): what
+                  those hand-offs cost without the idle gap a model's time leaves
   (d) N streams   aggregate throughput with N concurrent streams: against the
                   daemon as configured (batch sizes it measured at load), and
                   against a second daemon forced to batch 1, 2, 4, 8; a share of
@@ -205,6 +207,8 @@ class FloorProcess:
 # (e): path name, over the Unix socket?, client encoding
 SAME_HOST = (("tcp+jpeg", False, "jpeg"), ("unix+raw", True, "raw"), ("unix+shm", True, "shm"))
 E_CHUNK = 10  # frames per stream before a latency comparison moves on to the next mode
+# One frame in flight: the limit, the daemon, and the bare gRPC floor with and without a model's idle gap.
+LATENCY_MODES = ["b limit latency", "c served latency", "c floor latency", "c floor hot latency"]
 THROUGHPUT_CHUNK = 20  # frames per stream in the throughput comparison (b) vs (c)
 
 
@@ -507,7 +511,7 @@ def main() -> int:
                 inproc = InProcess(name, precision, args.repository)
                 tensor = inproc.preprocessed(jpegs[:1])[0]
                 modes = {m: Samples() for m in ("a model", "b limit", "c served")}
-                modes |= {m: Samples() for m in ("b limit latency", "c served latency", "c floor latency")}
+                modes |= {m: Samples() for m in LATENCY_MODES}
                 modes |= {f"e {path}{size} latency": Samples() for size in camera_rounds for path, _, _ in SAME_HOST}
                 for n in args.streams:
                     modes |= {f"d {n} streams": Samples(), f"d {n} streams forced": Samples()}
@@ -525,9 +529,8 @@ def main() -> int:
                             inproc.limit(per_round[part], modes[mode])
                         else:
                             _merge(modes[mode], served_throughput(tcp, name, precision, per_round[part]))
-                    # (b) and (c) latency, and the floor: one frame in flight at a time.
-                    latency_modes = ["b limit latency", "c served latency", "c floor latency"]
-                    for part, mode in interleaved(args.frames, E_CHUNK, latency_modes, r):
+                    # (b) and (c) latency, and the floors: one frame in flight at a time.
+                    for part, mode in interleaved(args.frames, E_CHUNK, LATENCY_MODES, r):
                         chunk = per_round[part]
                         if mode == "b limit latency":
                             inproc.limit(chunk, modes[mode])
@@ -535,9 +538,11 @@ def main() -> int:
                         if mode == "c served latency":
                             lat = served_latency(tcp, name, precision, chunk)
                             served_lat_timeline += lat.latencies_ms
-                        else:  # held as long as the daemon's work on a frame takes in process
+                        elif mode == "c floor latency":  # held as long as the daemon's work takes in process
                             done = modes["b limit latency"].latencies_ms or modes["b limit"].latencies_ms
                             lat = served_latency(floor.target, busy_model(statistics.median(done)), "", chunk)
+                        else:  # "c floor hot latency": answered at once, no idle gap
+                            lat = served_latency(floor.target, busy_model(0.0), "", chunk)
                         _merge(modes[mode], lat)
                     paths = [
                         (size, path, over_unix, enc) for size in camera_rounds for path, over_unix, enc in SAME_HOST
@@ -631,8 +636,8 @@ def report(results: dict) -> dict:
         for precision in ("fp32", "int8"):
             b, c = get(model, precision, "b limit"), get(model, precision, "c served")
             b_lat, lat = get(model, precision, "b limit latency"), get(model, precision, "c served latency")
-            floor = get(model, precision, "c floor latency")
-            if not (b and c and b_lat and lat and floor):
+            floor, hot = get(model, precision, "c floor latency"), get(model, precision, "c floor hot latency")
+            if not (b and c and b_lat and lat and floor and hot):
                 continue
             key = f"{model} {precision}"
             served_over_limit = c["fps"] / b["fps"]
@@ -643,6 +648,7 @@ def report(results: dict) -> dict:
                 "added_latency_p50_ms": added,
                 "grpc_floor_p50_ms": floor_ms,
                 "added_above_floor_ms": added - floor_ms,
+                "grpc_floor_hot_p50_ms": hot["stages_ms"]["overhead"],
             }
             print(
                 f"  {key:<22} served/limit throughput {served_over_limit:5.2f}   "
@@ -651,6 +657,10 @@ def report(results: dict) -> dict:
             print(
                 f"    of which the bare gRPC stream's floor {floor_ms:+.2f} ms (bench/grpc_floor.py, same hand-offs "
                 f"and idle gap, no model), the daemon's own {added - floor_ms:+.2f} ms"
+            )
+            print(
+                f"    the same floor answering at once, no idle gap: {hot['stages_ms']['overhead']:+.2f} ms "
+                f"(the rest of the floor: the same hand-offs after {floor['stages_ms']['inference']:.1f} ms idle)"
             )
             sizes = results.get("batch_sizes", {}).get(key)
             print(f"    batching across streams (daemon's measured batch sizes: {sizes}; forced: 1-8)")
@@ -728,11 +738,15 @@ def plot(results: dict, timelines: dict[str, list[float]], path: Path) -> None:
     ax1.set_ylabel("client round-trip latency, ms")
     ax1.set_title("served latency over time")
     ax1.legend(fontsize=8)
-    rows = [r for r in results["rows"] if r["mode"] in ("b limit latency", "c served latency", "c floor latency")]
+    rows = [r for r in results["rows"] if r["mode"] in LATENCY_MODES]
     labels = []
     stages = ("decode", "preprocess", "queue", "inference")
     # The added latency, and the floor's share of it, written on the bars: report()'s figures.
-    on_bar = {"c served latency": "added_latency_p50_ms", "c floor latency": "grpc_floor_p50_ms"}
+    on_bar = {
+        "c served latency": "added_latency_p50_ms",
+        "c floor latency": "grpc_floor_p50_ms",
+        "c floor hot latency": "grpc_floor_hot_p50_ms",
+    }
     for i, r in enumerate(rows):
         labels.append(f"{r['model']} {r['precision']} {r['mode'][2:].removesuffix(' latency')}")
         ms = results["summary"].get(f"{r['model']} {r['precision']}", {}).get(on_bar.get(r["mode"], ""))
@@ -748,7 +762,7 @@ def plot(results: dict, timelines: dict[str, list[float]], path: Path) -> None:
         ax2.bar(i, rest, bottom=bottom, color="C7", label="rest of p50 (gRPC, hand-offs)" if i == 0 else None)
     ax2.set_xticks(range(len(labels)), labels, fontsize=7, rotation=90)
     ax2.set_ylabel("median ms per frame")
-    ax2.set_xlabel("on the bars: served minus limit, and the floor's own ms", fontsize=8)
+    ax2.set_xlabel("on the bars: served minus limit, and the floors' own ms", fontsize=8)
     ax2.set_title("one frame in flight: in-process limit vs served vs bare-gRPC floor")
     ax2.legend(fontsize=8)
     same_host(results["rows"], ax3)

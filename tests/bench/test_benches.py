@@ -53,6 +53,7 @@ def test_serve_bench_tiny(tmp_path: Path) -> None:
             "b limit latency",
             "c served latency",
             "c floor latency",
+            "c floor hot latency",
             "d 1 streams",
             "d 2 streams",
             "d 2 streams forced",
@@ -67,11 +68,16 @@ def test_serve_bench_tiny(tmp_path: Path) -> None:
     assert all(sizes[0] == 1 for sizes in result["batch_sizes"].values())
     assert "batching across streams (daemon's measured batch sizes" in out.stdout
     assert "of which the bare gRPC stream's floor" in out.stdout
+    assert "the same floor answering at once, no idle gap" in out.stdout
     assert "same host 640x480: p50 (overhead = latency minus inference) tcp+jpeg" in out.stdout
     assert "unix+shm vs tcp+jpeg already encoded" in out.stdout
     ratios = result["summary"]["squeezenet1_1 int8"]
     assert {"unix_shm_vs_tcp_jpeg_p50", "unix_raw_vs_tcp_jpeg_640x480_overhead_saved_ms"} <= set(ratios)
     assert ratios["added_above_floor_ms"] == pytest.approx(ratios["added_latency_p50_ms"] - ratios["grpc_floor_p50_ms"])
+    stages = {r["mode"]: r["stages_ms"] for r in result["rows"] if r["precision"] == "int8"}
+    # The floor holds each frame as long as the limit takes; the hot floor answers at once.
+    assert stages["c floor hot latency"]["inference"] < stages["c floor latency"]["inference"]
+    assert ratios["grpc_floor_hot_p50_ms"] == stages["c floor hot latency"]["overhead"]
     # (d) runs in every round, a share of the frames each time: 1 round of 6 frames per stream here.
     d2 = next(r for r in result["rows"] if (r["precision"], r["mode"]) == ("int8", "d 2 streams"))
     assert d2["frames"] == 2 * 6
