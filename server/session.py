@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 
 # The answer types are the client's: one definition of what a prediction carries.
@@ -136,6 +136,9 @@ class StreamSession:
         self._window = threading.BoundedSemaphore(WINDOW[policy])
         self._lock = threading.Lock()
         self._waiting: tuple[Job, Future[FrameOutcome], FrameIn] | None = None
+        # Slots not yet answered, so that abort() can answer them all: the handler may be
+        # waiting on one whose model never finishes (hung, or stopped), and must not wait forever.
+        self._unanswered: dict[Future[FrameOutcome], FrameIn] = {}
         self._aborted = threading.Event()
         self.counts = {"predicted": 0, "dropped": 0, "error": 0}
 
@@ -151,34 +154,37 @@ class StreamSession:
             return False
         received = time.perf_counter()
         slot: Future[FrameOutcome] = Future()
+        self._unanswered[slot] = frame
+        slot.add_done_callback(self._answered)
         self._order.put(slot)
         if isinstance(frame.image, EdgeInferError):
-            slot.set_result(self._error(frame, frame.image))
+            _settle(slot, self._error(frame, frame.image))
             return True
         try:
             job = frame_job(self.model, frame.image, self.top_k)
         except Exception as exc:
-            slot.set_result(self._error(frame, _frame_error(exc, frame)))
+            _settle(slot, self._error(frame, _frame_error(exc, frame)))
             return True
 
         def done(fut: Future[JobResult]) -> None:
             exc = fut.exception()
             if exc is not None:
-                slot.set_result(self._error(frame, _frame_error(exc, frame)))
+                _settle(slot, self._error(frame, _frame_error(exc, frame)))
             else:
-                slot.set_result(_predicted(frame, fut.result(), self.model, received))
+                _settle(slot, _predicted(frame, fut.result(), self.model, received))
 
         job.future.add_done_callback(done)
         with self._lock:
             if self.policy is DropPolicy.LATEST and self._waiting is not None:
                 old_job, old_slot, old_frame = self._waiting
                 if self.model.scheduler.replace(old_job, job):  # the new frame takes its place in line
-                    old_slot.set_result(
+                    _settle(
+                        old_slot,
                         FrameOutcome(
                             old_frame.sequence,
                             old_frame.capture_time_ns,
                             dropped="a newer frame of this stream arrived while the model was busy",
-                        )
+                        ),
                     )
             else:
                 self.model.scheduler.submit(job)
@@ -198,15 +204,20 @@ class StreamSession:
         self._aborted.set()
         with self._lock:
             if self._waiting is not None:
-                job, slot, frame = self._waiting
-                if self.model.scheduler.cancel(job):  # never runs: settle its slot here
-                    slot.set_result(FrameOutcome(frame.sequence, frame.capture_time_ns, dropped="the stream closed"))
+                self.model.scheduler.cancel(self._waiting[0])  # never runs
+        # Answer what is still unanswered, so that a handler waiting on a frame wakes up
+        # even if its model never finishes; results() ends without sending these.
+        for slot, frame in list(self._unanswered.items()):
+            _settle(slot, FrameOutcome(frame.sequence, frame.capture_time_ns, dropped="the stream closed"))
         self._order.put(_END)
         try:
             while True:
                 self._window.release()
         except ValueError:  # BoundedSemaphore: released up to its size
             pass
+
+    def _answered(self, slot: Future[FrameOutcome]) -> None:
+        self._unanswered.pop(slot, None)
 
     # -- output side (handler thread) ----------------------------------------------
 
@@ -219,6 +230,8 @@ class StreamSession:
                 raise item
             assert isinstance(item, Future)
             outcome = item.result()
+            if self._aborted.is_set():  # woken by abort(): the peer is gone
+                return
             self.counts[outcome.kind] += 1
             with contextlib.suppress(ValueError):  # abort() already opened the window fully
                 self._window.release()
@@ -227,6 +240,12 @@ class StreamSession:
     @staticmethod
     def _error(frame: FrameIn, exc: EdgeInferError) -> FrameOutcome:
         return FrameOutcome(frame.sequence, frame.capture_time_ns, error=exc)
+
+
+def _settle(slot: Future[FrameOutcome], outcome: FrameOutcome) -> None:
+    """Answer a frame's slot, unless abort() answered it first (the first answer stands)."""
+    with contextlib.suppress(InvalidStateError):
+        slot.set_result(outcome)
 
 
 def _frame_error(exc: BaseException, frame: FrameIn) -> EdgeInferError:

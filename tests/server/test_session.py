@@ -153,6 +153,28 @@ def test_abort_unblocks_a_reader_stuck_on_a_full_window() -> None:
     assert not feeder.is_alive() and submitted[-1] is False
 
 
+def test_abort_wakes_a_handler_waiting_on_a_model_that_never_answers() -> None:
+    """The peer leaves while its frame is in a stuck forward pass: the handler must not wait forever."""
+    runner = SlowRunner()
+    runner.gate.clear()  # the forward pass never ends until the test opens the gate
+    model = fake_model(runner)
+    session = StreamSession(model, top_k=1, policy=DropPolicy.ALL)
+    answers: list = []
+    handler = threading.Thread(target=lambda: answers.extend(session.results()))
+    try:
+        for i in range(3):
+            assert session.submit(FrameIn(i, 0, FRAME))
+        handler.start()
+        handler.join(0.3)
+        assert handler.is_alive()  # waiting on frame 0, in the model
+        session.abort()
+        handler.join(5)
+        assert not handler.is_alive() and answers == []  # ended; nothing sent to a peer that left
+    finally:
+        runner.gate.set()
+        model.stop()
+
+
 @pytest.mark.parametrize("k", [0, 1001])
 def test_top_k_bounds(k: int) -> None:
     model = fake_model(SlowRunner())
@@ -184,3 +206,22 @@ def test_a_failing_model_answers_internal_and_the_stream_goes_on(caplog: pytest.
     assert "out of memory" in out[1].error.details
     logged = [r for r in caplog.records if r.exc_info and "out of memory" in str(r.exc_info[1])]
     assert len(logged) == 1  # once, by the batcher, with its traceback
+
+
+def test_a_model_output_that_does_not_fit_the_batch_answers_every_frame(caplog: pytest.LogCaptureFixture) -> None:
+    """A bug after the forward pass (reading its output) still answers each frame of the batch."""
+
+    class Short(SlowRunner):
+        def infer(self, batch, k):  # type: ignore[no-untyped-def]
+            out = super().infer(batch, k)
+            return type(out)(out.probabilities[:0], out.indices[:0], out.inference_ms)  # no rows
+
+    model = fake_model(Short())
+    try:
+        out = _run(StreamSession(model, top_k=2, policy=DropPolicy.ALL), [FrameIn(i, 0, FRAME) for i in range(2)])
+    finally:
+        model.stop()
+    assert [o.sequence for o in out] == [0, 1]
+    assert all(o.error is not None and o.error.status_code.name == "INTERNAL" for o in out)
+    assert "the model answered 0 rows for a batch of 1" in out[0].error.details
+    assert sum(1 for r in caplog.records if r.exc_info) == 2  # each batch of one logged once
