@@ -8,7 +8,10 @@ shutdown: report NOT_SERVING, refuse new streams, let open ones finish.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -27,6 +30,7 @@ __all__ = ["SERVICE_NAME", "Daemon", "server_options"]
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeInference"].full_name
+_daemons = itertools.count(1)  # names each daemon's handler threads apart: grpc-handler-1_0, ...
 
 
 def server_options(max_frame_bytes: int) -> list[tuple[str, int]]:
@@ -62,7 +66,8 @@ class Daemon:
         self.servicer = EdgeInferenceServicer(self.table, max_streams=max_streams, max_shm_bytes=max_shm_bytes)
         # A stream holds one handler thread for its life; unary calls and health
         # checks need a few more, so they never wait behind streams.
-        self._pool = ThreadPoolExecutor(max_workers=max_streams + 8, thread_name_prefix="grpc")
+        self._handler_prefix = f"grpc-handler-{next(_daemons)}"
+        self._pool = ThreadPoolExecutor(max_workers=max_streams + 8, thread_name_prefix=self._handler_prefix)
         self.server = grpc.server(
             self._pool,
             interceptors=[ExceptionToStatusInterceptor(status_on_unknown_exception=grpc.StatusCode.INTERNAL)],
@@ -113,3 +118,16 @@ class Daemon:
         self.server.stop(grace).wait()
         self.table.stop()
         self._pool.shutdown(wait=False)
+
+    def busy_handlers(self, timeout: float) -> list[str]:
+        """After stop(): the handler threads still running ``timeout`` seconds on (a call blocked for good).
+
+        Python joins a thread pool's threads at exit, so one handler waiting on a model
+        that never returns would keep the process alive forever; the command line exits
+        without them instead.
+        """
+        deadline = time.monotonic() + timeout
+        handlers = [t for t in threading.enumerate() if t.name.startswith(f"{self._handler_prefix}_")]
+        for t in handlers:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return [t.name for t in handlers if t.is_alive()]

@@ -191,6 +191,7 @@ class InferenceThread:
         self._schedulers: list[BatchScheduler] = []
         self._calls: deque[Callable[[], None]] = deque()
         self._stopping = False
+        self._running: BatchScheduler | None = None  # whose batch the thread runs now
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -216,14 +217,24 @@ class InferenceThread:
             self._schedulers.append(scheduler)
 
     def detach(self, scheduler: BatchScheduler, timeout: float = 5.0) -> None:
+        """Run no more of ``scheduler``'s batches; wait (up to ``timeout``) for the one running now to end.
+
+        The thread is a daemon thread: if the process exited while it was still in a
+        forward pass, torch would be torn down under it and the process would abort
+        (SIGABRT) instead of exiting.
+        """
+        deadline = time.monotonic() + timeout
         with self.cond:
             if scheduler not in self._schedulers:  # stopped before
                 return
             self._schedulers.remove(scheduler)
             last = not self._schedulers
             self.cond.notify_all()
+            if threading.current_thread() is not self._thread:
+                while self._running is scheduler and (left := deadline - time.monotonic()) > 0:
+                    self.cond.wait(left)
         if self.dedicated and last:
-            self.stop(timeout)
+            self.stop(max(0.0, deadline - time.monotonic()))
 
     def stop(self, timeout: float = 5.0) -> None:
         """End the thread once its schedulers are detached (it finishes the batch it runs)."""
@@ -235,6 +246,8 @@ class InferenceThread:
 
     def _next(self) -> Callable[[], None] | None:
         with self.cond:
+            self._running = None
+            self.cond.notify_all()  # detach() may be waiting for the batch that just ended
             while True:
                 if self._calls:
                     return self._calls.popleft()
@@ -243,6 +256,7 @@ class InferenceThread:
                 ready = [(oldest, s) for oldest, s in waiting if s.ready_at() <= now]
                 if ready:  # the model whose oldest frame has waited longest goes first
                     scheduler = min(ready, key=lambda pair: pair[0])[1]
+                    self._running = scheduler
                     return functools.partial(scheduler.run_batch, scheduler.take_batch())
                 if self._stopping and not self._schedulers:
                     return None

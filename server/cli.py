@@ -189,8 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"edgeserver: SERVING after {time.perf_counter() - started:.1f} s; Ctrl-C to stop", flush=True)
     stop.wait()
     print("edgeserver: draining", flush=True)
-    daemon.stop(grace=5.0)
+    daemon.stop(grace=DRAIN_S)
+    busy = daemon.busy_handlers(timeout=DRAIN_S)
+    if busy:  # a call blocked for good (a model that never returns) would keep the process alive
+        print(f"edgeserver: exiting with {len(busy)} calls still running after the drain", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     return 0
+
+
+DRAIN_S = 5.0  # on SIGTERM open calls get this long to finish, and stuck handlers as long again
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
     def Classify(self, request: pb.ClassifyRequest, context: grpc.ServicerContext) -> pb.Prediction:
         model = self._resolve(request.model)
         image = image_from_proto(request.image)
-        outcome = classify_one(model, image, request.top_k, timeout=context.time_remaining())
+        outcome = classify_one(model, image, request.top_k, timeout=_time_left(context))
         _record(model, outcome)
         return _prediction(outcome, model)
 
@@ -118,6 +118,12 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         if self.draining:
             raise NotReady("the daemon is shutting down; reconnect to another replica or retry later")
         return self.table.resolve(selector.name, selector.precision)
+
+
+def _time_left(context: grpc.ServicerContext) -> float | None:
+    """Seconds left before the call's deadline; None for a call without one (gRPC reports ~9.2e18 s then)."""
+    left = context.time_remaining()
+    return None if left is None or left >= threading.TIMEOUT_MAX else left
 
 
 def _pump(requests: Iterator[pb.StreamRequest], session: StreamSession, region: SharedMemoryRegion | None) -> None:

@@ -227,6 +227,19 @@ def test_models_sharing_a_thread_run_oldest_job_first_on_that_thread() -> None:
     assert ran == [("a", "infer-test"), ("b", "infer-test"), ("a", "infer-test")]
 
 
+def test_stopping_a_model_on_a_shared_thread_waits_for_its_running_batch() -> None:
+    """A forward pass must not outlive its model's stop(): at process exit it would abort the process."""
+    thread = InferenceThread("infer-test", dedicated=False)
+    sched = BatchScheduler(SlowRunner(delay_s=0.3), max_batch=1, thread=thread)  # type: ignore[arg-type]
+    try:
+        job = sched.submit(_job(0.1))
+        wait_until_taken(sched)  # now in its 0.3 s forward pass
+        sched.stop()
+        assert job.future.done() and job.future.result().indices[0] == 1
+    finally:
+        thread.stop()
+
+
 def test_a_lone_job_waits_for_company_up_to_the_batch_wait() -> None:
     runner = SlowRunner()
     sched = BatchScheduler(runner, max_batch=2, max_wait_ms=60_000)

@@ -15,6 +15,7 @@ from edgeinfer.client import EdgeClient, EdgeInferError, Frame
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 from edgeinfer.server import Daemon, WeightsSource, load_model
+from fakes import SlowRunner, fake_model
 from helpers import SMALL_FRAME_LIMIT, jpeg, synthetic_frame
 
 GOOD = synthetic_frame(5)
@@ -141,6 +142,15 @@ def test_protocol_misuse(client: EdgeClient) -> None:
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no image" in info.value.details()
 
 
+def test_a_call_without_a_deadline_is_answered(client: EdgeClient, target: str) -> None:
+    """Plain stubs (grpcurl, a robot's C++ client) often set no deadline; gRPC then reports ~9e18 s left."""
+    request = pb.ClassifyRequest(model=pb.ModelSelector(name="squeezenet"), image=pb.Image(jpeg=jpeg(GOOD)), top_k=3)
+    with grpc.insecure_channel(target) as channel:
+        answer = pb_grpc.EdgeInferenceStub(channel).Classify(request)  # no timeout
+    expected = client.classify(GOOD, top_k=3)
+    assert [c.index for c in answer.classes] == [c.index for c in expected.classes] and len(answer.classes) == 3
+
+
 def test_unary_and_stream_agree_and_pixel_orders_match(client: EdgeClient) -> None:
     unary = client.classify(GOOD, top_k=5, encoding="raw")
     [streamed] = list(client.stream([Frame(GOOD)], top_k=5, encoding="raw", drop_policy="all"))
@@ -203,6 +213,35 @@ def test_health_reflection_and_loading_state() -> None:
         channel.close()
     finally:
         daemon.stop(grace=0)
+
+
+def test_a_call_stuck_in_a_hung_model_is_reported_after_the_drain() -> None:
+    """The command line exits anyway (status 1) when a handler outlives the drain; it asks busy_handlers()."""
+    entered = threading.Event()
+
+    class Hung(SlowRunner):
+        def infer(self, batch, k):  # type: ignore[no-untyped-def]
+            entered.set()
+            return super().infer(batch, k)
+
+    runner = Hung()
+    runner.gate.clear()  # the forward pass hangs until the gate opens
+    daemon = Daemon(["127.0.0.1:0"]).start()
+    daemon.add_model(fake_model(runner))
+    daemon.mark_ready()
+    request = pb.ClassifyRequest(model=pb.ModelSelector(name="squeezenet"), image=pb.Image(jpeg=jpeg(GOOD)), top_k=1)
+    channel = grpc.insecure_channel(f"127.0.0.1:{daemon.port}")
+    call = pb_grpc.EdgeInferenceStub(channel).Classify.future(request)  # no deadline
+    try:
+        assert entered.wait(10)
+        daemon.stop(grace=0.1)
+        assert call.exception(5).code() == grpc.StatusCode.UNAVAILABLE  # cancelled by the drain
+        busy = daemon.busy_handlers(timeout=0.3)
+        assert len(busy) == 1 and busy[0].startswith("grpc-handler-")
+    finally:
+        runner.gate.set()
+        channel.close()
+    assert daemon.busy_handlers(timeout=5) == []  # once the model answers, the handler ends
 
 
 def test_metrics_count_answers(client: EdgeClient) -> None:
