@@ -252,16 +252,19 @@ class InferenceThread:
                 if self._calls:
                     return self._calls.popleft()
                 now = time.perf_counter()
-                waiting = [(oldest, s) for s in self._schedulers if (oldest := s.oldest_waiting()) is not None]
-                ready = [(oldest, s) for oldest, s in waiting if s.ready_at() <= now]
+                # (oldest job's place in line, when its batch may run, scheduler) of each model with jobs
+                waiting = [
+                    (oldest, s.ready_at(), s) for s in self._schedulers if (oldest := s.oldest_waiting()) is not None
+                ]
+                ready = [w for w in waiting if w[1] <= now]
                 if ready:  # the model whose oldest frame has waited longest goes first
-                    scheduler = min(ready, key=lambda pair: pair[0])[1]
+                    scheduler = min(ready, key=lambda w: w[0])[2]
                     self._running = scheduler
                     return functools.partial(scheduler.run_batch, scheduler.take_batch())
                 if self._stopping and not self._schedulers:
                     return None
                 # Nothing ready: sleep until a model's batch wait ends, or a job or a call comes.
-                wake_at = min((s.ready_at() for _, s in waiting), default=None)
+                wake_at = min((at for _, at, _ in waiting), default=None)
                 self.cond.wait(None if wake_at is None else wake_at - now)
 
     def _run(self) -> None:
