@@ -132,13 +132,14 @@ class StreamSession:
         self.model = model
         self.top_k = check_top_k(top_k, model)
         self.policy = policy
-        self._order: queue.SimpleQueue[Future[FrameOutcome] | object] = queue.SimpleQueue()
+        # Each frame's slot (and the frame) in frame order, then _END or a stream-level error.
+        self._order: queue.SimpleQueue[tuple[Future[FrameOutcome], FrameIn] | object] = queue.SimpleQueue()
         self._window = threading.BoundedSemaphore(WINDOW[policy])
         self._lock = threading.Lock()
         self._waiting: tuple[Job, Future[FrameOutcome], FrameIn] | None = None
-        # Slots not yet answered, so that abort() can answer them all: the handler may be
-        # waiting on one whose model never finishes (hung, or stopped), and must not wait forever.
-        self._unanswered: dict[Future[FrameOutcome], FrameIn] = {}
+        # The slot the handler waits on, so that abort() can wake it: its model may never
+        # finish (hung, or stopped), and the handler must not wait forever.
+        self._head: tuple[Future[FrameOutcome], FrameIn] | None = None
         self._aborted = threading.Event()
         self.counts = {"predicted": 0, "dropped": 0, "error": 0}
 
@@ -154,9 +155,7 @@ class StreamSession:
             return False
         received = time.perf_counter()
         slot: Future[FrameOutcome] = Future()
-        self._unanswered[slot] = frame
-        slot.add_done_callback(self._answered)
-        self._order.put(slot)
+        self._order.put((slot, frame))
         if isinstance(frame.image, EdgeInferError):
             _settle(slot, self._error(frame, frame.image))
             return True
@@ -205,9 +204,10 @@ class StreamSession:
         with self._lock:
             if self._waiting is not None:
                 self.model.scheduler.cancel(self._waiting[0])  # never runs
-        # Answer what is still unanswered, so that a handler waiting on a frame wakes up
-        # even if its model never finishes; results() ends without sending these.
-        for slot, frame in list(self._unanswered.items()):
+        # Wake a handler waiting on a frame whose model may never finish; results() ends
+        # without sending this answer (it sets the head before it checks for an abort).
+        if (head := self._head) is not None:
+            slot, frame = head
             _settle(slot, FrameOutcome(frame.sequence, frame.capture_time_ns, dropped="the stream closed"))
         self._order.put(_END)
         try:
@@ -215,9 +215,6 @@ class StreamSession:
                 self._window.release()
         except ValueError:  # BoundedSemaphore: released up to its size
             pass
-
-    def _answered(self, slot: Future[FrameOutcome]) -> None:
-        self._unanswered.pop(slot, None)
 
     # -- output side (handler thread) ----------------------------------------------
 
@@ -228,8 +225,11 @@ class StreamSession:
                 return
             if isinstance(item, EdgeInferError):
                 raise item
-            assert isinstance(item, Future)
-            outcome = item.result()
+            assert isinstance(item, tuple)
+            self._head = item
+            if self._aborted.is_set():  # abort() came before the head was set: nobody will wake us
+                return
+            outcome = item[0].result()
             if self._aborted.is_set():  # woken by abort(): the peer is gone
                 return
             self.counts[outcome.kind] += 1
