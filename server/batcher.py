@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -64,6 +65,11 @@ log = logging.getLogger(__name__)
 _WAITING, _RUNNING, _CANCELLED = "waiting", "running", "cancelled"
 
 T = TypeVar("T")
+
+NON_FINITE = (
+    "the model's scores for this frame are NaN or infinite: its activations overflowed "
+    "(with fp16, serve this model in fp32: --precision fp32)"
+)
 
 
 @dataclass
@@ -418,29 +424,40 @@ class BatchScheduler:
                 job.future.set_exception(error)
             return
         for job, result in zip(batch, results, strict=True):
-            job.future.set_result(result)
+            if isinstance(result, JobResult):
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(result)
         # The batch's tensors are freed on return, after the answers: freeing a tensor lets go
         # of the GIL, and a stream thread woken by its answer then takes its turn between
         # forward passes rather than during the next one (freeing them before settling measured
         # int8 SqueezeNet served/limit 0.98 against 1.09 in an interleaved A/B; issue 4).
 
     @staticmethod
-    def _results(batch: list[Job], out: BatchOutput, started: float) -> list[JobResult]:
+    def _results(batch: list[Job], out: BatchOutput, started: float) -> list[JobResult | InternalError]:
+        """One answer per job: its top-k, or an error for a frame whose scores are not finite."""
         probs, idx = out.probabilities.tolist(), out.indices.tolist()
         if len(probs) != len(batch) or len(idx) != len(batch):
             raise RuntimeError(f"the model answered {len(probs)} rows for a batch of {len(batch)}")
-        return [
-            JobResult(
-                probabilities=probs[i][: job.top_k],
-                indices=idx[i][: job.top_k],
-                queue_ms=(started - job.enqueued_at) * 1e3,
-                decode_ms=job.prepared().decode_ms,
-                preprocess_ms=job.prepared().preprocess_ms,
-                inference_ms=out.inference_ms,
-                batch_size=len(batch),
+        results: list[JobResult | InternalError] = []
+        for i, job in enumerate(batch):
+            if not all(math.isfinite(p) for p in probs[i]):
+                # An fp16 overflow on this frame (load refuses models that overflow on noise): no class.
+                results.append(InternalError(NON_FINITE))
+                continue
+            prepared = job.prepared()
+            results.append(
+                JobResult(
+                    probabilities=probs[i][: job.top_k],
+                    indices=idx[i][: job.top_k],
+                    queue_ms=(started - job.enqueued_at) * 1e3,
+                    decode_ms=prepared.decode_ms,
+                    preprocess_ms=prepared.preprocess_ms,
+                    inference_ms=out.inference_ms,
+                    batch_size=len(batch),
+                )
             )
-            for i, job in enumerate(batch)
-        ]
+        return results
 
     @staticmethod
     def _prepare(batch: list[Job]) -> list[Job]:

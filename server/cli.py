@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="longest a frame waits, from its arrival, for others to batch with (default: 0, never wait)",
     )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="CUDA: record each batch size's forward pass once as a CUDA graph and replay it (one launch "
+        "instead of one per kernel: lower latency for small batches; more GPU memory, longer start)",
+    )
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: off)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -171,12 +177,14 @@ def main(argv: list[str] | None = None) -> int:
                 max_wait_ms=args.batch_wait_ms,
                 batch_sizes=args.batch_sizes,
                 preprocess_on=args.preprocess_on,
+                cuda_graphs=args.cuda_graphs,
             )
             daemon.add_model(model)
             print(
                 f"edgeserver: loaded {model.name} {model.precision} on {model.device} "
                 f"(weights {model.weights}, input {model.input_size}x{model.input_size}, "
-                f"batch sizes {list(model.scheduler.batch_sizes)}, preprocessing on the {model.preprocess_on})",
+                f"batch sizes {list(model.scheduler.batch_sizes)}, preprocessing on the {model.preprocess_on}"
+                f"{', CUDA graphs' if args.cuda_graphs else ''})",
                 flush=True,
             )
             if stop.is_set():

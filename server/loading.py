@@ -21,7 +21,7 @@ from edgeinfer.server.batcher import BatchScheduler, InferenceThread, batch_ladd
 from edgeinfer.server.errors import InvalidRequest, ModelNotFound, NotReady
 from edgeinfer.server.preprocess import Preprocessor
 from edgeinfer.server.registry import ModelSpec, Preprocessing, get_spec
-from edgeinfer.server.runner import ModelRunner
+from edgeinfer.server.runner import ModelRunner, NonFiniteScores
 from edgeinfer.server.weights import WeightsSource, build_model
 
 __all__ = ["PRECISIONS", "PREPROCESS_ON", "ModelTable", "ServedModel", "load_model", "resolve_precision"]
@@ -98,6 +98,7 @@ def load_model(
     batch_sizes: Sequence[int] | None = None,
     preprocess_on: str = "auto",
     warmup: bool = True,
+    cuda_graphs: bool = False,
 ) -> ServedModel:
     """Load one model for serving.
 
@@ -105,11 +106,15 @@ def load_model(
     on the CPU, the sizes measured here to be cheaper per frame than single
     frames (:func:`profile_batch_sizes`; all sizes without ``warmup``); on CUDA,
     the powers of two, each warmed up (cuDNN autotunes once per input shape).
+    ``cuda_graphs``: on CUDA, replay each of those sizes as a CUDA graph
+    (:meth:`ModelRunner.capture_graphs`).
     """
     if preprocess_on not in PREPROCESS_ON:
         raise InvalidRequest(f"preprocess_on must be one of {', '.join(PREPROCESS_ON)}, got {preprocess_on!r}")
     spec = get_spec(name)
     device = torch.device(device)
+    if cuda_graphs and device.type != "cuda":
+        raise InvalidRequest(f"--cuda-graphs replays GPU work: it needs --device cuda, not {device}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise InvalidRequest("--device cuda asked for, but torch sees no CUDA device here")
@@ -143,9 +148,20 @@ def load_model(
         if sizes is None and device.type == "cuda":
             sizes = batch_ladder(most)
         if warmup:
-            runner.warmup(preprocessing.crop_size, batch_sizes=tuple(sizes or (1,)))
+            try:
+                runner.warmup(preprocessing.crop_size, batch_sizes=tuple(sizes or (1,)))
+            except NonFiniteScores as exc:
+                hint = (
+                    "its activations overflow fp16 (largest value 65504) with these weights: serve it in fp32 "
+                    "(--precision fp32)"
+                    if precision == "fp16"
+                    else "check its weights"
+                )
+                raise InvalidRequest(f"{spec.name} {precision} (weights {described}) gives {exc}; {hint}") from None
             if sizes is None and most > 1:
                 sizes = profile_batch_sizes(runner, preprocessing.crop_size, most, log_as=f"{spec.name} {precision}")
+        if cuda_graphs:
+            runner.capture_graphs(preprocessing.crop_size, tuple(sizes or batch_ladder(most)))
         scheduler = BatchScheduler(
             runner,
             max_batch=most,
@@ -155,13 +171,14 @@ def load_model(
             thread=thread,
         )
         log.info(
-            "loaded %s %s on %s (weights %s; batch sizes %s; preprocessing on the %s thread)",
+            "loaded %s %s on %s (weights %s; batch sizes %s; preprocessing on the %s thread%s)",
             spec.name,
             precision,
             device,
             described,
             list(scheduler.batch_sizes),
             placement,
+            f"; CUDA graphs for {list(runner.graph_sizes)}" if cuda_graphs else "",
         )
         return ServedModel(
             name=spec.name,

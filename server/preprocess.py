@@ -9,6 +9,7 @@ Nothing here knows about gRPC: bad input raises :class:`InvalidFrame` or
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -80,12 +81,32 @@ class Preprocessor:
         self._scale = (1.0 / (255.0 * std)).to(device)
         self._shift = (-mean / std).to(device)
         self._interpolation = InterpolationMode(config.interpolation)
+        self._local = threading.local()  # CUDA: each calling thread's own stream
 
     def __call__(self, image: FrameImage) -> PreprocessedFrame:
+        if self.device.type != "cuda":
+            return self._preprocess(image)
+        # On CUDA each calling thread (the daemon's stream threads) works on a stream of
+        # its own, idle when a decode starts. nvJPEG's hardware decoder (A100, H100,
+        # H200) can write its output before work queued on the caller's stream has run
+        # (pytorch/vision#9606, meta-pytorch/torchcodec#1634), and PyTorch's allocator
+        # hands out blocks freed on a stream with reads still queued: on the inference
+        # thread's stream, that would be a forward pass's activations. A private,
+        # synchronized stream only ever hands the decoder blocks nothing still reads.
+        stream = getattr(self._local, "stream", None)
+        if stream is None:
+            stream = self._local.stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(stream):
+            stream.synchronize()
+            return self._preprocess(image, stream)
+
+    def _preprocess(self, image: FrameImage, stream: torch.cuda.Stream | None = None) -> PreprocessedFrame:
         t0 = time.perf_counter()
         pixels = self.decode(image)
         t1 = time.perf_counter()
         tensor = self.transform(pixels, bgr=isinstance(image, RawImage) and image.bgr)
+        if stream is not None:
+            stream.synchronize()  # complete before the inference thread's stream reads it
         t2 = time.perf_counter()
         return PreprocessedFrame(tensor, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
 

@@ -337,3 +337,46 @@ def test_cpu_models_load_and_infer_on_the_one_cpu_thread() -> None:
         for m in models:
             m.stop()
     assert seen == ["infer-cpu", "infer-cpu"]
+
+
+def test_a_frame_with_non_finite_scores_gets_an_error_and_its_batch_mates_their_answers() -> None:
+    class Overflowing(SlowRunner):
+        """Like an fp16 model whose activations overflow on some frames: NaN scores for those rows."""
+
+        def infer(self, batch: torch.Tensor, k: int):  # type: ignore[override]
+            finite = torch.isfinite(batch.float().mean(dim=(1, 2, 3)))
+            out = super().infer(torch.where(finite[:, None, None, None], batch, 0.0), k)
+            out.probabilities[~finite] = float("nan")
+            return out
+
+    runner = Overflowing()
+    runner.gate.clear()
+    sched = BatchScheduler(runner, max_batch=4)
+    try:
+        first = sched.submit(_job(0.1))
+        wait_until_taken(sched)
+        before, bad, after = (sched.submit(_job(v)) for v in (0.2, float("inf"), 0.4))
+        runner.gate.set()
+        assert [j.future.result(5).indices[0] for j in (first, before, after)] == [1, 2, 4]
+        error = bad.future.exception(5)
+    finally:
+        runner.gate.set()
+        sched.stop()
+    assert runner.batch_sizes == [1, 3]  # the bad frame shared its batch with two good ones
+    assert isinstance(error, InternalError)
+    assert "NaN or infinite" in error.details and "--precision fp32" in error.details
+
+
+def test_a_model_whose_scores_overflow_is_refused_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch import nn
+
+    from edgeinfer.server import WeightsSource, load_model, loading
+    from edgeinfer.server.errors import InvalidRequest
+
+    class Overflowing(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((x.shape[0], 1000), float("inf"))
+
+    monkeypatch.setattr(loading, "build_model", lambda spec, weights: Overflowing())
+    with pytest.raises(InvalidRequest, match=r"squeezenet1_0 fp32 \(weights random:seed=0\) gives NaN or infinite"):
+        load_model("squeezenet", weights=WeightsSource("random", seed=0), batch_sizes=[1], max_batch=1)

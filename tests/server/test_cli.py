@@ -69,6 +69,7 @@ def test_edgeserver_serves_then_drains_on_sigterm(tmp_path: Path) -> None:
         (["--model", "squeezenet", "--precision", "fp16"], "fp16 is served on CUDA only"),
         (["--model", "alexnet"], "unknown model 'alexnet'"),
         (["--model", "squeezenet", "--weights", "/nonexistent.pth"], "does not exist"),
+        (["--model", "squeezenet", "--weights", "random", "--cuda-graphs"], "it needs --device cuda, not cpu"),
     ],
 )
 def test_edgeserver_config_errors_exit_2_with_a_reason(args: list[str], message: str) -> None:
