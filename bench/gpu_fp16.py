@@ -1,100 +1,385 @@
-"""CUDA fp16 (channels_last) vs fp32: model throughput by batch size, and the daemon's batching.
+"""CUDA fp16 (channels_last) vs fp32, and what batching across streams buys on a GPU.
 
-    python bench/gpu_fp16.py --out bench/results      (bench/gpu_check.sh runs it)
+    python bench/gpu_fp16.py --out bench/results/gpu          (bench/gpu_check.sh runs it)
+    python bench/gpu_fp16.py --device cpu --tiny --out /tmp/g  (dry run of the same code on the CPU)
 
-Model-only medians per batch size for each precision, interleaved; then the
-daemon in-process with 1, 2, 4, 8 concurrent streams (fp16, --max-batch 8) to
-show what batching across streams buys on a GPU.
+Three parts, each interleaved where it compares:
+1. model only, in process: median ms and images/s per batch size, fp16 vs fp32;
+2. preprocessing of one 640x480 JPEG on the device (nvjpeg decode + resize +
+   normalize, as the daemon's stream threads run it) vs on the CPU;
+3. served: edgeserver in its own process (as on a robot), loopback gRPC, 1/2/4/8
+   concurrent streams sending already-encoded JPEG frames (drop policy "all"),
+   batching on (--max-batch 8) vs off (--max-batch 1), one daemon each, interleaved.
+Prints a table and ratios, writes gpu_fp16.json and gpu_fp16.png under --out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
+import tempfile
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 
-def model_only(names: list[str], batches: list[int], iterations: int) -> list[dict]:
+def progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def sample_jpeg() -> bytes:
+    """One 640x480 camera-like frame, JPEG at quality 90 (the client's default)."""
+    from edgeinfer.client.frames import Encoder, Frame
+    from edgeinfer.client.sample import synthetic_frame
+
+    return Encoder("jpeg", 90).to_proto(Frame(synthetic_frame(1, 640, 480))).jpeg
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_only(names: list[str], device: torch.device, variants: list[tuple], batches: list[int], iters: int) -> list:
+    """``variants``: (label, precision, CUDA graphs) tuples, timed in turn at each batch size."""
     from edgeinfer.server import WeightsSource, load_model
 
     rows = []
     for name in names:
+        progress(f"model only: loading {name} {'/'.join(v[0] for v in variants)} on {device}")
         runners = {
-            p: load_model(name, device="cuda", precision=p, weights=WeightsSource("random", seed=0))
-            for p in ("fp16", "fp32")
+            label: load_model(
+                name,
+                device=device,
+                precision=precision,
+                weights=WeightsSource("random", seed=0),
+                max_batch=max(batches) if graphs else 1,  # graphs: one per power of two up to the largest
+                cuda_graphs=graphs,
+            )
+            for label, precision, graphs in variants
         }
-        for b in batches:
-            size = runners["fp16"].input_size
-            times: dict[str, list[float]] = {p: [] for p in runners}
-            for _ in range(iterations):
-                for p, m in runners.items():
-                    x = torch.randn(b, 3, size, size, device="cuda", dtype=m.scheduler.runner.dtype)
-                    torch.cuda.synchronize()
-                    t = time.perf_counter()
-                    m.scheduler.runner.infer(x, 5)
-                    times[p].append((time.perf_counter() - t) * 1e3)
-            for p, ts in times.items():
-                ms = statistics.median(ts)
-                rows.append({"model": name, "precision": p, "batch": b, "median_ms": ms, "images_per_s": b / ms * 1e3})
-                print(f"{name:<14}{p:<6} batch {b:>3}: {ms:8.2f} ms  {b / ms * 1e3:9.0f} img/s", flush=True)
-        for m in runners.values():
-            m.stop()
+        try:
+            size = next(iter(runners.values())).input_size
+            for b in batches:
+                times: dict[str, list[float]] = {v: [] for v in runners}
+                inputs = {
+                    v: torch.randn(b, 3, size, size, device=device, dtype=m.scheduler.runner.dtype)
+                    for v, m in runners.items()
+                }
+                for v, m in runners.items():  # warm-up: cuDNN picks its kernels once per shape
+                    m.scheduler.runner.infer(inputs[v], 5)
+                for _ in range(iters):
+                    for v, m in runners.items():
+                        sync(device)
+                        t = time.perf_counter()
+                        m.scheduler.runner.infer(inputs[v], 5)  # returns top-k on the host: waits for the GPU
+                        times[v].append((time.perf_counter() - t) * 1e3)
+                for v, ts in times.items():
+                    ms = statistics.median(ts)
+                    rows.append(
+                        {"model": name, "precision": v, "batch": b, "median_ms": ms, "images_per_s": b / ms * 1e3}
+                    )
+                    progress(f"  {name:<14}{v:<12} batch {b:>3}: {ms:8.2f} ms  {b / ms * 1e3:9.0f} img/s")
+        finally:
+            for m in runners.values():
+                m.stop()
     return rows
 
 
-def served(name: str, streams_list: list[int], frames: int) -> list[dict]:
-    from edgeinfer.client import EdgeClient
-    from edgeinfer.client.sample import synthetic_frame
-    from edgeinfer.server import Daemon, WeightsSource, load_model
+def preprocessing(device: torch.device, dtype: torch.dtype, iters: int) -> list[dict]:
+    from edgeinfer.server.preprocess import JpegImage, Preprocessor
+    from edgeinfer.server.registry import get_spec
 
-    daemon = Daemon(["127.0.0.1:0"], max_streams=16).start()
-    daemon.add_model(load_model(name, device="cuda", weights=WeightsSource("random", seed=0), max_batch=8))
-    daemon.mark_ready()
-    image = synthetic_frame(1, 640, 480)
-    rows = []
-    try:
-        for n in streams_list:
-            done = []
-
-            def one(done: list = done) -> None:
-                with EdgeClient(f"127.0.0.1:{daemon.port}") as c:
-                    done.extend(r for r in c.stream([image] * frames, name, drop_policy="all") if r.prediction)
-
-            threads = [threading.Thread(target=one) for _ in range(n)]
+    cfg = get_spec("resnet50").preprocessing
+    data = JpegImage(sample_jpeg())
+    places = {"cpu": Preprocessor(cfg, device=torch.device("cpu"))}
+    if device.type == "cuda":
+        places[device.type] = Preprocessor(cfg, device=device, dtype=dtype)
+    times: dict[str, list[float]] = {k: [] for k in places}
+    for pre in places.values():
+        pre(data)  # warm-up (nvjpeg handle, CUDA kernels)
+    for _ in range(iters):
+        for k, pre in places.items():
             t = time.perf_counter()
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-            elapsed = time.perf_counter() - t
-            batch = statistics.mean(r.prediction.batch_size for r in done)
-            rows.append({"model": name, "streams": n, "frames_per_s": len(done) / elapsed, "mean_batch": batch})
-            print(f"served {name} fp16, {n} streams: {len(done) / elapsed:7.0f} frames/s, mean batch {batch:.1f}")
-    finally:
-        daemon.stop(grace=0)
+            pre(data)
+            sync(device)  # the tensor is ready on the device
+            times[k].append((time.perf_counter() - t) * 1e3)
+    rows = [{"where": k, "jpeg": "640x480", "median_ms": statistics.median(ts)} for k, ts in times.items()]
+    for r in rows:
+        progress(f"  preprocessing a 640x480 JPEG on the {r['where']}: {r['median_ms']:.2f} ms")
     return rows
 
 
-def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", type=Path, default=Path("bench/results"))
+def served(
+    name: str, device: torch.device, precision: str, streams_list: list[int], frames: int, rounds: int
+) -> list[dict]:
+    """One edgeserver per batching setting: off (--max-batch 1), on (8) and, on CUDA, on with --cuda-graphs."""
+    from serve_bench import DaemonProcess  # bench/ is this script's folder
+
+    from edgeinfer.client import EdgeClient
+
+    image = sample_jpeg()  # encoded once: the clients cost no encoding
+    daemons = {}
+    settings = [("off", 1, ()), ("on", 8, ())]
+    if device.type == "cuda":
+        settings.append(("on+graphs", 8, ("--cuda-graphs",)))
+    labels = "/".join(b for b, *_ in settings)
+    progress(f"served: starting edgeserver {name} {precision} on {device}, batching {labels}")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for batching, most, extra in settings:
+                daemons[batching] = DaemonProcess(
+                    [name],
+                    Path(tmp) / "repo",
+                    threads=4,
+                    sock=Path(tmp) / f"{batching}.sock",
+                    max_batch=most,
+                    extra=("--device", str(device), "--precision", precision, *extra),
+                )
+            for d in daemons.values():  # not timed: each stream thread's first frames (CUDA streams, nvJPEG state)
+                _one_run(EdgeClient, d.port, name, image, max(streams_list), 5)
+            runs: dict[tuple[int, str], list[dict]] = {}
+            for r in range(rounds):
+                for n in streams_list:
+                    for batching, d in daemons.items():
+                        got = _one_run(EdgeClient, d.port, name, image, n, frames)
+                        runs.setdefault((n, batching), []).append(got)
+                        progress(f"    {n} streams, batching {batching}: {got['fps']:.0f} frames/s")
+                progress(f"  round {r + 1}/{rounds} done")
+        finally:
+            for d in daemons.values():
+                d.stop()
+    rows = []
+    for (n, batching), got in sorted(runs.items()):
+        rows.append(
+            {
+                "model": name,
+                "precision": precision,
+                "streams": n,
+                "batching": batching,
+                "frames_per_s": statistics.median(g["fps"] for g in got),
+                "mean_batch": statistics.mean(g["mean_batch"] for g in got),
+                "inference_ms_p50": statistics.median(g["inference_ms_p50"] for g in got),
+                "answered": sum(g["answered"] for g in got),
+                "sent": sum(g["sent"] for g in got),
+            }
+        )
+    return rows
+
+
+def _one_run(client_cls: Any, port: int, name: str, image: bytes, n: int, frames: int) -> dict:
+    results: list = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        with client_cls(f"127.0.0.1:{port}") as c:
+            got = list(c.stream([image] * frames, name, drop_policy="all"))
+        with lock:
+            results.extend(got)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    elapsed = time.perf_counter() - t
+    predicted = [r.prediction for r in results if r.prediction]
+    return {
+        "fps": len(predicted) / elapsed,
+        "mean_batch": statistics.mean(p.batch_size for p in predicted) if predicted else 0.0,
+        "inference_ms_p50": statistics.median(p.timings.inference_ms for p in predicted) if predicted else 0.0,
+        "answered": len(results),
+        "sent": n * frames,
+    }
+
+
+def report(results: dict) -> None:
+    print(f"\n{results['device']}  (torch {results['torch']})")
+    print("\nmodel only, median ms (images/s)")
+    for r in results["model_only"]:
+        ms, ips = r["median_ms"], r["images_per_s"]
+        print(f"  {r['model']:<14}{r['precision']:<12} batch {r['batch']:>3}: {ms:8.2f} ({ips:.0f})")
+    by = {(r["model"], r["precision"], r["batch"]): r for r in results["model_only"]}
+    for (model, variant, b), r in by.items():
+        for than in {"fp16": ["fp32"], "fp16+graphs": ["fp16", "fp32"]}.get(variant, []):
+            if (model, than, b) in by:
+                ratio = r["images_per_s"] / by[(model, than, b)]["images_per_s"]
+                print(f"  {model} batch {b}: {variant} / {than} throughput {ratio:.2f}x")
+    for r in results["preprocessing"]:
+        print(f"preprocessing a {r['jpeg']} JPEG on the {r['where']}: {r['median_ms']:.2f} ms")
+    print("\nserved, aggregate frames/s (mean batch)")
+    rows = {(r["model"], r["streams"], r["batching"]): r for r in results["served"]}
+    for r in results["served"]:
+        one = rows.get((r["model"], 1, r["batching"]))
+        off = rows.get((r["model"], r["streams"], "off"))
+        extra = f"  vs 1 stream {r['frames_per_s'] / one['frames_per_s']:.2f}x" if one else ""
+        if r["batching"] != "off" and off:
+            extra += f"  vs batching off {r['frames_per_s'] / off['frames_per_s']:.2f}x"
+        detail = ""
+        if "mean_batch" in r:  # not in rows rebuilt from a progress log (--from-log)
+            detail = (
+                f" (batch {r['mean_batch']:.1f}, model {r['inference_ms_p50']:.2f} ms)"
+                f"  answered {r['answered']}/{r['sent']}"
+            )
+        print(
+            f"  {r['model']:<14}{r['precision']:<5} {r['streams']} streams, batching {r['batching']:<9}: "
+            f"{r['frames_per_s']:7.0f} frames/s{detail}{extra}"
+        )
+
+
+def from_log(log: Path, skip_rounds: int) -> dict:
+    """Rebuild the results from a run's progress lines (a run cut short by its lease leaves only those).
+
+    Served throughput is the median of each setting's runs, leaving out the first
+    ``skip_rounds`` rounds (cold daemons, in a run made before the warm-up run existed).
+    Mean batch, model time and answer counts are not in the progress lines.
+    """
+    results: dict[str, Any] = {"device": "?", "torch": "?", "model_only": [], "preprocessing": [], "served": []}
+    info = log.with_name("gpu.txt")
+    if info.exists():  # bench/gpu_check.sh writes it beside the log
+        lines = info.read_text().splitlines()
+        results["device"] = lines[1].split(",")[0]
+        results["torch"] = lines[2].split()[2]
+    runs: dict[tuple[str, str, int, str], list[float]] = {}
+    model = precision = ""
+    round_no = 0
+    for line in log.read_text().splitlines():
+        if m := re.match(r"\s+(\S+)\s+(\S+)\s+batch\s+(\d+):\s+([\d.]+) ms\s+(\d+) img/s", line):
+            name, variant, b, ms, ips = m.groups()
+            row = {"model": name, "precision": variant, "batch": int(b), "median_ms": float(ms)}
+            results["model_only"].append(row | {"images_per_s": float(ips)})
+        elif m := re.match(r"\s+preprocessing a (\S+) JPEG on the (\S+): ([\d.]+) ms", line):
+            results["preprocessing"].append({"where": m[2], "jpeg": m[1], "median_ms": float(m[3])})
+        elif m := re.match(r"served: starting edgeserver (\S+) (\S+) on", line):
+            model, precision, round_no = m[1], m[2], 0
+        elif re.match(r"\s+round \d+/\d+ done", line):
+            round_no += 1
+        elif (m := re.match(r"\s+(\d+) streams, batching (\S+): (\d+) frames/s", line)) and round_no >= skip_rounds:
+            runs.setdefault((model, precision, int(m[1]), m[2]), []).append(float(m[3]))
+    if skip_rounds:
+        results["note"] = f"served: rounds after the first {skip_rounds} (cold daemons, no warm-up run)"
+    for (name, prec, n, batching), fps in runs.items():
+        row = {"model": name, "precision": prec, "streams": n, "batching": batching}
+        results["served"].append(row | {"frames_per_s": statistics.median(fps), "runs_fps": fps})
+    return results
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(14, 4.5))
+    for (model, precision), rows in _group(results["model_only"], "model", "precision").items():
+        a.plot([r["batch"] for r in rows], [r["images_per_s"] for r in rows], marker="o", label=f"{model} {precision}")
+    batches = sorted({r["batch"] for r in results["model_only"]})
+    a.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images/s", title="model only, in process")
+    a.set_xticks(batches, [str(x) for x in batches])
+    a.legend(fontsize=8)
+    for (model, batching), rows in _group(results["served"], "model", "batching").items():
+        b.plot(
+            [r["streams"] for r in rows],
+            [r["frames_per_s"] for r in rows],
+            marker="o",
+            label=f"{model} batching {batching}",
+        )
+    b.set(xlabel="concurrent streams", ylabel="aggregate frames/s", title="served over loopback gRPC (JPEG 640x480)")
+    b.set_xticks(sorted({r["streams"] for r in results["served"]}))
+    b.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    note = f"; {results['note']}" if "note" in results else ""
+    fig.suptitle(f"{results['device']}, torch {results['torch']}{note}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _group(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("bench/results/gpu"))
+    p.add_argument("--device", default="cuda", help="cuda (the benchmark) or cpu (a dry run of the same code, fp32)")
+    p.add_argument("--models", nargs="+", default=["squeezenet1_0", "resnet50"])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--iterations", type=int, default=30)
-    args = p.parse_args()
-    if not torch.cuda.is_available():
-        print("no CUDA device", file=sys.stderr)
+    p.add_argument("--frames", type=int, default=80, help="frames per stream in each served run")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the served runs")
+    p.add_argument("--tiny", action="store_true", help="a few iterations and frames: checks that it all runs")
+    p.add_argument("--from-log", type=Path, help="rebuild the JSON, plot and table from a run's progress log")
+    p.add_argument("--skip-rounds", type=int, default=0, help="with --from-log: served rounds to leave out")
+    args = p.parse_args(argv)
+    if args.from_log:
+        return finish(from_log(args.from_log, args.skip_rounds), args.out, [])
+    if args.tiny:
+        args.iterations, args.frames, args.rounds = 2, 3, 1
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device (use --device cpu for a dry run)", file=sys.stderr)
         return 1
-    torch.backends.cudnn.benchmark = True
-    rows = model_only(["squeezenet1_0", "resnet50"], [1, 8, 32], args.iterations)
-    serving = served("resnet50", [1, 2, 4, 8], frames=60)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_fp16.json").write_text(json.dumps({"model_only": rows, "served": serving}, indent=2))
-    return 0
+    if device.type == "cuda":
+        variants = [("fp16", "fp16", False), ("fp32", "fp32", False), ("fp16+graphs", "fp16", True)]
+    else:
+        variants = [("fp32", "fp32", False)]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU dry run"
+    results: dict[str, Any] = {"device": name, "torch": torch.__version__, "model_only": [], "served": []}
+    failed: list[str] = []
+
+    def part(what: str, run: Callable[[], Any]) -> Any:
+        """One part's failure is reported and the others still run: a GPU lease is short."""
+        try:
+            return run()
+        except Exception:
+            traceback.print_exc()
+            failed.append(what)
+            return []
+
+    for model in args.models:
+        results["model_only"] += part(
+            f"model only {model}", lambda m=model: model_only([m], device, variants, args.batches, args.iterations)
+        )
+        save(results, args.out)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    results["preprocessing"] = part("preprocessing", lambda: preprocessing(device, dtype, args.iterations))
+    for model in args.models:
+        results["served"] += part(
+            f"served {model}",
+            lambda m=model: served(m, device, variants[0][1], args.streams, args.frames, args.rounds),
+        )
+        save(results, args.out)
+    return finish(results, args.out, failed)
+
+
+def save(results: dict, out: Path) -> Path:
+    """The JSON so far: written after each part, so a run its lease cuts short keeps what it measured."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "gpu_fp16.json"
+    path.write_text(json.dumps(results, indent=2))
+    return path
+
+
+def finish(results: dict, out: Path, failed: list[str]) -> int:
+    path = save(results, out)
+    plot(results, out / "gpu_fp16.png")
+    report(results)
+    print(f"\nwrote {path} and {out / 'gpu_fp16.png'}")
+    if failed:
+        print(f"failed: {', '.join(failed)} (tracebacks above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

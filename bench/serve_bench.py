@@ -59,7 +59,7 @@ import grpc
 import numpy as np
 import torch
 
-from edgeinfer.client import EdgeClient, FrameResult
+from edgeinfer.client import EdgeClient, EdgeInferError, FrameResult
 from edgeinfer.client.api import channel_options
 from edgeinfer.client.sample import synthetic_frame
 from edgeinfer.server.batcher import cpu_thread
@@ -134,9 +134,11 @@ class DaemonProcess:
     ) -> None:
         self.port = free_port()
         self.sock = sock
-        exe = shutil.which("edgeserver") or str(Path(sys.executable).with_name("edgeserver"))
+        exe = shutil.which("edgeserver") or Path(sys.executable).with_name("edgeserver")
+        # Without the console script (a checkout on PYTHONPATH, as bench/gpu_check.sh runs it): the module.
+        launcher = [str(exe)] if Path(exe).exists() else [sys.executable, "-m", "edgeinfer.server.cli"]
         cmd = [
-            exe,
+            *launcher,
             "--weights",
             "random",
             "--seed",
@@ -167,9 +169,19 @@ class DaemonProcess:
 
     def _wait_serving(self, model: str) -> float:
         name, _, precision = model.partition(":")
+        deadline = time.monotonic() + 300
         with EdgeClient(f"127.0.0.1:{self.port}") as c:
-            c.wait_ready(name, precision=precision, timeout=300)
-        return time.perf_counter() - self.started
+            while True:
+                try:
+                    c.wait_ready(name, precision=precision, timeout=2)
+                    return time.perf_counter() - self.started
+                except EdgeInferError:
+                    if self.proc.poll() is not None:  # it exited: say why instead of waiting on
+                        output = self.proc.stdout.read() if self.proc.stdout else ""
+                        status = self.proc.returncode
+                        raise RuntimeError(f"edgeserver exited with {status}:\n{output[-3000:]}") from None
+                    if time.monotonic() > deadline:
+                        raise
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

@@ -99,6 +99,47 @@ def test_quant_flows_bench_tiny(tmp_path: Path) -> None:
     assert "int8-fx" in out.stdout and (tmp_path / "quant_flows.png").read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow
+def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
+    """bench/gpu_fp16.py runs the same code on the CPU (fp32), so a GPU lease is not spent finding its bugs."""
+    out = run_bench(
+        "gpu_fp16.py",
+        "--device",
+        "cpu",
+        "--tiny",
+        "--models",
+        "squeezenet1_1",
+        "--batches",
+        "1",
+        "2",
+        "--streams",
+        "1",
+        "2",
+        "--out",
+        str(tmp_path),
+    )
+    result = json.loads((tmp_path / "gpu_fp16.json").read_text())
+    assert [(r["precision"], r["batch"]) for r in result["model_only"]] == [("fp32", 1), ("fp32", 2)]
+    assert [r["where"] for r in result["preprocessing"]] == ["cpu"]
+    served = {(r["streams"], r["batching"]): r for r in result["served"]}
+    assert set(served) == {(1, "on"), (1, "off"), (2, "on"), (2, "off")}
+    assert all(r["answered"] == r["sent"] == r["streams"] * 3 for r in served.values())
+    assert served[(2, "off")]["mean_batch"] == 1.0  # --max-batch 1: never more than one frame a pass
+    assert "vs batching off" in out.stdout
+    assert "served: starting edgeserver squeezenet1_1 fp32 on cpu, batching off/on" in out.stderr
+    assert (tmp_path / "gpu_fp16.png").read_bytes()[:8] == PNG
+    # A run cut short keeps its progress lines: the table and plot can be rebuilt from them.
+    (tmp_path / "gpu_fp16.log").write_text(out.stderr)
+    run_bench("gpu_fp16.py", "--from-log", str(tmp_path / "gpu_fp16.log"), "--out", str(tmp_path / "rebuilt"))
+    rebuilt = json.loads((tmp_path / "rebuilt" / "gpu_fp16.json").read_text())
+    assert [r["median_ms"] for r in rebuilt["model_only"]] == pytest.approx(
+        [r["median_ms"] for r in result["model_only"]], abs=0.01
+    )
+    fps = {(r["streams"], r["batching"]): r["frames_per_s"] for r in rebuilt["served"]}
+    assert fps == pytest.approx({k: r["frames_per_s"] for k, r in served.items()}, abs=0.5)
+    assert (tmp_path / "rebuilt" / "gpu_fp16.png").read_bytes()[:8] == PNG
+
+
 def test_grpc_floor_holds_each_frame_and_answers_in_order() -> None:
     """The floor server answers every frame, in order, after holding it as long as the model name says."""
     import grpc
