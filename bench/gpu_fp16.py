@@ -155,6 +155,8 @@ def served(
                         progress(f"    {n} streams, batching {batching}: {got['fps']:.0f} frames/s")
                 progress(f"  round {r + 1}/{rounds} done")
         finally:
+            for d in daemons.values():  # SIGTERM to all first: they drain at the same time
+                d.proc.terminate()
             for d in daemons.values():
                 d.stop()
     rows = []
