@@ -124,8 +124,6 @@ def served(
     """One edgeserver per batching setting: off (--max-batch 1), on (8) and, on CUDA, on with --cuda-graphs."""
     from serve_bench import DaemonProcess  # bench/ is this script's folder
 
-    from edgeinfer.client import EdgeClient
-
     image = sample_jpeg()  # encoded once: the clients cost no encoding
     daemons = {}
     settings = [("off", 1, ()), ("on", 8, ())]
@@ -145,12 +143,12 @@ def served(
                     extra=("--device", str(device), "--precision", precision, *extra),
                 )
             for d in daemons.values():  # not timed: each stream thread's first frames (CUDA streams, nvJPEG state)
-                _one_run(EdgeClient, d.port, name, image, max(streams_list), 5)
+                _one_run(d.port, name, image, max(streams_list), 5)
             runs: dict[tuple[int, str], list[dict]] = {}
             for r in range(rounds):
                 for n in streams_list:
                     for batching, d in daemons.items():
-                        got = _one_run(EdgeClient, d.port, name, image, n, frames)
+                        got = _one_run(d.port, name, image, n, frames)
                         runs.setdefault((n, batching), []).append(got)
                         progress(f"    {n} streams, batching {batching}: {got['fps']:.0f} frames/s")
                 progress(f"  round {r + 1}/{rounds} done")
@@ -177,23 +175,21 @@ def served(
     return rows
 
 
-def _one_run(client_cls: Any, port: int, name: str, image: bytes, n: int, frames: int) -> dict:
+def _one_run(port: int, name: str, image: bytes, n: int, frames: int) -> dict:
+    from serve_bench import in_parallel
+
+    from edgeinfer.client import EdgeClient
+
     results: list = []
     lock = threading.Lock()
 
     def one() -> None:
-        with client_cls(f"127.0.0.1:{port}") as c:
+        with EdgeClient(f"127.0.0.1:{port}") as c:
             got = list(c.stream([image] * frames, name, drop_policy="all"))
         with lock:
             results.extend(got)
 
-    threads = [threading.Thread(target=one) for _ in range(n)]
-    t = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    elapsed = time.perf_counter() - t
+    elapsed = in_parallel(n, one)
     predicted = [r.prediction for r in results if r.prediction]
     return {
         "fps": len(predicted) / elapsed,

@@ -49,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,14 +303,19 @@ def concurrent_streams(target: str, name: str, precision: str, frames: list, n: 
                     s.latencies_ms.append(r.latency_ms or 0.0)
                     s.stage("batch", float(r.prediction.batch_size if r.prediction else 0))
 
-    threads = [threading.Thread(target=one) for _ in range(n)]
+    s.seconds = in_parallel(n, one)
+    return s
+
+
+def in_parallel(n: int, work: Callable[[], None]) -> float:
+    """Run ``work`` on ``n`` threads at once (n concurrent streams); seconds until the last one ends."""
+    threads = [threading.Thread(target=work) for _ in range(n)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    s.seconds = time.perf_counter() - t0
-    return s
+    return time.perf_counter() - t0
 
 
 class InProcess:
