@@ -1,16 +1,19 @@
-"""CUDA fp16 (channels_last) vs fp32, and what batching across streams buys on a GPU.
+"""CUDA fp16 (channels_last) vs fp32, CUDA graphs, and what batching across streams buys on a GPU.
 
     python bench/gpu_fp16.py --out bench/results/gpu          (bench/gpu_check.sh runs it)
     python bench/gpu_fp16.py --device cpu --tiny --out /tmp/g  (dry run of the same code on the CPU)
+    python bench/gpu_fp16.py --from-log LOG --skip-rounds 1    (rebuild a run cut short from its progress lines)
 
 Three parts, each interleaved where it compares:
-1. model only, in process: median ms and images/s per batch size, fp16 vs fp32;
+1. model only, in process: median ms and images/s per batch size, fp32 vs fp16
+   vs fp16 replayed as CUDA graphs;
 2. preprocessing of one 640x480 JPEG on the device (nvjpeg decode + resize +
    normalize, as the daemon's stream threads run it) vs on the CPU;
 3. served: edgeserver in its own process (as on a robot), loopback gRPC, 1/2/4/8
    concurrent streams sending already-encoded JPEG frames (drop policy "all"),
-   batching on (--max-batch 8) vs off (--max-batch 1), one daemon each, interleaved.
-Prints a table and ratios, writes gpu_fp16.json and gpu_fp16.png under --out.
+   batching off (--max-batch 1), on (--max-batch 8) and, on CUDA, on with
+   --cuda-graphs; one daemon each, warmed up, then interleaved rounds.
+Prints a table and ratios, writes gpu_fp16.json (after each part) and gpu_fp16.png under --out.
 """
 
 from __future__ import annotations
