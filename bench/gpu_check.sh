@@ -5,7 +5,7 @@
 #   bash bench/gpu_check.sh                  on a GPU box with a package index: pip installs what is missing
 #   bash bench/gpu_check.sh --fetch-wheels   here, before a call to a lent machine that reaches no index:
 #                                            downloads our grpc line (cp312 wheels) into .whl/
-#   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=570)
+#   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=590)
 #
 # On the lent machine the image's own python3, torch and OpenCV are used; the carried
 # wheels go to a private site folder, and the package is linked there in the layout
@@ -47,7 +47,7 @@ google.protobuf.__version__)" 2>&1 | tee -a "$OUT/gpu.txt" || exit 1
 
 timeout 180 python3 -m pytest -v -p no:cacheprovider -m cuda tests/server/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.log"
 tests_rc=${PIPESTATUS[0]}
-timeout 360 python3 bench/gpu_fp16.py --out "$OUT" 2>&1 | tee "$OUT/gpu_fp16.log"
+timeout 390 python3 bench/gpu_fp16.py --out "$OUT" 2>&1 | tee "$OUT/gpu_fp16.log"
 bench_rc=${PIPESTATUS[0]}
 echo "cuda tests: exit $tests_rc; bench: exit $bench_rc"
 exit $((tests_rc || bench_rc))

@@ -5,14 +5,16 @@
     python bench/gpu_fp16.py --from-log LOG --skip-rounds 1    (rebuild a run cut short from its progress lines)
 
 Three parts, each interleaved where it compares:
-1. model only, in process: median ms and images/s per batch size, fp32 vs fp16
-   vs fp16 replayed as CUDA graphs;
+1. model only, in process: median ms and images/s per batch size, fp32 vs fp16,
+   eager and replayed as CUDA graphs;
 2. preprocessing of one 640x480 JPEG on the device (nvjpeg decode + resize +
    normalize, as the daemon's stream threads run it) vs on the CPU;
 3. served: edgeserver in its own process (as on a robot), loopback gRPC, 1/2/4/8
    concurrent streams sending already-encoded JPEG frames (drop policy "all"),
-   batching off (--max-batch 1), on (--max-batch 8) and, on CUDA, on with
-   --cuda-graphs; one daemon each, warmed up, then interleaved rounds.
+   each stream a client process of its own (stream_clients.py); batching off
+   (--max-batch 1), on (--max-batch 8) and, on CUDA, on with --cuda-graphs in one
+   daemon and in two daemons sharing the GPU (streams split between them); the
+   daemons' CPU use per run; every daemon warmed up, then interleaved rounds.
 Prints a table and ratios, writes gpu_fp16.json (after each part) and gpu_fp16.png under --out.
 """
 
@@ -24,10 +26,10 @@ import re
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -124,41 +126,64 @@ def preprocessing(device: torch.device, dtype: torch.dtype, iters: int) -> list[
 def served(
     name: str, device: torch.device, precision: str, streams_list: list[int], frames: int, rounds: int
 ) -> list[dict]:
-    """One edgeserver per batching setting: off (--max-batch 1), on (8) and, on CUDA, on with --cuda-graphs."""
+    """Batching off (--max-batch 1), on (8) and, on CUDA, on with --cuda-graphs, in one daemon and in two.
+
+    Each stream is a client process of its own (stream_clients.py), so the clients
+    cannot be the ceiling; the daemons' CPU use over each run says whether they are.
+    """
     from serve_bench import DaemonProcess  # bench/ is this script's folder
+    from stream_clients import run_streams
 
     image = sample_jpeg()  # encoded once: the clients cost no encoding
-    daemons = {}
-    settings = [("off", 1, ()), ("on", 8, ())]
+    settings = [("off", 1, (), 1), ("on", 8, (), 1)]
     if device.type == "cuda":
-        settings.append(("on+graphs", 8, ("--cuda-graphs",)))
+        settings += [("on+graphs", 8, ("--cuda-graphs",), 1), ("on+graphs x2", 8, ("--cuda-graphs",), 2)]
     labels = "/".join(b for b, *_ in settings)
     progress(f"served: starting edgeserver {name} {precision} on {device}, batching {labels}")
-    with tempfile.TemporaryDirectory() as tmp:
+    daemons: dict[str, list[DaemonProcess]] = {}
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(8) as pool:
+
+        def start(batching: str, most: int, extra: tuple[str, ...], i: int) -> DaemonProcess:
+            return DaemonProcess(
+                [name],
+                Path(tmp) / f"repo{i}",
+                threads=4,
+                sock=Path(tmp) / f"{batching}-{i}.sock",
+                max_batch=most,
+                extra=("--device", str(device), "--precision", precision, *extra),
+            )
+
         try:
-            for batching, most, extra in settings:
-                daemons[batching] = DaemonProcess(
-                    [name],
-                    Path(tmp) / "repo",
-                    threads=4,
-                    sock=Path(tmp) / f"{batching}.sock",
-                    max_batch=most,
-                    extra=("--device", str(device), "--precision", precision, *extra),
-                )
-            for d in daemons.values():  # not timed: each stream thread's first frames (CUDA streams, nvJPEG state)
-                _one_run(d.port, name, image, max(streams_list), 5)
+            started = {  # all at once: each loads, warms up and captures its graphs on its own
+                (batching, i): pool.submit(start, batching, most, extra, i)
+                for batching, most, extra, count in settings
+                for i in range(count)
+            }
+            for (batching, _), future in started.items():
+                daemons.setdefault(batching, []).append(future.result())
+
+            def one_run(ds: list[DaemonProcess], n: int, frames: int) -> dict:
+                targets = [f"127.0.0.1:{d.port}" for d in ds]
+                return run_streams(targets, name, image, n, frames, daemon_pids=[d.proc.pid for d in ds])
+
+            for ds in daemons.values():  # not timed: each stream thread's first frames (CUDA streams, nvJPEG state)
+                one_run(ds, max(streams_list), 5)
             runs: dict[tuple[int, str], list[dict]] = {}
             for r in range(rounds):
                 for n in streams_list:
-                    for batching, d in daemons.items():
-                        got = _one_run(d.port, name, image, n, frames)
+                    for batching, ds in daemons.items():
+                        got = one_run(ds, n, frames)
                         runs.setdefault((n, batching), []).append(got)
-                        progress(f"    {n} streams, batching {batching}: {got['fps']:.0f} frames/s")
+                        progress(
+                            f"    {n} streams, batching {batching}: {got['fps']:.0f} frames/s"
+                            f"  (daemon {got['daemon_cores']:.2f} cores, clients {got['client_cores']:.2f})"
+                        )
                 progress(f"  round {r + 1}/{rounds} done")
         finally:
-            for d in daemons.values():  # SIGTERM to all first: they drain at the same time
+            every = [d for ds in daemons.values() for d in ds]
+            for d in every:  # SIGTERM to all first: they drain at the same time
                 d.proc.terminate()
-            for d in daemons.values():
+            for d in every:
                 d.stop()
     rows = []
     for (n, batching), got in sorted(runs.items()):
@@ -171,36 +196,13 @@ def served(
                 "frames_per_s": statistics.median(g["fps"] for g in got),
                 "mean_batch": statistics.mean(g["mean_batch"] for g in got),
                 "inference_ms_p50": statistics.median(g["inference_ms_p50"] for g in got),
+                "daemon_cores": statistics.median(g["daemon_cores"] for g in got),
+                "client_cores": statistics.median(g["client_cores"] for g in got),
                 "answered": sum(g["answered"] for g in got),
                 "sent": sum(g["sent"] for g in got),
             }
         )
     return rows
-
-
-def _one_run(port: int, name: str, image: bytes, n: int, frames: int) -> dict:
-    from serve_bench import in_parallel
-
-    from edgeinfer.client import EdgeClient
-
-    results: list = []
-    lock = threading.Lock()
-
-    def one() -> None:
-        with EdgeClient(f"127.0.0.1:{port}") as c:
-            got = list(c.stream([image] * frames, name, drop_policy="all"))
-        with lock:
-            results.extend(got)
-
-    elapsed = in_parallel(n, one)
-    predicted = [r.prediction for r in results if r.prediction]
-    return {
-        "fps": len(predicted) / elapsed,
-        "mean_batch": statistics.mean(p.batch_size for p in predicted) if predicted else 0.0,
-        "inference_ms_p50": statistics.median(p.timings.inference_ms for p in predicted) if predicted else 0.0,
-        "answered": len(results),
-        "sent": n * frames,
-    }
 
 
 def report(results: dict) -> None:
@@ -211,7 +213,9 @@ def report(results: dict) -> None:
         print(f"  {r['model']:<14}{r['precision']:<12} batch {r['batch']:>3}: {ms:8.2f} ({ips:.0f})")
     by = {(r["model"], r["precision"], r["batch"]): r for r in results["model_only"]}
     for (model, variant, b), r in by.items():
-        for than in {"fp16": ["fp32"], "fp16+graphs": ["fp16", "fp32"]}.get(variant, []):
+        for than in {"fp16": ["fp32"], "fp16+graphs": ["fp16", "fp32+graphs"], "fp32+graphs": ["fp32"]}.get(
+            variant, []
+        ):
             if (model, than, b) in by:
                 ratio = r["images_per_s"] / by[(model, than, b)]["images_per_s"]
                 print(f"  {model} batch {b}: {variant} / {than} throughput {ratio:.2f}x")
@@ -228,8 +232,8 @@ def report(results: dict) -> None:
         detail = ""
         if "mean_batch" in r:  # not in rows rebuilt from a progress log (--from-log)
             detail = (
-                f" (batch {r['mean_batch']:.1f}, model {r['inference_ms_p50']:.2f} ms)"
-                f"  answered {r['answered']}/{r['sent']}"
+                f" (batch {r['mean_batch']:.1f}, model {r['inference_ms_p50']:.2f} ms,"
+                f" daemon {r['daemon_cores']:.2f} cores)  answered {r['answered']}/{r['sent']}"
             )
         print(
             f"  {r['model']:<14}{r['precision']:<5} {r['streams']} streams, batching {r['batching']:<9}: "
@@ -264,7 +268,7 @@ def from_log(log: Path, skip_rounds: int) -> dict:
             model, precision, round_no = m[1], m[2], 0
         elif re.match(r"\s+round \d+/\d+ done", line):
             round_no += 1
-        elif (m := re.match(r"\s+(\d+) streams, batching (\S+): (\d+) frames/s", line)) and round_no >= skip_rounds:
+        elif (m := re.match(r"\s+(\d+) streams, batching (.+?): (\d+) frames/s", line)) and round_no >= skip_rounds:
             runs.setdefault((model, precision, int(m[1]), m[2]), []).append(float(m[3]))
     if skip_rounds:
         results["note"] = f"served: rounds after the first {skip_rounds} (cold daemons, no warm-up run)"
@@ -333,7 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device (use --device cpu for a dry run)", file=sys.stderr)
         return 1
     if device.type == "cuda":
-        variants = [("fp16", "fp16", False), ("fp32", "fp32", False), ("fp16+graphs", "fp16", True)]
+        variants = [
+            ("fp16", "fp16", False),
+            ("fp32", "fp32", False),
+            ("fp16+graphs", "fp16", True),
+            ("fp32+graphs", "fp32", True),
+        ]
     else:
         variants = [("fp32", "fp32", False)]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU dry run"

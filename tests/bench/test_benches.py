@@ -125,6 +125,7 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert set(served) == {(1, "on"), (1, "off"), (2, "on"), (2, "off")}
     assert all(r["answered"] == r["sent"] == r["streams"] * 3 for r in served.values())
     assert served[(2, "off")]["mean_batch"] == 1.0  # --max-batch 1: never more than one frame a pass
+    assert all(r["daemon_cores"] > 0 and r["client_cores"] > 0 for r in served.values())
     assert "vs batching off" in out.stdout
     assert "served: starting edgeserver squeezenet1_1 fp32 on cpu, batching off/on" in out.stderr
     assert (tmp_path / "gpu_fp16.png").read_bytes()[:8] == PNG
@@ -138,6 +139,29 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     fps = {(r["streams"], r["batching"]): r["frames_per_s"] for r in rebuilt["served"]}
     assert fps == pytest.approx({k: r["frames_per_s"] for k, r in served.items()}, abs=0.5)
     assert (tmp_path / "rebuilt" / "gpu_fp16.png").read_bytes()[:8] == PNG
+
+
+def test_stream_clients_answer_every_frame_and_spread_streams_over_the_targets(target: str, tmp_path: Path) -> None:
+    """bench/stream_clients.py: one client process per stream, stream i to target i % len(targets)."""
+    import os
+
+    from edgeinfer.client.frames import Encoder, Frame
+    from edgeinfer.client.sample import synthetic_frame
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from stream_clients import run_streams
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    jpeg = Encoder("jpeg", 90).to_proto(Frame(synthetic_frame(0, 224, 224))).jpeg
+    got = run_streams([target], "squeezenet", jpeg, n=3, frames=4, daemon_pids=[os.getpid()])
+    assert got["answered"] == got["sent"] == 12
+    assert got["mean_batch"] >= 1.0 and got["inference_ms_p50"] > 0 and got["fps"] > 0
+    assert got["daemon_cores"] > 0  # the daemon of this test session runs in this process
+    nobody = f"unix:{tmp_path / 'nobody.sock'}"
+    assert run_streams([target, nobody], "squeezenet", jpeg, n=1, frames=2)["answered"] == 2  # stream 0: target
+    with pytest.raises(RuntimeError, match="a stream client did not start"):  # stream 1 goes to nobody
+        run_streams([target, nobody], "squeezenet", jpeg, n=2, frames=2, ready_timeout=2)
 
 
 def test_grpc_floor_holds_each_frame_and_answers_in_order() -> None:
