@@ -11,6 +11,7 @@ Heavy imports (torch) happen inside main(), after the arguments are parsed, so
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import signal
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # `kill -USR1 <pid>`: every thread's Python stack to stderr, for a daemon that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     weights = WeightsSource.parse(args.weights, seed=args.seed)
     try:
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     daemon.mark_ready()
     print(f"edgeserver: SERVING after {time.perf_counter() - started:.1f} s; Ctrl-C to stop", flush=True)
-    stop.wait()
+    _wait_for_signal(stop)
     print("edgeserver: draining", flush=True)
     daemon.stop(grace=DRAIN_S)
     busy = daemon.busy_handlers(timeout=DRAIN_S)
@@ -205,6 +208,20 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(1)
     return 0
+
+
+def _wait_for_signal(stop: threading.Event) -> None:
+    """Until SIGTERM or SIGINT has set ``stop``, waking twice a second.
+
+    Python runs a signal's handler on the main thread, between bytecodes; a wait
+    without a timeout is cut short only if the signal wakes the main thread. In a
+    CUDA daemon (H200, torch 2.11) it did not: SIGTERM's handler never ran and the
+    main thread slept on in ``stop.wait()`` (its stack, dumped with SIGUSR1) until
+    the daemon was killed; the CPU daemon was never caught so. Waking every 0.5 s
+    runs a pending handler within half a second, whichever thread took the signal.
+    """
+    while not stop.wait(0.5):
+        pass
 
 
 DRAIN_S = 5.0  # on SIGTERM open calls get this long to finish, and stuck handlers as long again

@@ -55,9 +55,13 @@ def test_edgeserver_serves_then_drains_on_sigterm(tmp_path: Path) -> None:
             shared = list(client.stream(frames, "squeezenet1_1", drop_policy="all", encoding="shm"))
         assert [r.kind for r in results + raw + shared] == ["prediction"] * 9
         assert [r.prediction.top1.index for r in shared] == [r.prediction.top1.index for r in raw]
+        proc.send_signal(signal.SIGUSR1)  # a stuck-looking daemon tells where each thread is, and serves on
+        with EdgeClient(f"unix:{sock}") as client:
+            assert [r.kind for r in client.stream(frames, "squeezenet1_1", drop_policy="all")] == ["prediction"] * 3
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0 and "draining" in out
+        assert "most recent call first" in err and "in main" in err  # the main thread's stack, in cli.main
     finally:
         if proc.poll() is None:
             proc.kill()

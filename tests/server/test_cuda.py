@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -190,3 +195,48 @@ def test_concurrent_streams_on_cuda_are_batched_and_all_answered(cuda_graphs: bo
         assert len({r.prediction.classes[0].index for r in results if r.prediction}) == 1  # same frame, same answer
     finally:
         daemon.stop(grace=1)
+
+
+def test_a_cuda_daemon_exits_on_sigterm_after_serving_concurrent_streams(tmp_path: Path) -> None:
+    """SIGTERM ends a CUDA daemon (graphs, stream threads' CUDA streams) as promptly as a CPU one."""
+    log = tmp_path / "edgeserver.log"
+    args = ["--model", "squeezenet", "--device", "cuda", "--cuda-graphs", "--weights", "random"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeinfer.server.cli", *args, "--port", "0", "--host", "127.0.0.1"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "SERVING" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        port = int(log.read_text().split("listening on 127.0.0.1:")[1].split()[0].rstrip(","))
+        data = jpeg(synthetic_frame(2, 640, 480))
+        kinds: list[str] = []
+
+        def one() -> None:
+            with EdgeClient(f"127.0.0.1:{port}") as client:
+                kinds.extend(r.kind for r in client.stream([data] * 20, "squeezenet", drop_policy="all"))
+
+        threads = [threading.Thread(target=one) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert kinds == ["prediction"] * 80
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # every thread's stack into the log
+            time.sleep(2)
+            pytest.fail(f"the daemon did not exit 30 s after SIGTERM:\n{log.read_text()[-6000:]}")
+        assert proc.returncode == 0, log.read_text()[-3000:]
+        assert "draining" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
