@@ -176,7 +176,8 @@ def served(
                         runs.setdefault((n, batching), []).append(got)
                         progress(
                             f"    {n} streams, batching {batching}: {got['fps']:.0f} frames/s"
-                            f"  (daemon {got['daemon_cores']:.2f} cores, clients {got['client_cores']:.2f})"
+                            f"  (daemon {got['daemon_cores']:.2f} cores, clients {got['client_cores']:.2f},"
+                            f" batch {got['mean_batch']:.1f})"
                         )
                 progress(f"  round {r + 1}/{rounds} done")
         finally:
@@ -229,14 +230,21 @@ def report(results: dict) -> None:
         extra = f"  vs 1 stream {r['frames_per_s'] / one['frames_per_s']:.2f}x" if one else ""
         if r["batching"] != "off" and off:
             extra += f"  vs batching off {r['frames_per_s'] / off['frames_per_s']:.2f}x"
-        detail = ""
-        if "mean_batch" in r:  # not in rows rebuilt from a progress log (--from-log)
-            detail = (
-                f" (batch {r['mean_batch']:.1f}, model {r['inference_ms_p50']:.2f} ms,"
-                f" daemon {r['daemon_cores']:.2f} cores)  answered {r['answered']}/{r['sent']}"
+        # Rows rebuilt from a progress log (--from-log) lack some of these.
+        detail = ", ".join(
+            f.format(r[k])
+            for k, f in (
+                ("mean_batch", "batch {:.1f}"),
+                ("inference_ms_p50", "model {:.2f} ms"),
+                ("daemon_cores", "daemon {:.2f} cores"),
             )
+            if k in r
+        )
+        detail = f" ({detail})" if detail else ""
+        if "answered" in r:
+            detail += f"  answered {r['answered']}/{r['sent']}"
         print(
-            f"  {r['model']:<14}{r['precision']:<5} {r['streams']} streams, batching {r['batching']:<9}: "
+            f"  {r['model']:<14}{r['precision']:<5} {r['streams']} streams, batching {r['batching']:<12}: "
             f"{r['frames_per_s']:7.0f} frames/s{detail}{extra}"
         )
 
@@ -268,14 +276,26 @@ def from_log(log: Path, skip_rounds: int) -> dict:
             model, precision, round_no = m[1], m[2], 0
         elif re.match(r"\s+round \d+/\d+ done", line):
             round_no += 1
-        elif (m := re.match(r"\s+(\d+) streams, batching (.+?): (\d+) frames/s", line)) and round_no >= skip_rounds:
-            runs.setdefault((model, precision, int(m[1]), m[2]), []).append(float(m[3]))
+        elif (m := SERVED_LINE.match(line)) and round_no >= skip_rounds:
+            runs.setdefault((model, precision, int(m[1]), m[2]), []).append(m.groups()[2:])
     if skip_rounds:
         results["note"] = f"served: rounds after the first {skip_rounds} (cold daemons, no warm-up run)"
-    for (name, prec, n, batching), fps in runs.items():
+    for (name, prec, n, batching), got in runs.items():
         row = {"model": name, "precision": prec, "streams": n, "batching": batching}
-        results["served"].append(row | {"frames_per_s": statistics.median(fps), "runs_fps": fps})
+        fps = [float(g[0]) for g in got]
+        row |= {"frames_per_s": statistics.median(fps), "runs_fps": fps}
+        for i, key in enumerate(("daemon_cores", "client_cores", "mean_batch"), 1):
+            if all(g[i] for g in got):  # older logs lack the CPU use, and the batch size
+                row[key] = statistics.median(float(g[i]) for g in got)
+        results["served"].append(row)
     return results
+
+
+# "    4 streams, batching on+graphs x2: 1212 frames/s  (daemon 3.00 cores, clients 0.58, batch 6.1)"
+SERVED_LINE = re.compile(
+    r"\s+(\d+) streams, batching (.+?): (\d+) frames/s"
+    r"(?:\s+\(daemon ([\d.]+) cores, clients ([\d.]+)(?:, batch ([\d.]+))?\))?"
+)
 
 
 def plot(results: dict, path: Path) -> None:
