@@ -13,7 +13,8 @@ Three parts, each interleaved where it compares:
    concurrent streams sending already-encoded JPEG frames (drop policy "all"),
    each stream a client process of its own (stream_clients.py); batching off
    (--max-batch 1), on (--max-batch 8) and, on CUDA, on with --cuda-graphs in one
-   daemon and in two daemons sharing the GPU (streams split between them); the
+   daemon process and in two (edgeserver --workers 2: one port, the kernel spreads
+   the streams' connections; on the CPU dry run, "on x2" without graphs); the
    daemons' CPU use per run; every daemon warmed up, then interleaved rounds.
 Prints a table and ratios, writes gpu_fp16.json (after each part) and gpu_fp16.png under --out.
 """
@@ -135,44 +136,43 @@ def served(
     from stream_clients import run_streams
 
     image = sample_jpeg()  # encoded once: the clients cost no encoding
-    settings = [("off", 1, (), 1), ("on", 8, (), 1)]
+    settings = [("off", 1, ()), ("on", 8, ())]
     if device.type == "cuda":
-        settings += [("on+graphs", 8, ("--cuda-graphs",), 1), ("on+graphs x2", 8, ("--cuda-graphs",), 2)]
+        graphs = ("--cuda-graphs",)
+        settings += [("on+graphs", 8, graphs), ("on+graphs x2", 8, (*graphs, "--workers", "2"))]
+    else:  # the dry run still starts a daemon with workers
+        settings += [("on x2", 8, ("--workers", "2"))]
     labels = "/".join(b for b, *_ in settings)
     progress(f"served: starting edgeserver {name} {precision} on {device}, batching {labels}")
-    daemons: dict[str, list[DaemonProcess]] = {}
+    daemons: dict[str, DaemonProcess] = {}
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(8) as pool:
 
-        def start(batching: str, most: int, extra: tuple[str, ...], i: int) -> DaemonProcess:
+        def start(batching: str, most: int, extra: tuple[str, ...]) -> DaemonProcess:
             return DaemonProcess(
                 [name],
-                Path(tmp) / f"repo{i}",
+                Path(tmp) / "repo",
                 threads=4,
-                sock=Path(tmp) / f"{batching}-{i}.sock",
+                sock=None,
                 max_batch=most,
                 extra=("--device", str(device), "--precision", precision, *extra),
             )
 
         try:
-            started = {  # all at once: each loads, warms up and captures its graphs on its own
-                (batching, i): pool.submit(start, batching, most, extra, i)
-                for batching, most, extra, count in settings
-                for i in range(count)
-            }
-            for (batching, _), future in started.items():
-                daemons.setdefault(batching, []).append(future.result())
+            # All at once: each loads, warms up and captures its graphs on its own.
+            started = {batching: pool.submit(start, batching, most, extra) for batching, most, extra in settings}
+            for batching, future in started.items():
+                daemons[batching] = future.result()
 
-            def one_run(ds: list[DaemonProcess], n: int, frames: int) -> dict:
-                targets = [f"127.0.0.1:{d.port}" for d in ds]
-                return run_streams(targets, name, image, n, frames, daemon_pids=[d.proc.pid for d in ds])
+            def one_run(d: DaemonProcess, n: int, frames: int) -> dict:
+                return run_streams([f"127.0.0.1:{d.port}"], name, image, n, frames, daemon_pids=[d.proc.pid])
 
-            for ds in daemons.values():  # not timed: each stream thread's first frames (CUDA streams, nvJPEG state)
-                one_run(ds, max(streams_list), 5)
+            for d in daemons.values():  # not timed: each stream thread's first frames (CUDA streams, nvJPEG state)
+                one_run(d, max(streams_list), 5)
             runs: dict[tuple[int, str], list[dict]] = {}
             for r in range(rounds):
                 for n in streams_list:
-                    for batching, ds in daemons.items():
-                        got = one_run(ds, n, frames)
+                    for batching, d in daemons.items():
+                        got = one_run(d, n, frames)
                         runs.setdefault((n, batching), []).append(got)
                         progress(
                             f"    {n} streams, batching {batching}: {got['fps']:.0f} frames/s"
@@ -181,10 +181,9 @@ def served(
                         )
                 progress(f"  round {r + 1}/{rounds} done")
         finally:
-            every = [d for ds in daemons.values() for d in ds]
-            for d in every:  # SIGTERM to all first: they drain at the same time
+            for d in daemons.values():  # SIGTERM to all first: they drain at the same time
                 d.proc.terminate()
-            for d in every:
+            for d in daemons.values():
                 d.stop()
     rows = []
     for (n, batching), got in sorted(runs.items()):

@@ -37,6 +37,7 @@ serve_bench.png (latency over time, per-stage medians).
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import functools
 import json
@@ -127,11 +128,12 @@ class DaemonProcess:
         models: list[str],
         repository: Path,
         threads: int,
-        sock: Path,
+        sock: Path | None,
         max_batch: int,
         extra: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
     ) -> None:
+        """``sock``: also listen on this Unix socket (None: TCP only, as --workers needs)."""
         self.port = free_port()
         self.sock = sock
         exe = shutil.which("edgeserver") or Path(sys.executable).with_name("edgeserver")
@@ -147,8 +149,7 @@ class DaemonProcess:
             str(self.port),
             "--host",
             "127.0.0.1",
-            "--unix-socket",
-            str(sock),
+            *(["--unix-socket", str(sock)] if sock else []),
             "--repository",
             str(repository),
             "--threads",
@@ -165,7 +166,15 @@ class DaemonProcess:
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ | (env or {})
         )
+        # Its output is read all along (a pipe nobody reads fills up and stalls the writer); the tail is kept.
+        self.output: collections.deque[str] = collections.deque(maxlen=200)
+        self._reader = threading.Thread(target=self.output.extend, args=(self.proc.stdout,), daemon=True)
+        self._reader.start()
         self.startup_s = self._wait_serving(models[0])
+        if "--workers" in extra:  # the first worker answers before the others listen
+            while not any(" workers SERVING on " in line for line in self.output):
+                self._check_running()
+                time.sleep(0.1)
 
     def _wait_serving(self, model: str) -> float:
         name, _, precision = model.partition(":")
@@ -176,12 +185,15 @@ class DaemonProcess:
                     c.wait_ready(name, precision=precision, timeout=2)
                     return time.perf_counter() - self.started
                 except EdgeInferError:
-                    if self.proc.poll() is not None:  # it exited: say why instead of waiting on
-                        output = self.proc.stdout.read() if self.proc.stdout else ""
-                        status = self.proc.returncode
-                        raise RuntimeError(f"edgeserver exited with {status}:\n{output[-3000:]}") from None
+                    self._check_running()
                     if time.monotonic() > deadline:
                         raise
+
+    def _check_running(self) -> None:
+        if self.proc.poll() is not None:  # it exited: say why instead of waiting on
+            self._reader.join(5)
+            output = "".join(self.output)
+            raise RuntimeError(f"edgeserver exited with {self.proc.returncode}:\n{output[-3000:]}")
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

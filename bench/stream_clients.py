@@ -18,6 +18,7 @@ This module imports no torch: each child starts in a fraction of a second.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -30,9 +31,14 @@ from pathlib import Path
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid``, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of process ``pid`` and its children (edgeserver --workers), all threads (/proc)."""
+    stats = {}
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # a process that ended meanwhile
+            fields = path.read_text().rsplit(")", 1)[1].split()
+            stats[int(path.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, ticks
+    ticks = stats.get(pid, (0, 0))[1] + sum(t for ppid, t in stats.values() if ppid == pid)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def run_streams(

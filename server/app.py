@@ -33,7 +33,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeInference"].full_name
 _daemons = itertools.count(1)  # names each daemon's handler threads apart: grpc-handler-1_0, ...
 
 
-def server_options(max_frame_bytes: int) -> list[tuple[str, int]]:
+def server_options(max_frame_bytes: int, reuse_port: bool = False) -> list[tuple[str, int]]:
     """Every channel option the daemon sets, each named once and explained."""
     return [
         # Frames over --max-frame-bytes are answered with a per-frame
@@ -48,8 +48,9 @@ def server_options(max_frame_bytes: int) -> list[tuple[str, int]]:
         # The server pings idle connections too, and drops peers that stop answering.
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
-        # One daemon per box: refuse to share the port with a second one.
-        ("grpc.so_reuseport", 0),
+        # One daemon per port: refuse to share it with a second one, except
+        # `edgeserver --workers N`, whose workers share it (the kernel spreads connections).
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
 
 
@@ -61,6 +62,7 @@ class Daemon:
         max_streams: int = 16,
         max_frame_bytes: int = 8 << 20,
         max_shm_bytes: int = 256 << 20,
+        reuse_port: bool = False,
     ) -> None:
         self.table = ModelTable()
         self.servicer = EdgeInferenceServicer(self.table, max_streams=max_streams, max_shm_bytes=max_shm_bytes)
@@ -71,7 +73,7 @@ class Daemon:
         self.server = grpc.server(
             self._pool,
             interceptors=[ExceptionToStatusInterceptor(status_on_unknown_exception=grpc.StatusCode.INTERNAL)],
-            options=server_options(max_frame_bytes),
+            options=server_options(max_frame_bytes, reuse_port),
         )
         pb_grpc.add_EdgeInferenceServicer_to_server(self.servicer, self.server)
         self.health = health.HealthServicer()

@@ -103,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="CUDA: record each batch size's forward pass once as a CUDA graph and replay it (one launch "
         "instead of one per kernel: lower latency for small batches; more GPU memory, longer start)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="daemon processes sharing --port (SO_REUSEPORT; each loads the models; the kernel spreads "
+        "connections): past one process's Python ceiling on a GPU box with spare cores (default: 1)",
+    )
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers for its processes
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: off)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -127,7 +135,12 @@ def _model_args(values: list[str], default_precision: str) -> list[tuple[str, st
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if args.workers != 1:
+        from edgeinfer.server.workers import run_workers
+
+        return run_workers(argv, args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -147,13 +160,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.unix_socket:
         addresses.append(f"unix:{args.unix_socket}")
     started = time.perf_counter()
-    daemon = Daemon(
-        addresses,
-        max_streams=args.max_streams,
-        max_frame_bytes=args.max_frame_bytes,
-        max_shm_bytes=args.max_shm_bytes,
-    ).start()
-    print(f"edgeserver: listening on {', '.join(daemon.listening)} (loading models)", flush=True)
+    worker = args.worker_index is not None
+
+    def listen() -> Daemon:
+        d = Daemon(
+            addresses,
+            max_streams=args.max_streams,
+            max_frame_bytes=args.max_frame_bytes,
+            max_shm_bytes=args.max_shm_bytes,
+            reuse_port=worker,
+        ).start()
+        print(f"edgeserver: listening on {', '.join(d.listening)}{'' if worker else ' (loading models)'}", flush=True)
+        return d
+
+    # A daemon listens at once and answers NOT_SERVING while it loads. A worker of
+    # --workers listens once loaded: the kernel would hand it connections meanwhile.
+    daemon = None if worker else listen()
 
     if args.metrics_port:
         from prometheus_client import start_http_server
@@ -167,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     weights = WeightsSource.parse(args.weights, seed=args.seed)
+    loaded = []
     try:
         for name, precision in _model_args(args.model, args.precision):
             model = load_model(
@@ -182,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                 preprocess_on=args.preprocess_on,
                 cuda_graphs=args.cuda_graphs,
             )
-            daemon.add_model(model)
+            loaded.append(model)
+            if daemon is not None:
+                daemon.add_model(model)
             print(
                 f"edgeserver: loaded {model.name} {model.precision} on {model.device} "
                 f"(weights {model.weights}, input {model.input_size}x{model.input_size}, "
@@ -194,8 +219,16 @@ def main(argv: list[str] | None = None) -> int:
                 break
     except EdgeInferError as exc:
         print(f"edgeserver: error: {exc.details}", file=sys.stderr)
-        daemon.stop(0)
+        if daemon is not None:
+            daemon.stop(0)  # and the models it holds
+        else:
+            for model in loaded:
+                model.stop()
         return 2
+    if daemon is None:
+        daemon = listen()
+        for model in loaded:
+            daemon.add_model(model)
     daemon.mark_ready()
     print(f"edgeserver: SERVING after {time.perf_counter() - started:.1f} s; Ctrl-C to stop", flush=True)
     _wait_for_signal(stop)

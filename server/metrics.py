@@ -17,4 +17,5 @@ FRAME_LATENCY = Histogram(
     ["model", "precision"],
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
 )
-ACTIVE_STREAMS = Gauge("edgeinfer_active_streams", "Streams open now.")
+# "livesum": with --workers the supervisor's /metrics adds up the live workers' streams.
+ACTIVE_STREAMS = Gauge("edgeinfer_active_streams", "Streams open now.", multiprocess_mode="livesum")

@@ -122,12 +122,12 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert [(r["precision"], r["batch"]) for r in result["model_only"]] == [("fp32", 1), ("fp32", 2)]
     assert [r["where"] for r in result["preprocessing"]] == ["cpu"]
     served = {(r["streams"], r["batching"]): r for r in result["served"]}
-    assert set(served) == {(1, "on"), (1, "off"), (2, "on"), (2, "off")}
+    assert set(served) == {(n, b) for n in (1, 2) for b in ("off", "on", "on x2")}  # x2: edgeserver --workers 2
     assert all(r["answered"] == r["sent"] == r["streams"] * 3 for r in served.values())
     assert served[(2, "off")]["mean_batch"] == 1.0  # --max-batch 1: never more than one frame a pass
     assert all(r["daemon_cores"] > 0 and r["client_cores"] > 0 for r in served.values())
     assert "vs batching off" in out.stdout
-    assert "served: starting edgeserver squeezenet1_1 fp32 on cpu, batching off/on" in out.stderr
+    assert "served: starting edgeserver squeezenet1_1 fp32 on cpu, batching off/on/on x2" in out.stderr
     assert (tmp_path / "gpu_fp16.png").read_bytes()[:8] == PNG
     # A run cut short keeps its progress lines: the table and plot can be rebuilt from them.
     (tmp_path / "gpu_fp16.log").write_text(out.stderr)
@@ -143,7 +143,6 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
 
 def test_stream_clients_answer_every_frame_and_spread_streams_over_the_targets(target: str, tmp_path: Path) -> None:
     """bench/stream_clients.py: one client process per stream, stream i to target i % len(targets)."""
-    import os
 
     from edgeinfer.client.frames import Encoder, Frame
     from edgeinfer.client.sample import synthetic_frame
@@ -154,14 +153,36 @@ def test_stream_clients_answer_every_frame_and_spread_streams_over_the_targets(t
     finally:
         sys.path.remove(str(ROOT / "bench"))
     jpeg = Encoder("jpeg", 90).to_proto(Frame(synthetic_frame(0, 224, 224))).jpeg
-    got = run_streams([target], "squeezenet", jpeg, n=3, frames=4, daemon_pids=[os.getpid()])
+    got = run_streams([target], "squeezenet", jpeg, n=3, frames=4)
     assert got["answered"] == got["sent"] == 12
     assert got["mean_batch"] >= 1.0 and got["inference_ms_p50"] > 0 and got["fps"] > 0
-    assert got["daemon_cores"] > 0  # the daemon of this test session runs in this process
+    assert got["daemon_cores"] is None and got["client_cores"] > 0
     nobody = f"unix:{tmp_path / 'nobody.sock'}"
     assert run_streams([target, nobody], "squeezenet", jpeg, n=1, frames=2)["answered"] == 2  # stream 0: target
     with pytest.raises(RuntimeError, match="a stream client did not start"):  # stream 1 goes to nobody
         run_streams([target, nobody], "squeezenet", jpeg, n=2, frames=2, ready_timeout=2)
+
+
+def test_cpu_seconds_counts_a_daemons_worker_processes() -> None:
+    """stream_clients.cpu_seconds(pid): the process and its children, as edgeserver --workers runs."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from stream_clients import cpu_seconds
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    # A parent that sleeps, and its child that burns 0.4 s of CPU and then waits to be stopped.
+    child = "import sys, time\nwhile time.process_time() < 0.4: pass\nprint('done', flush=True)\nsys.stdin.read()"
+    parent = (
+        "import subprocess, sys\n"
+        f"c = subprocess.Popen([sys.executable, '-c', {child!r}], stdin=subprocess.PIPE)\n"
+        "sys.stdin.read(); c.stdin.close(); c.wait()"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "done"  # the child's line
+        assert cpu_seconds(proc.pid) >= 0.4
+    finally:
+        proc.communicate("", timeout=30)
 
 
 def test_grpc_floor_holds_each_frame_and_answers_in_order() -> None:
