@@ -85,6 +85,9 @@ def run_streams(
                 if c.poll() is None:
                     c.kill()
                     c.wait()
+                for pipe in (c.stdin, c.stdout):
+                    if pipe is not None:
+                        pipe.close()
     elapsed = max(o["end"] for o in outs) - min(o["start"] for o in outs)
     predicted = sum(o["predicted"] for o in outs)
     batches = [b for o in outs for b in o["batch_sizes"]]

@@ -68,6 +68,9 @@ def edgeserver(*args: str) -> Iterator[Supervisor]:
             proc.wait()
         for t in readers:
             t.join(5)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def _serving(sup: Supervisor) -> tuple[str, list[int]]:
