@@ -70,8 +70,10 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
             )
             reader.start()
             for outcome in session.results():
-                _record(model, outcome)
-                yield _stream_response(outcome, model)
+                try:
+                    yield _stream_response(outcome, model)
+                finally:  # once gRPC has sent the answer: the metrics stay off the frame's path
+                    _record(model, outcome)
         finally:
             session.abort()
             self._close_stream()
@@ -106,7 +108,7 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         image = image_from_proto(request.image)
         outcome = classify_one(model, image, request.top_k, timeout=_time_left(context))
         _record(model, outcome)
-        return _prediction(outcome, model)
+        return _fill_prediction(pb.Prediction(), outcome, model)
 
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[model_info(m) for m in self.table.all()])
@@ -164,23 +166,23 @@ def image_from_proto(image: pb.Image, region: SharedMemoryRegion | None = None) 
     raise InvalidFrame("frame has no image: set image.jpeg, image.raw or image.shared_memory")
 
 
-def _prediction(outcome: FrameOutcome, model: ServedModel) -> pb.Prediction:
+def _fill_prediction(out: pb.Prediction, outcome: FrameOutcome, model: ServedModel) -> pb.Prediction:
+    """``out`` filled in place (a stream's answer is built inside its response: no copy)."""
     t = outcome.timings
     assert t is not None
-    return pb.Prediction(
-        classes=[pb.Class(index=c.index, label=c.label, probability=c.probability) for c in outcome.classes],
-        timings=pb.Timings(
-            queue_ms=t.queue_ms,
-            decode_ms=t.decode_ms,
-            preprocess_ms=t.preprocess_ms,
-            inference_ms=t.inference_ms,
-            total_ms=t.total_ms,
-        ),
-        model=model.name,
-        precision=model.precision,
-        device=str(model.device),
-        batch_size=outcome.batch_size,
-    )
+    for c in outcome.classes:
+        out.classes.add(index=c.index, label=c.label, probability=c.probability)
+    timings = out.timings
+    timings.queue_ms = t.queue_ms
+    timings.decode_ms = t.decode_ms
+    timings.preprocess_ms = t.preprocess_ms
+    timings.inference_ms = t.inference_ms
+    timings.total_ms = t.total_ms
+    out.model = model.name
+    out.precision = model.precision
+    out.device = str(model.device)
+    out.batch_size = outcome.batch_size
+    return out
 
 
 def _stream_response(outcome: FrameOutcome, model: ServedModel) -> pb.StreamResponse:
@@ -191,7 +193,7 @@ def _stream_response(outcome: FrameOutcome, model: ServedModel) -> pb.StreamResp
     elif outcome.dropped is not None:
         response.dropped.reason = outcome.dropped
     else:
-        response.prediction.CopyFrom(_prediction(outcome, model))
+        _fill_prediction(response.prediction, outcome, model)
     return response
 
 
