@@ -168,13 +168,20 @@ class DaemonProcess:
         )
         # Its output is read all along (a pipe nobody reads fills up and stalls the writer); the tail is kept.
         self.output: collections.deque[str] = collections.deque(maxlen=200)
-        self._reader = threading.Thread(target=self.output.extend, args=(self.proc.stdout,), daemon=True)
+        self._all_workers = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.startup_s = self._wait_serving(models[0])
         if "--workers" in extra:  # the first worker answers before the others listen
-            while not any(" workers SERVING on " in line for line in self.output):
+            while not self._all_workers.wait(0.1):
                 self._check_running()
-                time.sleep(0.1)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+            if " workers SERVING on " in line:
+                self._all_workers.set()
 
     def _wait_serving(self, model: str) -> float:
         name, _, precision = model.partition(":")

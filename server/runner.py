@@ -76,8 +76,9 @@ class ModelRunner:
         An eager forward pass launches each kernel from Python (ResNet50: ~160 of them,
         4.5-8.5 ms at batch 1 on an H200, where the GPU work takes a fraction of that); a
         replay is one launch (1.0-1.2 ms; README "On a GPU"). The graphs share one memory
-        pool (they never run at once: one inference thread), captured largest first. Call it on the thread that will
-        replay them, after ``warmup`` (cuDNN has picked its kernels by then).
+        pool (they never run at once: one inference thread), captured largest first. Call
+        it on the thread that will replay them, after ``warmup`` (cuDNN has picked its
+        kernels by then).
         """
         if self.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
