@@ -10,8 +10,9 @@ frames batch with the other streams of that worker only. The pattern is gRPC
 Python's own multiprocessing example (grpc/examples/python/multiprocessing).
 
 This process is the supervisor and imports no torch:
-- starts worker 0 and waits for it to serve before starting the others (an int8
-  model is quantized into --repository once, then the others load the artifact);
+- starts worker 0 and waits for it to serve before starting the others: a bad
+  configuration (an unknown model, a missing int8 artifact) fails once, in one
+  worker, and the rest load what is known to load;
 - relays each worker's output, each line tagged ``[worker k]``;
 - serves /metrics for all of them (prometheus_client's multiprocess mode);
 - on SIGTERM/SIGINT stops them all (each drains); if one exits on its own, it
