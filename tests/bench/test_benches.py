@@ -6,11 +6,13 @@ that every mode ran, counted its frames, and that the outputs exist.
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -24,6 +26,15 @@ def run_bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return out
+
+
+def bench_module(name: str) -> ModuleType:
+    """A module of bench/ (not a package), imported without leaving bench/ on sys.path."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
 
 
 @pytest.mark.slow
@@ -143,15 +154,10 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
 
 def test_stream_clients_answer_every_frame_and_spread_streams_over_the_targets(target: str, tmp_path: Path) -> None:
     """bench/stream_clients.py: one client process per stream, stream i to target i % len(targets)."""
-
     from edgeinfer.client.frames import Encoder, Frame
     from edgeinfer.client.sample import synthetic_frame
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from stream_clients import run_streams
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    run_streams = bench_module("stream_clients").run_streams
     jpeg = Encoder("jpeg", 90).to_proto(Frame(synthetic_frame(0, 224, 224))).jpeg
     got = run_streams([target], "squeezenet", jpeg, n=3, frames=4)
     assert got["answered"] == got["sent"] == 12
@@ -165,11 +171,7 @@ def test_stream_clients_answer_every_frame_and_spread_streams_over_the_targets(t
 
 def test_cpu_seconds_counts_a_daemons_worker_processes() -> None:
     """stream_clients.cpu_seconds(pid): the process and its children, as edgeserver --workers runs."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from stream_clients import cpu_seconds
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    cpu_seconds = bench_module("stream_clients").cpu_seconds
     # A parent that sleeps, and its child that burns 0.4 s of CPU and then waits to be stopped.
     child = "import sys, time\nwhile time.process_time() < 0.4: pass\nprint('done', flush=True)\nsys.stdin.read()"
     parent = (
@@ -191,11 +193,7 @@ def test_grpc_floor_holds_each_frame_and_answers_in_order() -> None:
 
     from edgeinfer.client import EdgeClient, EdgeInferError
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import grpc_floor
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    grpc_floor = bench_module("grpc_floor")
     from concurrent import futures
 
     from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
