@@ -93,12 +93,13 @@ class Samples:
     def stage(self, name: str, value: float) -> None:
         self.stages.setdefault(name, []).append(value)
 
-    def add_timed(self, started: float) -> None:
-        """One in-process frame that took from ``started`` (perf_counter) until now."""
+    def add_timed(self, started: float) -> float:
+        """One in-process frame that took from ``started`` (perf_counter) until now; its ms."""
         ms = (time.perf_counter() - started) * 1e3
         self.latencies_ms.append(ms)
         self.frames += 1
         self.seconds += ms / 1e3
+        return ms
 
     def row(self) -> dict:
         return {
@@ -370,10 +371,11 @@ class InProcess:
             t = time.perf_counter()
             pre = self.model.preprocessor(JpegImage(data))
             out = self.runner.infer(pre.tensor[None], 5)
-            s.add_timed(t)
+            ms = s.add_timed(t)
             s.stage("decode", pre.decode_ms)
             s.stage("preprocess", pre.preprocess_ms)
             s.stage("inference", out.inference_ms)
+            s.stage("overhead", ms - out.inference_ms)  # as _record() counts it for a served frame
 
     def stop(self) -> None:
         self.model.stop()
@@ -679,9 +681,14 @@ def report(results: dict) -> dict:
             served_over_limit = c["fps"] / b["fps"]
             added = lat["p50_ms"] - b_lat["p50_ms"]
             floor_ms = floor["stages_ms"]["overhead"]  # its latency minus the time it held the frame
+            # The same difference with each frame's own model time taken out first (median of latency
+            # minus inference, served and in process): the model's time swings most on this machine,
+            # between chunks too, and it is the same work on both sides.
+            added_wo_model = lat["stages_ms"]["overhead"] - b_lat["stages_ms"]["overhead"]
             summary[key] = {
                 "served_over_limit": served_over_limit,
                 "added_latency_p50_ms": added,
+                "added_latency_model_time_out_ms": added_wo_model,
                 "grpc_floor_p50_ms": floor_ms,
                 "added_above_floor_ms": added - floor_ms,
                 "grpc_floor_hot_p50_ms": hot["stages_ms"]["overhead"],
@@ -693,6 +700,10 @@ def report(results: dict) -> dict:
             print(
                 f"    of which the bare gRPC stream's floor {floor_ms:+.2f} ms (bench/grpc_floor.py, same hand-offs "
                 f"and idle gap, no model), the daemon's own {added - floor_ms:+.2f} ms"
+            )
+            print(
+                f"    with each frame's model time taken out first: added {added_wo_model:+.2f} ms, "
+                f"the daemon's own {added_wo_model - floor_ms:+.2f} ms (the model's time swings most here)"
             )
             print(
                 f"    the same floor answering at once, no idle gap: {hot['stages_ms']['overhead']:+.2f} ms "

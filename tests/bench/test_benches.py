@@ -86,6 +86,11 @@ def test_serve_bench_tiny(tmp_path: Path) -> None:
     assert {"unix_shm_vs_tcp_jpeg_p50", "unix_raw_vs_tcp_jpeg_640x480_overhead_saved_ms"} <= set(ratios)
     assert ratios["added_above_floor_ms"] == pytest.approx(ratios["added_latency_p50_ms"] - ratios["grpc_floor_p50_ms"])
     stages = {r["mode"]: r["stages_ms"] for r in result["rows"] if r["precision"] == "int8"}
+    # Model time taken out of each frame first: the in-process limit now has an overhead stage too.
+    assert ratios["added_latency_model_time_out_ms"] == pytest.approx(
+        stages["c served latency"]["overhead"] - stages["b limit latency"]["overhead"]
+    )
+    assert "with each frame's model time taken out first: added" in out.stdout
     # The floor holds each frame as long as the limit takes; the hot floor answers at once.
     assert stages["c floor hot latency"]["inference"] < stages["c floor latency"]["inference"]
     assert ratios["grpc_floor_hot_p50_ms"] == stages["c floor hot latency"]["overhead"]
