@@ -85,19 +85,47 @@ class JobResult:
 
 @dataclass(eq=False)
 class Job:
-    """One frame for one model: its model input, or the function that makes it on the inference thread."""
+    """One frame for one model: its model input, or the function that makes it on the inference thread.
+
+    Its answer (a :class:`JobResult`, or the exception that stands for one) goes to
+    ``future``; or, for a job made with ``on_done``, straight to that function, on the
+    inference thread, and the job has no ``future``. The streams use ``on_done``: right
+    after a forward pass the CPU's caches hold the model, not the interpreter, and each
+    Python step there is slow (a Future made, given a callback and set: 7 us warm, 45
+    us right after an int8 SqueezeNet forward pass, on this project's VM). Answering
+    without Futures and without an object per class (``session.FrameOutcome``) took
+    the daemon's own share of the added latency from 0.53-0.97 ms to 0.27-0.80 ms,
+    lower in each of six interleaved bench runs (issue 4).
+    """
 
     frame: PreprocessedFrame | Callable[[], PreprocessedFrame]
     top_k: int
-    future: Future[JobResult] = field(default_factory=Future)
+    on_done: Callable[[JobResult | BaseException], None] | None = None
+    future: Future[JobResult] = field(init=False)
     enqueued_at: float = 0.0  # when this job was queued: its queue_ms counts from here
     in_line_since: float = 0.0  # its place in line and batch wait; a job that replaces another keeps that one's
     state: str = _WAITING
+
+    def __post_init__(self) -> None:
+        if self.on_done is None:
+            self.future = Future()
 
     def prepared(self) -> PreprocessedFrame:
         if not isinstance(self.frame, PreprocessedFrame):
             self.frame = self.frame()
         return self.frame
+
+    def finish(self, answer: JobResult | BaseException) -> None:
+        """Hand the job its answer; a failing ``on_done`` is logged, and the batch's other jobs still get theirs."""
+        if self.on_done is not None:
+            try:
+                self.on_done(answer)
+            except Exception:
+                log.exception("answering a frame failed")
+        elif isinstance(answer, BaseException):
+            self.future.set_exception(answer)
+        else:
+            self.future.set_result(answer)
 
 
 def allowed_sizes(batch_sizes: Sequence[int] | None, max_batch: int) -> tuple[int, ...]:
@@ -401,9 +429,9 @@ class BatchScheduler:
         return batch
 
     def run_batch(self, batch: list[Job]) -> None:
-        """Preprocess (if deferred) and infer ``batch`` on the calling (inference) thread; settle its futures.
+        """Preprocess (if deferred) and infer ``batch`` on the calling (inference) thread; answer each job.
 
-        Every future is settled, whatever fails: a model failure (or a bug in reading
+        Every job is answered, whatever fails: a model failure (or a bug in reading
         its output) answers each frame of the batch with an INTERNAL error, so no
         stream waits forever for an answer.
         """
@@ -421,13 +449,10 @@ class BatchScheduler:
             log.exception("%s: inference failed for a batch of %d", self.name, len(batch))
             error = InternalError(f"the model failed on this frame's batch of {len(batch)}: {exc}")
             for job in batch:
-                job.future.set_exception(error)
+                job.finish(error)
             return
         for job, result in zip(batch, results, strict=True):
-            if isinstance(result, JobResult):
-                job.future.set_result(result)
-            else:
-                job.future.set_exception(result)
+            job.finish(result)
         # The batch's tensors are freed on return, after the answers: freeing a tensor lets go
         # of the GIL, and a stream thread woken by its answer then takes its turn between
         # forward passes rather than during the next one (freeing them before settling measured
@@ -441,7 +466,7 @@ class BatchScheduler:
             raise RuntimeError(f"the model answered {len(probs)} rows for a batch of {len(batch)}")
         results: list[JobResult | InternalError] = []
         for i, job in enumerate(batch):
-            if not all(math.isfinite(p) for p in probs[i]):
+            if not math.isfinite(sum(probs[i])):  # a NaN or an infinity anywhere in the row
                 # An fp16 overflow on this frame (load refuses models that overflow on noise): no class.
                 results.append(InternalError(NON_FINITE))
                 continue
@@ -467,7 +492,7 @@ class BatchScheduler:
             try:
                 job.prepared()
             except Exception as exc:  # bad input (InvalidFrame...) or a bug: this frame's answer
-                job.future.set_exception(exc)
+                job.finish(exc)
                 continue
             ready.append(job)
         return ready

@@ -167,21 +167,25 @@ def image_from_proto(image: pb.Image, region: SharedMemoryRegion | None = None) 
 
 
 def _fill_prediction(out: pb.Prediction, outcome: FrameOutcome, model: ServedModel) -> pb.Prediction:
-    """``out`` filled in place (a stream's answer is built inside its response: no copy)."""
-    t = outcome.timings
-    assert t is not None
-    for c in outcome.classes:
-        out.classes.add(index=c.index, label=c.label, probability=c.probability)
+    """``out`` filled in place (a stream's answer is built inside its response: no copy).
+
+    Written from the model's result as it came, with no objects per class in between.
+    """
+    r = outcome.result
+    assert r is not None
+    labels = outcome.labels
+    for i, p in zip(r.indices, r.probabilities, strict=True):
+        out.classes.add(index=i, label=labels[i], probability=p)
     timings = out.timings
-    timings.queue_ms = t.queue_ms
-    timings.decode_ms = t.decode_ms
-    timings.preprocess_ms = t.preprocess_ms
-    timings.inference_ms = t.inference_ms
-    timings.total_ms = t.total_ms
+    timings.queue_ms = r.queue_ms
+    timings.decode_ms = r.decode_ms
+    timings.preprocess_ms = r.preprocess_ms
+    timings.inference_ms = r.inference_ms
+    timings.total_ms = outcome.total_ms
     out.model = model.name
     out.precision = model.precision
     out.device = str(model.device)
-    out.batch_size = outcome.batch_size
+    out.batch_size = r.batch_size
     return out
 
 
@@ -199,8 +203,8 @@ def _stream_response(outcome: FrameOutcome, model: ServedModel) -> pb.StreamResp
 
 def _record(model: ServedModel, outcome: FrameOutcome) -> None:
     metrics.FRAMES.labels(model.name, model.precision, outcome.kind).inc()
-    if outcome.timings is not None:
-        metrics.FRAME_LATENCY.labels(model.name, model.precision).observe(outcome.timings.total_ms / 1e3)
+    if outcome.result is not None:
+        metrics.FRAME_LATENCY.labels(model.name, model.precision).observe(outcome.total_ms / 1e3)
 
 
 def model_info(m: ServedModel) -> pb.ModelInfo:

@@ -25,8 +25,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, InvalidStateError
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 # The answer types are the client's: one definition of what a prediction carries.
@@ -71,11 +70,15 @@ class FrameIn:
 
 @dataclass(frozen=True)
 class FrameOutcome:
+    """One frame's answer. A prediction keeps the model's result as it came (no objects
+    per class: they are made only when asked for, and the servicer writes the answer
+    from the result directly)."""
+
     sequence: int
     capture_time_ns: int
-    classes: tuple[ClassScore, ...] = ()
-    timings: Timings | None = None  # queue, decode, preprocess, inference, total (ms)
-    batch_size: int = 0
+    result: JobResult | None = None  # the model's answer, when the frame was predicted
+    labels: Sequence[str] = ()  # the model's class names, which result.indices index
+    total_ms: float = 0.0  # in the daemon: frame received -> answered
     dropped: str | None = None  # reason, when the frame was dropped
     error: EdgeInferError | None = None
 
@@ -83,6 +86,23 @@ class FrameOutcome:
     def kind(self) -> str:
         """ "predicted", "dropped" or "error": the one answer this frame got."""
         return "error" if self.error else "dropped" if self.dropped else "predicted"
+
+    @property
+    def classes(self) -> tuple[ClassScore, ...]:
+        r = self.result
+        if r is None:
+            return ()
+        return tuple(ClassScore(i, self.labels[i], p) for i, p in zip(r.indices, r.probabilities, strict=True))
+
+    @property
+    def timings(self) -> Timings | None:
+        """queue, decode, preprocess, inference, total (ms)"""
+        r = self.result
+        return None if r is None else Timings(r.queue_ms, r.decode_ms, r.preprocess_ms, r.inference_ms, self.total_ms)
+
+    @property
+    def batch_size(self) -> int:
+        return 0 if self.result is None else self.result.batch_size
 
 
 def check_top_k(top_k: int, model: ServedModel) -> int:
@@ -92,15 +112,16 @@ def check_top_k(top_k: int, model: ServedModel) -> int:
     return top_k
 
 
-def _classes(result: JobResult, categories: list[str]) -> tuple[ClassScore, ...]:
-    return tuple(ClassScore(i, categories[i], p) for i, p in zip(result.indices, result.probabilities, strict=True))
-
-
-def frame_job(model: ServedModel, image: FrameImage, top_k: int) -> Job:
+def frame_job(
+    model: ServedModel,
+    image: FrameImage,
+    top_k: int,
+    on_done: Callable[[JobResult | BaseException], None] | None = None,
+) -> Job:
     """A job for one frame: preprocessed here and now, or on the inference thread (``preprocess_on``)."""
     if model.preprocess_on == "worker":
-        return Job(functools.partial(model.preprocessor, image), top_k)
-    return Job(model.preprocessor(image), top_k)
+        return Job(functools.partial(model.preprocessor, image), top_k, on_done)
+    return Job(model.preprocessor(image), top_k, on_done)
 
 
 def classify_one(model: ServedModel, image: FrameImage, top_k: int, timeout: float | None) -> FrameOutcome:
@@ -117,11 +138,8 @@ def classify_one(model: ServedModel, image: FrameImage, top_k: int, timeout: flo
 
 
 def _predicted(frame: FrameIn, result: JobResult, model: ServedModel, received: float) -> FrameOutcome:
-    total = (time.perf_counter() - received) * 1e3
-    timings = Timings(result.queue_ms, result.decode_ms, result.preprocess_ms, result.inference_ms, total)
-    return FrameOutcome(
-        frame.sequence, frame.capture_time_ns, _classes(result, model.categories), timings, result.batch_size
-    )
+    total_ms = (time.perf_counter() - received) * 1e3
+    return FrameOutcome(frame.sequence, frame.capture_time_ns, result, model.categories, total_ms)
 
 
 _END = object()
@@ -133,13 +151,13 @@ class StreamSession:
         self.top_k = check_top_k(top_k, model)
         self.policy = policy
         # Each frame's slot (and the frame) in frame order, then _END or a stream-level error.
-        self._order: queue.SimpleQueue[tuple[Future[FrameOutcome], FrameIn] | object] = queue.SimpleQueue()
+        self._order: queue.SimpleQueue[tuple[_Slot, FrameIn] | object] = queue.SimpleQueue()
         self._window = threading.BoundedSemaphore(WINDOW[policy])
         self._lock = threading.Lock()
-        self._waiting: tuple[Job, Future[FrameOutcome], FrameIn] | None = None
+        self._waiting: tuple[Job, _Slot, FrameIn] | None = None
         # The slot the handler waits on, so that abort() can wake it: its model may never
         # finish (hung, or stopped), and the handler must not wait forever.
-        self._head: tuple[Future[FrameOutcome], FrameIn] | None = None
+        self._head: tuple[_Slot, FrameIn] | None = None
         self._aborted = threading.Event()
         self.counts = {"predicted": 0, "dropped": 0, "error": 0}
 
@@ -154,31 +172,28 @@ class StreamSession:
         if self._aborted.is_set():
             return False
         received = time.perf_counter()
-        slot: Future[FrameOutcome] = Future()
+        slot = _Slot()
         self._order.put((slot, frame))
         if isinstance(frame.image, EdgeInferError):
-            _settle(slot, self._error(frame, frame.image))
-            return True
-        try:
-            job = frame_job(self.model, frame.image, self.top_k)
-        except Exception as exc:
-            _settle(slot, self._error(frame, _frame_error(exc, frame)))
+            slot.settle(self._error(frame, frame.image))
             return True
 
-        def done(fut: Future[JobResult]) -> None:
-            exc = fut.exception()
-            if exc is not None:
-                _settle(slot, self._error(frame, _frame_error(exc, frame)))
+        def answered(answer: JobResult | BaseException) -> None:  # on the inference thread
+            if isinstance(answer, BaseException):
+                slot.settle(self._error(frame, _frame_error(answer, frame)))
             else:
-                _settle(slot, _predicted(frame, fut.result(), self.model, received))
+                slot.settle(_predicted(frame, answer, self.model, received))
 
-        job.future.add_done_callback(done)
+        try:
+            job = frame_job(self.model, frame.image, self.top_k, answered)
+        except Exception as exc:
+            slot.settle(self._error(frame, _frame_error(exc, frame)))
+            return True
         with self._lock:
             if self.policy is DropPolicy.LATEST and self._waiting is not None:
                 old_job, old_slot, old_frame = self._waiting
                 if self.model.scheduler.replace(old_job, job):  # the new frame takes its place in line
-                    _settle(
-                        old_slot,
+                    old_slot.settle(
                         FrameOutcome(
                             old_frame.sequence,
                             old_frame.capture_time_ns,
@@ -208,7 +223,7 @@ class StreamSession:
         # without sending this answer (it sets the head before it checks for an abort).
         if (head := self._head) is not None:
             slot, frame = head
-            _settle(slot, FrameOutcome(frame.sequence, frame.capture_time_ns, dropped="the stream closed"))
+            slot.settle(FrameOutcome(frame.sequence, frame.capture_time_ns, dropped="the stream closed"))
         self._order.put(_END)
         try:
             while True:
@@ -229,7 +244,7 @@ class StreamSession:
             self._head = item
             if self._aborted.is_set():  # abort() came before the head was set: nobody will wake us
                 return
-            outcome = item[0].result()
+            outcome = item[0].wait()
             if self._aborted.is_set():  # woken by abort(): the peer is gone
                 return
             self.counts[outcome.kind] += 1
@@ -242,10 +257,24 @@ class StreamSession:
         return FrameOutcome(frame.sequence, frame.capture_time_ns, error=exc)
 
 
-def _settle(slot: Future[FrameOutcome], outcome: FrameOutcome) -> None:
-    """Answer a frame's slot, unless abort() answered it first (the first answer stands)."""
-    with contextlib.suppress(InvalidStateError):
-        slot.set_result(outcome)
+class _Slot:
+    """One frame's answer, from the thread that settles it to the handler thread; the first answer stands.
+
+    abort() may answer a frame whose model is still running it; the model's answer
+    then comes second and is never read. A SimpleQueue rather than a Future: one
+    C-level put hands the answer over and wakes the handler, with no Condition.
+    """
+
+    __slots__ = ("_answers",)
+
+    def __init__(self) -> None:
+        self._answers: queue.SimpleQueue[FrameOutcome] = queue.SimpleQueue()
+
+    def settle(self, outcome: FrameOutcome) -> None:
+        self._answers.put(outcome)
+
+    def wait(self) -> FrameOutcome:
+        return self._answers.get()
 
 
 def _frame_error(exc: BaseException, frame: FrameIn) -> EdgeInferError:

@@ -95,6 +95,45 @@ def test_a_failing_batch_fails_its_jobs_not_the_worker() -> None:
         sched.stop()
 
 
+def test_jobs_with_on_done_are_answered_on_the_inference_thread_and_a_failing_one_costs_no_other(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    answers: list[tuple[float, str, object]] = []
+
+    def answer_to(value: float, fail: bool = False):  # type: ignore[no-untyped-def]
+        def on_done(answer: object) -> None:
+            answers.append((value, threading.current_thread().name, answer))
+            if fail:
+                raise RuntimeError("a bug in the stream's callback")
+
+        return on_done
+
+    def bad_frame() -> PreprocessedFrame:
+        raise ValueError("not a JPEG")
+
+    with held(max_batch=4) as (sched, runner, blocker):
+        jobs = [
+            Job(PreprocessedFrame(torch.full((3, 8, 8), 0.2), 0.0, 0.0), 3, answer_to(0.2, fail=True)),
+            Job(bad_frame, 3, answer_to(-1.0)),
+            Job(PreprocessedFrame(torch.full((3, 8, 8), 0.4), 0.0, 0.0), 3, answer_to(0.4)),
+        ]
+        assert not any(hasattr(j, "future") for j in jobs)  # the answer goes to on_done only
+        for j in jobs:
+            sched.submit(j)
+        runner.gate.set()
+        blocker.future.result(5)
+        wait_for = threading.Event()
+        sched.submit(Job(PreprocessedFrame(torch.zeros(3, 8, 8), 0.0, 0.0), 1, lambda _: wait_for.set()))
+        assert wait_for.wait(5)
+    by_value = {v: (thread, answer) for v, thread, answer in answers}
+    assert {thread for thread, _ in by_value.values()} == {"infer-model"}
+    assert isinstance(by_value[-1.0][1], ValueError)  # the bad frame's answer is its error
+    # 0.2's callback raised after it had its answer; 0.4, in the same batch, still got its own.
+    assert by_value[0.2][1].indices[0] == 2 and by_value[0.4][1].indices[0] == 4  # type: ignore[union-attr]
+    assert runner.batch_sizes == [1, 2, 1]
+    assert "answering a frame failed" in caplog.text and "a bug in the stream's callback" in caplog.text
+
+
 def test_only_allowed_batch_sizes_run_and_order_is_kept() -> None:
     with held(0.1, max_batch=8, batch_sizes=[1, 4]) as (sched, runner, first):
         rest = [sched.submit(_job(0.1 * i)) for i in range(2, 9)]  # 7 waiting: 4, then 1, 1, 1
