@@ -101,7 +101,7 @@ class Job:
     frame: PreprocessedFrame | Callable[[], PreprocessedFrame]
     top_k: int
     on_done: Callable[[JobResult | BaseException], None] | None = None
-    future: Future[JobResult] = field(init=False)
+    future: Future[JobResult] = field(init=False, repr=False)  # absent when on_done is given
     enqueued_at: float = 0.0  # when this job was queued: its queue_ms counts from here
     in_line_since: float = 0.0  # its place in line and batch wait; a job that replaces another keeps that one's
     state: str = _WAITING

@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # The answer types are the client's: one definition of what a prediction carries.
 from edgeinfer.client.results import ClassScore, Timings
@@ -77,7 +77,7 @@ class FrameOutcome:
     sequence: int
     capture_time_ns: int
     result: JobResult | None = None  # the model's answer, when the frame was predicted
-    labels: Sequence[str] = ()  # the model's class names, which result.indices index
+    labels: Sequence[str] = field(default=(), repr=False)  # the model's class names, which result.indices index
     total_ms: float = 0.0  # in the daemon: frame received -> answered
     dropped: str | None = None  # reason, when the frame was dropped
     error: EdgeInferError | None = None

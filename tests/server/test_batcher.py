@@ -118,6 +118,7 @@ def test_jobs_with_on_done_are_answered_on_the_inference_thread_and_a_failing_on
             Job(PreprocessedFrame(torch.full((3, 8, 8), 0.4), 0.0, 0.0), 3, answer_to(0.4)),
         ]
         assert not any(hasattr(j, "future") for j in jobs)  # the answer goes to on_done only
+        assert all("on_done=" in repr(j) for j in jobs)  # a log line may print one
         for j in jobs:
             sched.submit(j)
         runner.gate.set()

@@ -68,6 +68,13 @@ def test_all_policy_infers_every_frame(preprocess_on: str) -> None:
     assert [o.sequence for o in out] == list(range(30))
     assert all(o.classes and not o.dropped and o.error is None for o in out)
     assert sum(runner.batch_sizes) == 30
+    # An outcome keeps the model's result; its classes, timings and batch size are read from it.
+    first = out[0]
+    assert first.classes[0].label == model.categories[first.classes[0].index]
+    assert first.classes[0].probability == first.result.probabilities[0]
+    assert first.timings is not None and first.timings.total_ms >= first.timings.inference_ms > 0
+    assert first.batch_size == first.result.batch_size >= 1
+    assert "labels" not in repr(first)  # not the model's 1000 class names in a log line
 
 
 @PLACES
