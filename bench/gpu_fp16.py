@@ -147,7 +147,7 @@ def served(
     daemons: dict[str, DaemonProcess] = {}
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(8) as pool:
 
-        def start(batching: str, most: int, extra: tuple[str, ...]) -> DaemonProcess:
+        def start(most: int, extra: tuple[str, ...]) -> DaemonProcess:
             return DaemonProcess(
                 [name],
                 Path(tmp) / "repo",
@@ -159,9 +159,15 @@ def served(
 
         try:
             # All at once: each loads, warms up and captures its graphs on its own.
-            started = {batching: pool.submit(start, batching, most, extra) for batching, most, extra in settings}
-            for batching, future in started.items():
-                daemons[batching] = future.result()
+            started = {batching: pool.submit(start, most, extra) for batching, most, extra in settings}
+            failed = []
+            for batching, future in started.items():  # every daemon that did start is stopped below
+                try:
+                    daemons[batching] = future.result()
+                except Exception as exc:
+                    failed.append(exc)
+            if failed:
+                raise failed[0]
 
             def one_run(d: DaemonProcess, n: int, frames: int) -> dict:
                 return run_streams([f"127.0.0.1:{d.port}"], name, image, n, frames, daemon_pids=[d.proc.pid])

@@ -50,7 +50,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,10 +172,14 @@ class DaemonProcess:
         self._all_workers = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        self.startup_s = self._wait_serving(models[0])
-        if "--workers" in extra:  # the first worker answers before the others listen
-            while not self._all_workers.wait(0.1):
-                self._check_running()
+        try:
+            self.startup_s = self._wait_serving(models[0])
+            if "--workers" in extra:  # the first worker answers before the others listen
+                while not self._all_workers.wait(0.1):
+                    self._check_running()
+        except BaseException:  # never served (or interrupted): nobody else holds it to stop it
+            self.stop()
+            raise
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -323,19 +327,14 @@ def concurrent_streams(target: str, name: str, precision: str, frames: list, n: 
                     s.latencies_ms.append(r.latency_ms or 0.0)
                     s.stage("batch", float(r.prediction.batch_size if r.prediction else 0))
 
-    s.seconds = in_parallel(n, one)
-    return s
-
-
-def in_parallel(n: int, work: Callable[[], None]) -> float:
-    """Run ``work`` on ``n`` threads at once (n concurrent streams); seconds until the last one ends."""
-    threads = [threading.Thread(target=work) for _ in range(n)]
+    threads = [threading.Thread(target=one) for _ in range(n)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return time.perf_counter() - t0
+    s.seconds = time.perf_counter() - t0
+    return s
 
 
 class InProcess:
