@@ -43,7 +43,6 @@ import functools
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -65,6 +64,7 @@ from edgeinfer.client.api import channel_options
 from edgeinfer.client.sample import synthetic_frame
 from edgeinfer.server.batcher import cpu_thread
 from edgeinfer.server.preprocess import JpegImage
+from edgeinfer.server.workers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -113,12 +113,6 @@ class Samples:
 
 
 # --- the daemon under test ----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DaemonProcess:

@@ -33,7 +33,7 @@ import tempfile
 import threading
 from typing import IO
 
-__all__ = ["run_workers"]
+__all__ = ["free_port", "run_workers"]
 
 STOP_S = 15.0  # a worker's drain (cli.DRAIN_S twice) and then some, before it is killed
 
@@ -49,7 +49,7 @@ def run_workers(argv: list[str], args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    port = args.port or _free_port(args.host)
+    port = args.port or free_port(args.host)
     metrics_dir = tempfile.mkdtemp(prefix="edgeserver-metrics-") if args.metrics_port else None
     env = os.environ | ({"PROMETHEUS_MULTIPROC_DIR": metrics_dir} if metrics_dir else {})
     stop = threading.Event()
@@ -152,8 +152,8 @@ def _serve_metrics(port: int, metrics_dir: str) -> None:
     start_http_server(port, registry=registry)
 
 
-def _free_port(host: str) -> int:
-    """--port 0 with workers: one port picked here for all of them."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now (--port 0 with workers: one port picked here for all of them)."""
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     with socket.socket(family) as s:
         s.bind((host.strip("[]"), 0))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgeinfer.client import EdgeClient
 from edgeinfer.client.api import channel_options
+from edgeinfer.server.workers import free_port
 from helpers import synthetic_frame
 
 MODEL = ["--model", "squeezenet1_1", "--weights", "random", "--threads", "1", "--host", "127.0.0.1"]
@@ -79,9 +79,7 @@ def _serving(sup: Supervisor) -> tuple[str, list[int]]:
 
 
 def test_workers_share_one_port_and_stop_together() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        metrics_port = s.getsockname()[1]
+    metrics_port = free_port()
     with edgeserver("--workers", "2", "--port", "0", "--metrics-port", str(metrics_port), *MODEL) as sup:
         target, pids = _serving(sup)
         assert len(set(pids)) == 2 and all(p != sup.proc.pid for p in pids)
