@@ -6,6 +6,8 @@
 #   bash bench/gpu_check.sh --fetch-wheels   here, before a call to a lent machine that reaches no index:
 #                                            downloads our grpc line (cp312 wheels) into .whl/
 #   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=590)
+#   bash bench/gpu_check.sh --bench-only --parts served --rounds 3
+#                                            no CUDA tests; the rest goes to bench/gpu_fp16.py
 #
 # On the lent machine the image's own python3, torch and OpenCV are used; the carried
 # wheels go to a private site folder, and the package is linked there in the layout
@@ -45,9 +47,14 @@ fi
 python3 -c "import grpc, google.protobuf, edgeinfer.server; print('grpc', grpc.__version__, 'protobuf', \
 google.protobuf.__version__)" 2>&1 | tee -a "$OUT/gpu.txt" || exit 1
 
-timeout 180 python3 -m pytest -v -p no:cacheprovider -m cuda tests/server/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.log"
-tests_rc=${PIPESTATUS[0]}
-timeout 390 python3 bench/gpu_fp16.py --out "$OUT" 2>&1 | tee "$OUT/gpu_fp16.log"
+tests_rc=0
+if [[ "${1:-}" == "--bench-only" ]]; then
+    shift
+else
+    timeout 180 python3 -m pytest -v -p no:cacheprovider -m cuda tests/server/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.log"
+    tests_rc=${PIPESTATUS[0]}
+fi
+timeout 390 python3 bench/gpu_fp16.py --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_fp16.log"
 bench_rc=${PIPESTATUS[0]}
 echo "cuda tests: exit $tests_rc; bench: exit $bench_rc"
 exit $((tests_rc || bench_rc))

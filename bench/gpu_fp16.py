@@ -180,10 +180,12 @@ def served(
                     for batching, d in daemons.items():
                         got = one_run(d, n, frames)
                         runs.setdefault((n, batching), []).append(got)
+                        split = got["streams_per_worker"]
                         progress(
                             f"    {n} streams, batching {batching}: {got['fps']:.0f} frames/s"
                             f"  (daemon {got['daemon_cores']:.2f} cores, clients {got['client_cores']:.2f},"
                             f" batch {got['mean_batch']:.1f})"
+                            + (f"  streams per worker {'/'.join(map(str, split))}" if len(split) > 1 else "")
                         )
                 progress(f"  round {r + 1}/{rounds} done")
         finally:
@@ -200,10 +202,13 @@ def served(
                 "streams": n,
                 "batching": batching,
                 "frames_per_s": statistics.median(g["fps"] for g in got),
+                "runs_fps": [g["fps"] for g in got],
                 "mean_batch": statistics.mean(g["mean_batch"] for g in got),
                 "inference_ms_p50": statistics.median(g["inference_ms_p50"] for g in got),
                 "daemon_cores": statistics.median(g["daemon_cores"] for g in got),
                 "client_cores": statistics.median(g["client_cores"] for g in got),
+                # How each run's streams fell on the workers (x2): the kernel's pick, one per connection.
+                "streams_per_worker": [g["streams_per_worker"] for g in got],
                 "answered": sum(g["answered"] for g in got),
                 "sent": sum(g["sent"] for g in got),
             }
@@ -213,7 +218,8 @@ def served(
 
 def report(results: dict) -> None:
     print(f"\n{results['device']}  (torch {results['torch']})")
-    print("\nmodel only, median ms (images/s)")
+    if results["model_only"]:
+        print("\nmodel only, median ms (images/s)")
     for r in results["model_only"]:
         ms, ips = r["median_ms"], r["images_per_s"]
         print(f"  {r['model']:<14}{r['precision']:<12} batch {r['batch']:>3}: {ms:8.2f} ({ips:.0f})")
@@ -248,6 +254,8 @@ def report(results: dict) -> None:
         detail = f" ({detail})" if detail else ""
         if "answered" in r:
             detail += f"  answered {r['answered']}/{r['sent']}"
+        if any(len(split) > 1 for split in r.get("streams_per_worker", [])):
+            detail += "  streams per worker " + ", ".join("/".join(map(str, s)) for s in r["streams_per_worker"])
         print(
             f"  {r['model']:<14}{r['precision']:<5} {r['streams']} streams, batching {r['batching']:<12}: "
             f"{r['frames_per_s']:7.0f} frames/s{detail}{extra}"
@@ -259,7 +267,7 @@ def from_log(log: Path, skip_rounds: int) -> dict:
 
     Served throughput is the median of each setting's runs, leaving out the first
     ``skip_rounds`` rounds (cold daemons, in a run made before the warm-up run existed).
-    Mean batch, model time and answer counts are not in the progress lines.
+    Model time and answer counts are not in the progress lines.
     """
     results: dict[str, Any] = {"device": "?", "torch": "?", "model_only": [], "preprocessing": [], "served": []}
     info = log.with_name("gpu.txt")
@@ -292,44 +300,86 @@ def from_log(log: Path, skip_rounds: int) -> dict:
         for i, key in enumerate(("daemon_cores", "client_cores", "mean_batch"), 1):
             if all(g[i] for g in got):  # older logs lack the CPU use, and the batch size
                 row[key] = statistics.median(float(g[i]) for g in got)
+        if all(g[4] for g in got):  # several workers, in logs that have the split
+            row["streams_per_worker"] = [[int(k) for k in g[4].split("/")] for g in got]
         results["served"].append(row)
     return results
 
 
-# "    4 streams, batching on+graphs x2: 1212 frames/s  (daemon 3.00 cores, clients 0.58, batch 6.1)"
+# "    4 streams, batching on+graphs x2: 1212 frames/s  (daemon 3.00 cores, clients 0.58, batch 6.1)
+#     streams per worker 3/1"
 SERVED_LINE = re.compile(
     r"\s+(\d+) streams, batching (.+?): (\d+) frames/s"
     r"(?:\s+\(daemon ([\d.]+) cores, clients ([\d.]+)(?:, batch ([\d.]+))?\))?"
+    r"(?:\s+streams per worker ([\d/]+))?"
 )
 
 
 def plot(results: dict, path: Path) -> None:
+    """Model only (images/s by batch size), served (frames/s by streams), and, with several workers, each
+    run's frames/s against how unevenly the kernel spread the streams; a part that was not run is left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(14, 4.5))
-    for (model, precision), rows in _group(results["model_only"], "model", "precision").items():
-        a.plot([r["batch"] for r in rows], [r["images_per_s"] for r in rows], marker="o", label=f"{model} {precision}")
-    batches = sorted({r["batch"] for r in results["model_only"]})
-    a.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images/s", title="model only, in process")
-    a.set_xticks(batches, [str(x) for x in batches])
-    a.legend(fontsize=8)
-    for (model, batching), rows in _group(results["served"], "model", "batching").items():
-        b.plot(
-            [r["streams"] for r in rows],
-            [r["frames_per_s"] for r in rows],
-            marker="o",
-            label=f"{model} batching {batching}",
+    spread = _worker_runs(results["served"])
+    panels = [bool(results["model_only"]), bool(results["served"]), bool(spread)]
+    fig, axes = plt.subplots(1, max(1, sum(panels)), figsize=(7 * max(1, sum(panels)), 6), squeeze=False)
+    ax = iter(axes[0])
+    if results["model_only"]:
+        a = next(ax)
+        for (model, precision), rows in _group(results["model_only"], "model", "precision").items():
+            batch, ips = [r["batch"] for r in rows], [r["images_per_s"] for r in rows]
+            a.plot(batch, ips, marker="o", label=f"{model} {precision}")
+        batches = sorted({r["batch"] for r in results["model_only"]})
+        a.set(xscale="log", yscale="log", xlabel="batch size", ylabel="images/s", title="model only, in process")
+        a.set_xticks(batches, [str(x) for x in batches])
+        a.legend(fontsize=8)
+    if results["served"]:
+        b = next(ax)
+        for (model, batching), rows in _group(results["served"], "model", "batching").items():
+            b.plot(
+                [r["streams"] for r in rows],
+                [r["frames_per_s"] for r in rows],
+                marker="o",
+                label=f"{model} batching {batching}",
+            )
+        title = "served over loopback gRPC (JPEG 640x480)"
+        b.set(xlabel="concurrent streams", ylabel="aggregate frames/s", title=title)
+        b.set_xticks(sorted({r["streams"] for r in results["served"]}))
+        b.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    if spread:
+        c = next(ax)
+        for model, n in sorted({(m, n) for m, n, _, _ in spread}):
+            pts = [(share, gain) for m, k, share, gain in spread if (m, k) == (model, n)]
+            shares, gains = [x for x, _ in pts], [y for _, y in pts]
+            c.scatter(shares, gains, marker="os^D"[n.bit_length() % 4], label=f"{model}, {n} streams", alpha=0.8)
+        c.axhline(1.0, color="grey", lw=0.8)
+        c.set(
+            xlabel="busiest worker's share of the streams (0.5: even)",
+            ylabel="frames/s over one daemon's median",
+            title="--workers 2: each run, as the kernel spread the connections",
         )
-    b.set(xlabel="concurrent streams", ylabel="aggregate frames/s", title="served over loopback gRPC (JPEG 640x480)")
-    b.set_xticks(sorted({r["streams"] for r in results["served"]}))
-    b.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        c.legend(fontsize=7)
     note = f"; {results['note']}" if "note" in results else ""
     fig.suptitle(f"{results['device']}, torch {results['torch']}{note}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _worker_runs(served: list[dict]) -> list[tuple[str, int, float, float]]:
+    """(model, streams, busiest worker's share, frames/s over the one-daemon setting's median) per run
+    of a setting with several workers ("... x2"); rows need each run's frames/s and split."""
+    one = {(r["model"], r["streams"], r["batching"]): r["frames_per_s"] for r in served}
+    out = []
+    for r in served:
+        base = one.get((r["model"], r["streams"], r["batching"].removesuffix(" x2")))
+        if not r["batching"].endswith(" x2") or not base or "runs_fps" not in r or "streams_per_worker" not in r:
+            continue
+        for fps, split in zip(r["runs_fps"], r["streams_per_worker"], strict=True):
+            out.append((r["model"], r["streams"], max(split) / sum(split), fps / base))
+    return out
 
 
 def _group(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
@@ -349,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=30)
     p.add_argument("--frames", type=int, default=80, help="frames per stream in each served run")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the served runs")
+    parts = ["model", "preprocessing", "served"]
+    p.add_argument("--parts", nargs="+", choices=parts, default=parts, help="which of the three parts to run")
     p.add_argument("--tiny", action="store_true", help="a few iterations and frames: checks that it all runs")
     p.add_argument("--from-log", type=Path, help="rebuild the JSON, plot and table from a run's progress log")
     p.add_argument("--skip-rounds", type=int, default=0, help="with --from-log: served rounds to leave out")
@@ -371,7 +423,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         variants = [("fp32", "fp32", False)]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU dry run"
-    results: dict[str, Any] = {"device": name, "torch": torch.__version__, "model_only": [], "served": []}
+    results: dict[str, Any] = {
+        "device": name,
+        "torch": torch.__version__,
+        "model_only": [],
+        "preprocessing": [],
+        "served": [],
+    }
     failed: list[str] = []
 
     def part(what: str, run: Callable[[], Any]) -> Any:
@@ -383,14 +441,15 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(what)
             return []
 
-    for model in args.models:
+    for model in args.models if "model" in args.parts else []:
         results["model_only"] += part(
             f"model only {model}", lambda m=model: model_only([m], device, variants, args.batches, args.iterations)
         )
         save(results, args.out)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    results["preprocessing"] = part("preprocessing", lambda: preprocessing(device, dtype, args.iterations))
-    for model in args.models:
+    if "preprocessing" in args.parts:
+        results["preprocessing"] = part("preprocessing", lambda: preprocessing(device, dtype, args.iterations))
+    for model in args.models if "served" in args.parts else []:
         results["served"] += part(
             f"served {model}",
             lambda m=model: served(m, device, variants[0][1], args.streams, args.frames, args.rounds),

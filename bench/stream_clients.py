@@ -10,7 +10,8 @@ daemon, could set the ceiling. The children connect and wait until the model is
 ready, then all start at one signal; aggregate frames/s is every predicted frame
 over the time from the first stream's start to the last one's end. With several
 targets, stream i goes to target i % len(targets) (several daemons, one GPU).
-The daemons' CPU time over the run is read from /proc when their pids are given.
+The daemons' CPU time over the run is read from /proc when their pids are given, and
+so is how the streams' connections were spread over their worker processes.
 
 This module imports no torch: each child starts in a fraction of a second.
 """
@@ -30,15 +31,62 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` and its children (edgeserver --workers), all threads (/proc)."""
+def _processes() -> dict[int, tuple[int, int]]:
+    """Every process's parent pid and CPU ticks (user + system, all threads), from /proc."""
     stats = {}
     for path in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):  # a process that ended meanwhile
             fields = path.read_text().rsplit(")", 1)[1].split()
             stats[int(path.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, ticks
-    ticks = stats.get(pid, (0, 0))[1] + sum(t for ppid, t in stats.values() if ppid == pid)
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return stats
+
+
+def _family(pid: int, stats: dict[int, tuple[int, int]]) -> list[int]:
+    """``pid`` and its children (an edgeserver and its --workers)."""
+    return [pid, *(p for p, (ppid, _) in stats.items() if ppid == pid)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` and its children (edgeserver --workers), all threads (/proc)."""
+    stats = _processes()
+    return sum(stats[p][1] for p in _family(pid, stats) if p in stats) / os.sysconf("SC_CLK_TCK")
+
+
+def streams_per_worker(pid: int, ports: Sequence[int]) -> list[int]:
+    """Connections each serving process of ``pid`` (itself, or its --workers) holds on ``ports``, most first.
+
+    A serving process is one that holds a socket listening on one of the ports
+    (an edgeserver --workers supervisor listens on none). With SO_REUSEPORT the
+    kernel picks a worker per connection by a hash of its addresses, so with a
+    few streams the split can be uneven; this reads it from /proc/net/tcp{,6}
+    and the processes' file descriptors.
+    """
+    sockets: dict[int, tuple[int, str]] = {}  # inode: (local port, state)
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                sockets[int(f[9])] = (int(f[1].rsplit(":", 1)[1], 16), f[3])
+    counts = []
+    for p in _family(pid, _processes()):
+        states = [state for port, state in (sockets.get(_socket_inode(fd), (0, "")) for fd in _fds(p)) if port in ports]
+        if "0A" in states:  # LISTEN
+            counts.append(states.count("01"))  # ESTABLISHED
+    return sorted(counts, reverse=True)
+
+
+def _fds(pid: int) -> list[Path]:
+    with contextlib.suppress(OSError):
+        return list(Path(f"/proc/{pid}/fd").iterdir())
+    return []
+
+
+def _socket_inode(fd: Path) -> int:
+    with contextlib.suppress(OSError):
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            return int(target[8:-1])
+    return -1
 
 
 def run_streams(
@@ -71,6 +119,8 @@ def run_streams(
                 line = c.stdout.readline() if c.stdout else ""
                 if line.strip() != "ready":
                     raise RuntimeError(f"a stream client did not start (exit {c.wait(timeout)}): {line!r}")
+            ports = [int(t.rsplit(":", 1)[1]) for t in targets if not t.startswith("unix:")]
+            split = [n for p in daemon_pids for n in streams_per_worker(p, ports)]  # all connected by now
             cpu0 = [cpu_seconds(p) for p in daemon_pids]
             t0 = time.monotonic()
             for c in children:
@@ -101,6 +151,8 @@ def run_streams(
         # Cores the daemons kept busy over the run (the go signal until the last answer).
         "daemon_cores": daemon_cpu / wall if daemon_pids else None,
         "client_cores": sum(o["cpu_s"] for o in outs) / elapsed,
+        # Streams each serving process had (several with --workers or several daemons), most first.
+        "streams_per_worker": split if daemon_pids else None,
     }
 
 

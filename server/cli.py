@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="daemon processes sharing --port (SO_REUSEPORT; each loads the models; the kernel spreads "
-        "connections): past one process's Python ceiling on a GPU box with spare cores (default: 1)",
+        "connections by a hash, so a few streams often land unevenly): past one process's Python ceiling "
+        "on a GPU box with spare cores and many streams (default: 1)",
     )
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers for its processes
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: off)")

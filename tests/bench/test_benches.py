@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -140,6 +141,18 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     served = {(r["streams"], r["batching"]): r for r in result["served"]}
     assert set(served) == {(n, b) for n in (1, 2) for b in ("off", "on", "on x2")}  # x2: edgeserver --workers 2
     assert all(r["answered"] == r["sent"] == r["streams"] * 3 for r in served.values())
+    for (n, batching), r in served.items():  # each run's streams, as the kernel spread them over the workers
+        workers = 2 if "x2" in batching else 1
+        assert all(sum(split) == n and len(split) == workers for split in r["streams_per_worker"])
+    # The plot's third panel: each x2 run's busiest worker's share and its frames/s over one daemon's median.
+    spread = bench_module("gpu_fp16")._worker_runs(result["served"])
+    assert sorted((n, share) for _, n, share, _ in spread) == sorted(
+        (n, max(split) / n) for (n, b), r in served.items() if "x2" in b for split in r["streams_per_worker"]
+    )
+    one = {n: served[(n, "on")]["frames_per_s"] for n in (1, 2)}
+    assert sorted(gain * one[n] for _, n, _, gain in spread) == pytest.approx(
+        sorted(fps for (n, b), r in served.items() if "x2" in b for fps in r["runs_fps"])
+    )
     assert served[(2, "off")]["mean_batch"] == 1.0  # --max-batch 1: never more than one frame a pass
     assert all(r["daemon_cores"] > 0 and r["client_cores"] > 0 for r in served.values())
     assert "vs batching off" in out.stdout
@@ -154,7 +167,13 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     )
     fps = {(r["streams"], r["batching"]): r["frames_per_s"] for r in rebuilt["served"]}
     assert fps == pytest.approx({k: r["frames_per_s"] for k, r in served.items()}, abs=0.5)
+    splits = {(r["streams"], r["batching"]): r.get("streams_per_worker") for r in rebuilt["served"]}
+    assert splits == {k: r["streams_per_worker"] if "x2" in k[1] else None for k, r in served.items()}
     assert (tmp_path / "rebuilt" / "gpu_fp16.png").read_bytes()[:8] == PNG
+    # --parts: one part alone (a second GPU call spends its lease on what it reruns).
+    run_bench("gpu_fp16.py", "--device", "cpu", "--tiny", "--parts", "preprocessing", "--out", str(tmp_path / "one"))
+    one = json.loads((tmp_path / "one" / "gpu_fp16.json").read_text())
+    assert (one["model_only"], one["served"]) == ([], []) and [r["where"] for r in one["preprocessing"]] == ["cpu"]
 
 
 def test_stream_clients_answer_every_frame_and_spread_streams_over_the_targets(target: str, tmp_path: Path) -> None:
@@ -162,12 +181,20 @@ def test_stream_clients_answer_every_frame_and_spread_streams_over_the_targets(t
     from edgeinfer.client.frames import Encoder, Frame
     from edgeinfer.client.sample import synthetic_frame
 
-    run_streams = bench_module("stream_clients").run_streams
+    clients = bench_module("stream_clients")
+    run_streams = clients.run_streams
     jpeg = Encoder("jpeg", 90).to_proto(Frame(synthetic_frame(0, 224, 224))).jpeg
     got = run_streams([target], "squeezenet", jpeg, n=3, frames=4)
     assert got["answered"] == got["sent"] == 12
     assert got["mean_batch"] >= 1.0 and got["inference_ms_p50"] > 0 and got["fps"] > 0
-    assert got["daemon_cores"] is None and got["client_cores"] > 0
+    assert got["daemon_cores"] is None and got["client_cores"] > 0 and got["streams_per_worker"] is None
+    # The session's daemon serves in this process: its connections are counted, the clients' own are not.
+    port = int(target.rsplit(":", 1)[1])
+    before = clients.streams_per_worker(os.getpid(), [port])  # other tests' channels may still be open
+    assert len(before) == 1
+    got = run_streams([target], "squeezenet", jpeg, n=3, frames=2, daemon_pids=[os.getpid()])
+    assert got["answered"] == 6 and got["streams_per_worker"] == [before[0] + 3]
+    assert clients.streams_per_worker(os.getpid(), [port + 1]) == []  # a port it does not listen on
     nobody = f"unix:{tmp_path / 'nobody.sock'}"
     assert run_streams([target, nobody], "squeezenet", jpeg, n=1, frames=2)["answered"] == 2  # stream 0: target
     with pytest.raises(RuntimeError, match="a stream client did not start"):  # stream 1 goes to nobody
