@@ -354,7 +354,8 @@ def plot(results: dict, path: Path) -> None:
         for model, n in sorted({(m, n) for m, n, _, _ in spread}):
             pts = [(share, gain) for m, k, share, gain in spread if (m, k) == (model, n)]
             shares, gains = [x for x, _ in pts], [y for _, y in pts]
-            c.scatter(shares, gains, marker="os^D"[n.bit_length() % 4], label=f"{model}, {n} streams", alpha=0.8)
+            marker = "os^D"[n.bit_length() % 4]  # one per streams count: 8 o, 1 s, 2 ^, 4 D
+            c.scatter(shares, gains, marker=marker, label=f"{model}, {n} streams", alpha=0.8)
         c.axhline(1.0, color="grey", lw=0.8)
         c.set(
             xlabel="busiest worker's share of the streams (0.5: even)",

@@ -8,8 +8,9 @@ CUDA context) listening on the same port with SO_REUSEPORT; the kernel hands
 each new connection to one of them, picked by a hash of its addresses. So a
 stream is served by one worker, frames batch with the other streams of that
 worker only, and a few streams often land unevenly (on an H200, 2 streams fell
-on one worker in 5 of 6 runs; bench/stream_clients.streams_per_worker reads it). The pattern is gRPC
-Python's own multiprocessing example (grpc/examples/python/multiprocessing).
+on one worker in 5 of 6 runs; bench/stream_clients.streams_per_worker reads
+it). The pattern is gRPC Python's own multiprocessing example
+(grpc/examples/python/multiprocessing).
 
 This process is the supervisor and imports no torch:
 - starts worker 0 and waits for it to serve before starting the others: a bad
