@@ -44,7 +44,7 @@ def progress(msg: str) -> None:
 def sample_jpeg() -> bytes:
     """One 640x480 camera-like frame, JPEG at quality 90 (the client's default)."""
     from edgeinfer.client.frames import Encoder, Frame
-    from edgeinfer.client.sample import synthetic_frame
+    from edgeinfer.media.sample import synthetic_frame
 
     return Encoder("jpeg", 90).to_proto(Frame(synthetic_frame(1, 640, 480))).jpeg
 

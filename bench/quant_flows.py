@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from edgeinfer.quant.fidelity import interleaved_latency, logits, sqnr_db
-from edgeinfer.quant.flows import default_engine, quantize_fx, quantize_pt2e
+from edgeinfer.quant.flows import quantize_fx, quantize_pt2e
 from edgeinfer.quant.quantize import prepare_for_int8
+from edgeinfer.server.artifacts import default_engine
 from edgeinfer.server.registry import get_spec
 from edgeinfer.server.weights import WeightsSource, build_model
 

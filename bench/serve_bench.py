@@ -61,7 +61,7 @@ import torch
 
 from edgeinfer.client import EdgeClient, EdgeInferError, FrameResult
 from edgeinfer.client.api import channel_options
-from edgeinfer.client.sample import synthetic_frame
+from edgeinfer.media.sample import synthetic_frame
 from edgeinfer.server.batcher import cpu_thread
 from edgeinfer.server.preprocess import JpegImage
 from edgeinfer.server.workers import free_port
@@ -458,8 +458,9 @@ def client_footprint() -> dict[str, float]:
 
 
 def ensure_int8(models: list[str], repository: Path, tiny: bool) -> None:
-    from edgeinfer.quant import artifact_dir, default_engine, quantize
+    from edgeinfer.quant import quantize
     from edgeinfer.server import WeightsSource
+    from edgeinfer.server.artifacts import artifact_dir, default_engine
 
     for name in models:
         if not (artifact_dir(repository, name, default_engine()) / "edgeinfer.json").exists():

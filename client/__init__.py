@@ -12,7 +12,7 @@ from edgeinfer.client.api import EdgeClient
 from edgeinfer.client.errors import EdgeInferError
 from edgeinfer.client.frames import Encoder, Frame
 from edgeinfer.client.results import ClassScore, Fidelity, FrameResult, ModelInfo, Prediction, Timings
-from edgeinfer.client.sources import SourceError, capture_frames, image_frames, paced
+from edgeinfer.media.sources import SourceError, capture_frames, image_frames, paced
 
 __all__ = [
     "ClassScore",

@@ -26,7 +26,7 @@ from edgeinfer.client.api import DROP_POLICIES, EdgeClient
 from edgeinfer.client.errors import EdgeInferError
 from edgeinfer.client.frames import ENCODINGS, Frame
 from edgeinfer.client.results import FrameResult
-from edgeinfer.client.sources import SourceError, capture_frames, image_frames
+from edgeinfer.media.sources import SourceError, capture_frames, image_frames
 
 __all__ = ["Summary", "build_parser", "main"]
 

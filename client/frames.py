@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from edgeinfer.media.cv import optional_cv2, require_cv2
 from edgeinfer.proto import edgeinfer_pb2 as pb
 
-__all__ = ["Encoder", "Frame", "as_frame", "raw_pixels", "require_cv2"]
+__all__ = ["Encoder", "Frame", "as_frame", "raw_pixels"]
 
 # shm: raw pixels in a shared-memory slot (client/shm.py, streams to a same-host daemon);
 # a frame that gets no slot goes inline as raw.
@@ -38,24 +38,6 @@ def as_frame(item: Frame | np.ndarray | bytes, default_sequence: int) -> Frame:
     if frame.capture_time_ns is None:
         frame.capture_time_ns = time.time_ns()
     return frame
-
-
-def _optional_cv2() -> Any:
-    try:
-        import cv2
-    except ImportError:
-        return None
-    return cv2
-
-
-def require_cv2() -> Any:
-    cv2 = _optional_cv2()
-    if cv2 is None:  # pragma: no cover - depends on the install
-        raise ImportError(
-            "JPEG encoding and camera/video sources need OpenCV: pip install 'edgeinfer[camera]' "
-            "(or send raw frames with encoding='raw', or JPEG bytes you already have)"
-        )
-    return cv2
 
 
 class Encoder:
@@ -110,7 +92,7 @@ def raw_pixels(image: np.ndarray, *, bgr: bool, out: np.ndarray | None = None) -
     less than the daemon's channel flip (measured 0.2-0.3 ms per frame on the daemon's
     side, 2 cores). Without OpenCV they go as BGR and the daemon swaps.
     """
-    if bgr and (cv2 := _optional_cv2()) is not None:
+    if bgr and (cv2 := optional_cv2()) is not None:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=out), pb.PIXEL_FORMAT_RGB
     if out is not None:
         np.copyto(out, image)

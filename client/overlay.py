@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeinfer.client.frames import require_cv2
 from edgeinfer.client.results import FrameResult
+from edgeinfer.media.cv import require_cv2
 
 __all__ = ["AnnotatedVideoWriter", "annotate", "caption"]
 

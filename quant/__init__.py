@@ -1,4 +1,5 @@
-"""The quantization stage: torchvision classifiers to int8 artifacts the daemon serves.
+"""The quantization stage: torchvision classifiers to int8 artifacts the daemon serves
+(it writes them; :mod:`edgeinfer.server.artifacts` reads them).
 
 from edgeinfer.quant import quantize
 from edgeinfer.server import WeightsSource
@@ -6,9 +7,8 @@ artifact = quantize("squeezenet", calib="clip.mp4", out=Path("model-repo"), weig
 print(artifact.report.table("squeezenet int8"))
 """
 
-from edgeinfer.quant.artifact import artifact_dir, load_int8_runner, read_sidecar
 from edgeinfer.quant.fidelity import FidelityReport
-from edgeinfer.quant.flows import FLOWS, default_engine
+from edgeinfer.quant.flows import FLOWS
 from edgeinfer.quant.quantize import DEFAULT_FLOW, Artifact, quantize
 
 __all__ = [
@@ -16,9 +16,5 @@ __all__ = [
     "FLOWS",
     "Artifact",
     "FidelityReport",
-    "artifact_dir",
-    "default_engine",
-    "load_int8_runner",
     "quantize",
-    "read_sidecar",
 ]

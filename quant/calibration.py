@@ -66,7 +66,7 @@ def _images(folder: Path, count: int) -> list[FrameImage]:
 
 
 def _video(path: Path, count: int) -> list[FrameImage]:
-    from edgeinfer.client.sources import capture_frames
+    from edgeinfer.media.sources import capture_frames
 
     # Keep every `stride`-th frame; when 2*count are kept, drop every other one and
     # double the stride. Memory stays at 2*count frames however long the video is,
@@ -85,7 +85,7 @@ def _video(path: Path, count: int) -> list[FrameImage]:
 
 
 def _synthetic(count: int, seed: int) -> list[FrameImage]:
-    from edgeinfer.client.sample import synthetic_frame
+    from edgeinfer.media.sample import synthetic_frame
 
     rng = np.random.default_rng(seed)
     out: list[FrameImage] = []

@@ -25,7 +25,8 @@ from torch import nn
 from torchvision import models as tvm
 
 from edgeinfer.quant.fidelity import Model, logits
-from edgeinfer.quant.flows import default_engine, quantize_fx
+from edgeinfer.quant.flows import quantize_fx
+from edgeinfer.server.artifacts import default_engine
 
 __all__ = ["DigitsCheck", "build", "check", "load_split", "train"]
 

@@ -22,16 +22,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["FLOWS", "default_engine", "quantize_fx", "quantize_pt2e", "quiet_deprecations"]
+from edgeinfer.server.artifacts import quiet_deprecations
+
+__all__ = ["FLOWS", "quantize_fx", "quantize_pt2e"]
 
 FLOWS = ("fx", "pt2e")
 ENGINES = ("x86", "qnnpack")
-
-
-def default_engine() -> str:
-    import platform
-
-    return "qnnpack" if platform.machine().lower() in ("aarch64", "arm64", "armv7l") else "x86"
 
 
 def check_engine(engine: str) -> None:
@@ -41,27 +37,6 @@ def check_engine(engine: str) -> None:
         raise RuntimeError(
             f"this torch build has no {engine} quantized engine (it has {torch.backends.quantized.supported_engines})"
         )
-
-
-@contextlib.contextmanager
-def quiet_deprecations() -> Iterator[None]:
-    """Hide the deprecation notices of the fx flow's own APIs, and only those.
-
-    torch.ao's FX quantization and TorchScript (trace/freeze/save/load) are
-    deprecated upstream in favour of torchao/PT2E and torch.export, and warn on
-    every call. We still use them on purpose: as measured, they are the fastest
-    int8 path for these CNNs on a small CPU today and the pt2e flow is there too.
-    Not thread-safe (warnings.catch_warnings): use it in set-up code, never per frame.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=r"Please use quant_min and quant_max", category=UserWarning)
-        warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions", category=UserWarning)
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
-        # quantized::cat requantizes inputs whose scales differ (Inception's
-        # branches); the fidelity report's SQNR measures what that costs.
-        warnings.filterwarnings("ignore", message=r"All inputs of this cat operator", category=UserWarning)
-        yield
 
 
 def _qconfig_mapping(engine: str) -> object:

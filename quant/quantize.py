@@ -21,10 +21,11 @@ import torch
 import torchvision
 from torch import nn
 
-from edgeinfer.quant.artifact import MODEL_FILES, artifact_dir, write_sidecar
+from edgeinfer.quant.artifact import write_sidecar
 from edgeinfer.quant.calibration import CalibrationSet, load_frames, offline_preprocessor, read_image
 from edgeinfer.quant.fidelity import FidelityReport, agreement, evaluate_folder, interleaved_latency, logits, sqnr_db
-from edgeinfer.quant.flows import default_engine, quantize_fx, quantize_pt2e, quiet_deprecations
+from edgeinfer.quant.flows import quantize_fx, quantize_pt2e
+from edgeinfer.server.artifacts import MODEL_FILES, artifact_dir, default_engine, quiet_deprecations
 from edgeinfer.server.preprocess import FrameImage, Preprocessor
 from edgeinfer.server.registry import ModelSpec, Preprocessing, get_spec
 from edgeinfer.server.weights import WeightsSource, build_model

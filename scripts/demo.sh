@@ -11,7 +11,7 @@ scripts/setup.sh >&2
 PORT=${PORT:-50051}
 OUT=demo-out
 mkdir -p "$OUT"
-.venv/bin/python -m edgeinfer.client.sample "$OUT/sample.mp4" --frames 90 >/dev/null
+.venv/bin/python -m edgeinfer.media.sample "$OUT/sample.mp4" --frames 90 >/dev/null
 
 WEIGHTS=${WEIGHTS:-random}
 REPO="$OUT/model-repo"

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from edgeinfer.server.artifacts import load_int8_runner
 from edgeinfer.server.batcher import BatchScheduler, InferenceThread, batch_ladder, cpu_thread, profile_batch_sizes
 from edgeinfer.server.errors import InvalidRequest, ModelNotFound, NotReady
 from edgeinfer.server.preprocess import Preprocessor
@@ -131,8 +132,6 @@ def load_model(
     def build() -> ServedModel:
         most, sizes = max_batch, batch_sizes
         if precision == "int8":
-            from edgeinfer.quant.artifact import load_int8_runner  # needs the quant stage
-
             runner, preprocessing, meta = load_int8_runner(spec, repository)
             described, engine, fidelity = meta["weights"], meta["engine"], meta.get("fidelity")
             if meta.get("max_batch"):  # pt2e packages are compiled for a fixed batch size

@@ -28,20 +28,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-# The answer types are the client's: one definition of what a prediction carries.
-from edgeinfer.client.results import ClassScore, Timings
 from edgeinfer.server.batcher import Job, JobResult
 from edgeinfer.server.errors import DeadlineExceeded, EdgeInferError, InternalError, InvalidRequest
 from edgeinfer.server.loading import ServedModel
 from edgeinfer.server.preprocess import FrameImage
 
 __all__ = [
-    "ClassScore",
     "DropPolicy",
     "FrameIn",
     "FrameOutcome",
     "StreamSession",
-    "Timings",
     "check_top_k",
     "classify_one",
 ]
@@ -86,19 +82,6 @@ class FrameOutcome:
     def kind(self) -> str:
         """ "predicted", "dropped" or "error": the one answer this frame got."""
         return "error" if self.error else "dropped" if self.dropped else "predicted"
-
-    @property
-    def classes(self) -> tuple[ClassScore, ...]:
-        r = self.result
-        if r is None:
-            return ()
-        return tuple(ClassScore(i, self.labels[i], p) for i, p in zip(r.indices, r.probabilities, strict=True))
-
-    @property
-    def timings(self) -> Timings | None:
-        """queue, decode, preprocess, inference, total (ms)"""
-        r = self.result
-        return None if r is None else Timings(r.queue_ms, r.decode_ms, r.preprocess_ms, r.inference_ms, self.total_ms)
 
     @property
     def batch_size(self) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgeinfer.client.sample import synthetic_frame, write_sample_clip
+from edgeinfer.media.sample import synthetic_frame, write_sample_clip
 
 __all__ = ["SMALL_FRAME_LIMIT", "jpeg", "synthetic_frame", "write_video"]
 

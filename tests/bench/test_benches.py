@@ -179,7 +179,7 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
 def test_stream_clients_answer_every_frame_and_spread_streams_over_the_targets(target: str, tmp_path: Path) -> None:
     """bench/stream_clients.py: one client process per stream, stream i to target i % len(targets)."""
     from edgeinfer.client.frames import Encoder, Frame
-    from edgeinfer.client.sample import synthetic_frame
+    from edgeinfer.media.sample import synthetic_frame
 
     clients = bench_module("stream_clients")
     run_streams = clients.run_streams

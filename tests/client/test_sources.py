@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeinfer.client.sources import SourceError, capture_frames, image_frames, paced
+from edgeinfer.media.sources import SourceError, capture_frames, image_frames, paced
 from helpers import synthetic_frame
 
 

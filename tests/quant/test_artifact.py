@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from edgeinfer.client import EdgeClient, EdgeInferError
-from edgeinfer.quant import Artifact, load_int8_runner, read_sidecar
-from edgeinfer.quant.artifact import SIDECAR
+from edgeinfer.quant import Artifact
 from edgeinfer.server import Daemon, WeightsSource, get_spec, load_model
+from edgeinfer.server.artifacts import SIDECAR, load_int8_runner, read_sidecar
 from edgeinfer.server.errors import WeightsUnavailable
 from edgeinfer.server.loading import resolve_precision
 from helpers import synthetic_frame

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeinfer.client import sources
+from edgeinfer.media import sources
 from edgeinfer.quant.calibration import _video
 
 

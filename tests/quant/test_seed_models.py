@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from edgeinfer.client import EdgeClient
-from edgeinfer.quant import Artifact, load_int8_runner, quantize
+from edgeinfer.quant import Artifact, quantize
 from edgeinfer.quant.quantize import prepare_for_int8
 from edgeinfer.server import Daemon, WeightsSource, get_spec, load_model
+from edgeinfer.server.artifacts import load_int8_runner
 from edgeinfer.server.weights import build_model
 from helpers import synthetic_frame
 

@@ -50,9 +50,9 @@ def test_latest_drops_stale_frames_but_answers_each_in_order(preprocess_on: str)
     assert [o.sequence for o in out] == list(range(20))
     assert [o.capture_time_ns for o in out] == [1000 + i for i in range(20)]
     # Each newer frame replaced the waiting one: only the first and the newest ran.
-    assert [o.sequence for o in out if o.classes] == [0, 19]
+    assert [o.sequence for o in out if o.result] == [0, 19]
     assert all(o.dropped and "newer frame" in o.dropped for o in out[1:19])
-    assert all(len(o.classes) == 3 for o in (out[0], out[19]))
+    assert all(len(o.result.indices) == 3 for o in (out[0], out[19]))
     assert runner.batch_sizes == [1, 1]
     assert session.counts == {"predicted": 2, "dropped": 18, "error": 0}
 
@@ -66,13 +66,12 @@ def test_all_policy_infers_every_frame(preprocess_on: str) -> None:
     finally:
         model.stop()
     assert [o.sequence for o in out] == list(range(30))
-    assert all(o.classes and not o.dropped and o.error is None for o in out)
+    assert all(o.result and not o.dropped and o.error is None for o in out)
     assert sum(runner.batch_sizes) == 30
-    # An outcome keeps the model's result; its classes, timings and batch size are read from it.
+    # An outcome keeps the model's result; its labels and batch size are read from it.
     first = out[0]
-    assert first.classes[0].label == model.categories[first.classes[0].index]
-    assert first.classes[0].probability == first.result.probabilities[0]
-    assert first.timings is not None and first.timings.total_ms >= first.timings.inference_ms > 0
+    assert first.labels[first.result.indices[0]] == model.categories[first.result.indices[0]]
+    assert first.total_ms >= first.result.inference_ms > 0
     assert first.batch_size == first.result.batch_size >= 1
     assert "labels" not in repr(first)  # not the model's 1000 class names in a log line
 
@@ -91,7 +90,7 @@ def test_bad_frames_are_answered_in_place(preprocess_on: str) -> None:
     finally:
         model.stop()
     assert [o.sequence for o in out] == [0, 1, 2, 3]
-    assert out[0].classes and out[3].classes
+    assert out[0].result and out[3].result
     assert out[1].error is not None and "could not be decoded" in out[1].error.details
     assert out[1].error.status_code.name == "INVALID_ARGUMENT"
     assert out[2].error is not None and "no image" in out[2].error.details
@@ -208,7 +207,7 @@ def test_a_failing_model_answers_internal_and_the_stream_goes_on(caplog: pytest.
     finally:
         model.stop()
     assert [o.sequence for o in out] == [0, 1, 2]
-    assert out[0].classes and out[2].classes
+    assert out[0].result and out[2].result
     assert out[1].error is not None and out[1].error.status_code.name == "INTERNAL"
     assert "out of memory" in out[1].error.details
     logged = [r for r in caplog.records if r.exc_info and "out of memory" in str(r.exc_info[1])]

@@ -1,6 +1,6 @@
 """A synthetic sample clip, so demos and tests need no camera and no download.
 
-python -m edgeinfer.client.sample clip.mp4 --frames 90
+python -m edgeinfer.media.sample clip.mp4 --frames 90
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeinfer.client.frames import require_cv2
+from edgeinfer.media.cv import require_cv2
 
 __all__ = ["synthetic_frame", "write_sample_clip"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeinfer.client.frames import require_cv2
+from edgeinfer.media.cv import require_cv2
 
 __all__ = ["IMAGE_SUFFIXES", "SourceError", "capture_frames", "image_frames", "paced"]
 

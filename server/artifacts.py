@@ -1,0 +1,122 @@
+"""int8 artifacts in a model repository: the format, and how the daemon finds, checks and loads one.
+
+The quantization stage writes them (``edgeinfer.quant.artifact``); everything a daemon needs to read
+one lives here, so serving int8 never imports the quantizer.
+
+Layout (one folder per model and engine, Triton-like)::
+
+    REPO/squeezenet1_0/int8-x86/model.pt          frozen TorchScript (fx flow)
+                                model.pt2         AOTInductor package (pt2e flow)
+                                edgeinfer.json    the sidecar: how it was made, fidelity
+
+The artifact loads without torchvision's model code. It refuses to load under
+a different quantized engine or another torch minor release than it was made
+with, since neither TorchScript's quantized ops nor AOTInductor packages promise
+to carry across those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeinfer.server.errors import WeightsUnavailable
+from edgeinfer.server.registry import ModelSpec, Preprocessing
+from edgeinfer.server.runner import ModelRunner
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MODEL_FILES",
+    "SIDECAR",
+    "artifact_dir",
+    "default_engine",
+    "load_int8_runner",
+    "quiet_deprecations",
+    "read_sidecar",
+]
+
+FORMAT_VERSION = 1
+SIDECAR = "edgeinfer.json"
+MODEL_FILES = {"fx": "model.pt", "pt2e": "model.pt2"}
+
+
+def artifact_dir(repository: Path, model: str, engine: str) -> Path:
+    return Path(repository) / model / f"int8-{engine}"
+
+
+def default_engine() -> str:
+    """The quantized engine for this machine: qnnpack on ARM boards, x86 (fbgemm + onednn) elsewhere."""
+    return "qnnpack" if platform.machine().lower() in ("aarch64", "arm64", "armv7l") else "x86"
+
+
+@contextlib.contextmanager
+def quiet_deprecations() -> Iterator[None]:
+    """Hide the deprecation notices of the fx flow's own APIs, and only those.
+
+    torch.ao's FX quantization and TorchScript (trace/freeze/save/load) are
+    deprecated upstream in favour of torchao/PT2E and torch.export, and warn on
+    every call. We still use them on purpose: they are the fastest int8 path for
+    these CNNs on a small CPU today (bench/quant_flows.py), and the pt2e flow is there too.
+    Not thread-safe (warnings.catch_warnings): use it in set-up code, never per frame.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"Please use quant_min and quant_max", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        # quantized::cat requantizes inputs whose scales differ (Inception's
+        # branches); the fidelity report's SQNR measures what that costs.
+        warnings.filterwarnings("ignore", message=r"All inputs of this cat operator", category=UserWarning)
+        yield
+
+
+def read_sidecar(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / SIDECAR).read_text())
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def load_int8_runner(
+    spec: ModelSpec, repository: Path | None, *, engine: str | None = None
+) -> tuple[ModelRunner, Preprocessing, dict[str, Any]]:
+    engine = engine or default_engine()
+    repository = Path(repository or "model-repo")
+    folder = artifact_dir(repository, spec.name, engine)
+    how = f"edgequant --model {spec.name} --calib PATH --out {repository}"
+    if not (folder / SIDECAR).is_file():
+        raise WeightsUnavailable(
+            f"no int8 artifact for {spec.name} ({engine} engine) in {repository}: looked for {folder / SIDECAR}. "
+            f"Make one with: {how}"
+        )
+    meta = read_sidecar(folder)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise WeightsUnavailable(f"{folder} has artifact format {meta.get('format_version')}; re-run {how}")
+    if meta["engine"] != engine:
+        raise WeightsUnavailable(
+            f"{folder} was quantized for the {meta['engine']} engine but this daemon runs {engine}; re-run {how}"
+        )
+    if engine not in torch.backends.quantized.supported_engines:
+        raise WeightsUnavailable(f"this torch build has no {engine} quantized engine")
+    if _minor(meta["torch"]) != _minor(torch.__version__):
+        raise WeightsUnavailable(
+            f"{folder} was made with torch {meta['torch']}, this daemon runs torch {torch.__version__}; "
+            f"artifacts do not carry across torch releases: re-run {how}"
+        )
+    torch.backends.quantized.engine = engine
+    path = folder / meta["file"]
+    if meta["flow"] == "fx":
+        with quiet_deprecations():
+            module = torch.jit.load(str(path), map_location="cpu")
+    else:
+        module = torch._inductor.aoti_load_package(str(path))
+    meta = {**meta, "weights": f"artifact:{folder} (from {meta['weights']})"}
+    return ModelRunner(module, device=torch.device("cpu")), Preprocessing.from_dict(meta["preprocessing"]), meta
