@@ -7,7 +7,7 @@
 #                                            downloads our grpc line (cp312 wheels) into .whl/
 #   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=590)
 #   bash bench/gpu_check.sh --bench-only --parts served --rounds 3
-#                                            no CUDA tests; the rest goes to bench/gpu_fp16.py
+#                                            no CUDA tests; the rest goes to bench.gpu_fp16
 #
 # On the lent machine the image's own python3, torch and OpenCV are used; the carried
 # wheels go to a private site folder, and the package is linked there in the layout
@@ -54,7 +54,7 @@ else
     timeout 180 python3 -m pytest -v -p no:cacheprovider -m cuda tests/server/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.log"
     tests_rc=${PIPESTATUS[0]}
 fi
-timeout 390 python3 bench/gpu_fp16.py --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_fp16.log"
+timeout 390 python3 -m bench.gpu_fp16 --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_fp16.log"
 bench_rc=${PIPESTATUS[0]}
 echo "cuda tests: exit $tests_rc; bench: exit $bench_rc"
 exit $((tests_rc || bench_rc))

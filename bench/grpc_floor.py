@@ -3,9 +3,9 @@
     python bench/grpc_floor.py --port 50600            # prints "ready <port>" once it listens
 
 A sync gRPC Python server that speaks ``EdgeInference.StreamClassify`` with the
-daemon's thread layout (a reader thread per stream, one worker thread with one
+daemon's thread layout (a reader thread per stream, one inference thread with one
 OpenMP team, the handler thread answering) and none of its work: each frame is
-held on the worker, busy with torch ops, for as long as the stream's model name
+held on the inference thread, busy with torch ops, for as long as the stream's model name
 says ("busy-7.5" holds 7.5 ms), and answered with ``inference_ms`` = the time
 it was held. Latency minus that time is what gRPC Python, two processes and the
 thread hand-offs cost on this machine after the same busy-then-idle gap as a
@@ -36,13 +36,13 @@ def busy_model(hold_ms: float) -> str:
     return f"{PREFIX}{hold_ms:.3f}"
 
 
-class Worker:
+class InferenceThread:
     """One thread for all torch work, as the daemon's ``cpu_thread()``."""
 
     def __init__(self, threads: int) -> None:
         self.jobs: queue.SimpleQueue[tuple[float, queue.SimpleQueue[float]] | None] = queue.SimpleQueue()
         self._a = torch.randn(192, 192)
-        self._thread = threading.Thread(target=self._run, args=(threads,), name="floor-worker", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(threads,), name="floor-infer", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -60,8 +60,8 @@ class Worker:
 
 
 class FloorServicer(pb_grpc.EdgeInferenceServicer):
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+    def __init__(self, thread: InferenceThread) -> None:
+        self.thread = thread
 
     def StreamClassify(
         self, request_iterator: Iterator[pb.StreamRequest], context: grpc.ServicerContext
@@ -75,7 +75,7 @@ class FloorServicer(pb_grpc.EdgeInferenceServicer):
         def pump() -> None:  # the daemon's reader thread
             for request in request_iterator:
                 done: queue.SimpleQueue[float] = queue.SimpleQueue()
-                self.worker.jobs.put((hold_ms, done))
+                self.thread.jobs.put((hold_ms, done))
                 answers.put((request.frame, done))
             answers.put(None)
 
@@ -91,10 +91,10 @@ class FloorServicer(pb_grpc.EdgeInferenceServicer):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads of the worker (the daemon's --threads)")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads (the daemon's --threads)")
     args = p.parse_args()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    pb_grpc.add_EdgeInferenceServicer_to_server(FloorServicer(Worker(args.threads)), server)
+    pb_grpc.add_EdgeInferenceServicer_to_server(FloorServicer(InferenceThread(args.threads)), server)
     port = server.add_insecure_port(f"127.0.0.1:{args.port}")
     server.start()
     print(f"ready {port}", flush=True)

@@ -20,9 +20,19 @@ import threading
 import time
 from pathlib import Path
 
+from edgeinfer.server.options import Precision, PreprocessOn, WeightsKind, choices
+
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("edgeinfer.server")
+
+
+def _placement(text: str) -> str:
+    """A --preprocess-on value; 'worker', the inference placement's first name, still works."""
+    try:
+        return PreprocessOn(text).value
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"choose one of {', '.join(choices(PreprocessOn))}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,13 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "fp32", "fp16", "int8"],
+        choices=choices(Precision),
         help="auto = fp32 on cpu, fp16 on cuda; int8 loads an edgequant artifact from --repository",
     )
     p.add_argument(
         "--weights",
         default="imagenet",
-        help="'imagenet' (torch hub cache, else download), a state_dict PATH, or 'random' (needs --seed)",
+        help=f"'{WeightsKind.IMAGENET}' (torch hub cache, else download), a state_dict PATH, or "
+        f"'{WeightsKind.RANDOM}' (with --seed)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default: 0)")
     p.add_argument("--repository", type=Path, default=Path("model-repo"), help="int8 artifacts folder")
@@ -86,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preprocess-on",
         default="auto",
-        choices=["auto", "worker", "stream"],
-        help="where frames are decoded: 'worker' = the model's inference thread, serialized with it "
+        type=_placement,
+        choices=choices(PreprocessOn),
+        help="where frames are decoded: 'inference' = the model's inference thread, serialized with it "
         "(CPU default: no fight for cores); 'stream' = each stream's reader, overlapping inference "
         "(CUDA default; on a CPU with spare cores pair it with --threads below the core count)",
     )
@@ -212,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"edgeserver: loaded {model.name} {model.precision} on {model.device} "
                 f"(weights {model.weights}, input {model.input_size}x{model.input_size}, "
-                f"batch sizes {list(model.scheduler.batch_sizes)}, preprocessing on the {model.preprocess_on}"
+                f"batch sizes {list(model.scheduler.batch_sizes)}, preprocessing on the {model.preprocess_on} thread"
                 f"{', CUDA graphs' if args.cuda_graphs else ''})",
                 flush=True,
             )

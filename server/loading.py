@@ -1,7 +1,8 @@
-"""Loads models for serving and finds the loaded one a request names.
+"""Loads a model for serving (build its runner, choose its batch sizes, assemble the served
+model) and finds the loaded one a request names.
 
-A :class:`ServedModel` bundles everything one (model, precision) needs at
-run time: preprocessing, runner, batch scheduler, labels and the facts that
+A :class:`ServedModel` bundles everything one (model, precision) needs at run
+time: preprocessing, runner, batch scheduler, labels and the facts that
 ``GetModel`` reports. The :class:`ModelTable` resolves a request's name (or
 alias) and optional precision to one of them.
 """
@@ -18,31 +19,27 @@ from typing import Any
 import torch
 
 from edgeinfer.server.artifacts import load_int8_runner
-from edgeinfer.server.batcher import BatchScheduler, InferenceThread, batch_ladder, cpu_thread, profile_batch_sizes
+from edgeinfer.server.batcher import BatchScheduler
 from edgeinfer.server.errors import InvalidRequest, ModelNotFound, NotReady
+from edgeinfer.server.inference_thread import InferenceThread, cpu_thread
+from edgeinfer.server.options import Precision, PreprocessOn, choices
 from edgeinfer.server.preprocess import Preprocessor
+from edgeinfer.server.profiling import batch_ladder, profile_batch_sizes
 from edgeinfer.server.registry import ModelSpec, Preprocessing, get_spec
 from edgeinfer.server.runner import ModelRunner, NonFiniteScores
 from edgeinfer.server.weights import WeightsSource, build_model
 
-__all__ = ["PRECISIONS", "PREPROCESS_ON", "ModelTable", "ServedModel", "load_model", "resolve_precision"]
+__all__ = [
+    "BuiltRunner",
+    "ModelTable",
+    "ServedModel",
+    "build_runner",
+    "choose_batch_sizes",
+    "load_model",
+    "resolve_precision",
+]
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("fp32", "fp16", "int8")
-
-# Where a frame is decoded and preprocessed:
-#   worker  on the model's inference thread, right before the forward pass. The
-#           CPU default: decode, preprocessing and inference share one OpenMP team
-#           instead of fighting over the same few cores (measured in
-#           bench/serve_bench.py), and a frame the `latest` policy drops is never
-#           decoded at all.
-#   stream  on each stream's reader thread, overlapping the previous frame's
-#           inference. The CUDA default (nvjpeg decodes, the GPU infers); on a CPU
-#           with cores to spare, pair it with --threads below the core count.
-# (Intra-op threads are one process-wide setting: calling torch.set_num_threads
-# from a reader thread measured 5x slower int8 inference on the worker.)
-PREPROCESS_ON = ("auto", "worker", "stream")
 
 
 @dataclass
@@ -50,14 +47,14 @@ class ServedModel:
     name: str
     aliases: tuple[str, ...]
     architecture: str
-    precision: str
+    precision: Precision
     device: torch.device
     weights: str
     categories: list[str]
     preprocessing: Preprocessing
     preprocessor: Preprocessor
     scheduler: BatchScheduler
-    preprocess_on: str = "stream"
+    preprocess_on: PreprocessOn = PreprocessOn.STREAM
     engine: str = ""
     fidelity: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -74,16 +71,88 @@ class ServedModel:
         self.scheduler.stop()
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if precision not in PRECISIONS:
-        raise InvalidRequest(f"unknown precision {precision!r}; choose one of auto, {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device.type != "cuda":
+@dataclass
+class BuiltRunner:
+    """A model ready to run, and what it is: its weights as described to clients, its int8
+    engine and fidelity report (artifacts only), and the largest batch it accepts."""
+
+    runner: ModelRunner
+    preprocessing: Preprocessing
+    weights: str
+    engine: str = ""
+    fidelity: dict[str, Any] | None = None
+    max_batch: int | None = None  # pt2e packages are compiled for a fixed batch size
+
+
+def resolve_precision(precision: str, device: torch.device) -> Precision:
+    try:
+        wanted = Precision(precision)
+    except ValueError:
+        raise InvalidRequest(
+            f"unknown precision {precision!r}; choose one of {', '.join(choices(Precision))}"
+        ) from None
+    if wanted is Precision.AUTO:
+        return Precision.FP16 if device.type == "cuda" else Precision.FP32
+    if wanted is Precision.FP16 and device.type != "cuda":
         raise InvalidRequest("fp16 is served on CUDA only; on the CPU use fp32 or int8")
-    if precision == "int8" and device.type != "cpu":
+    if wanted is Precision.INT8 and device.type != "cpu":
         raise InvalidRequest("int8 runs on the CPU only; on CUDA serve fp16 (--precision fp16)")
-    return precision
+    return wanted
+
+
+def build_runner(
+    spec: ModelSpec, precision: Precision, device: torch.device, weights: WeightsSource, repository: Path | None
+) -> BuiltRunner:
+    """The runner for one (model, precision): an int8 artifact from ``repository``, or fp32/fp16 weights."""
+    if precision is Precision.INT8:
+        runner, preprocessing, meta = load_int8_runner(spec, repository)
+        return BuiltRunner(
+            runner, preprocessing, meta["weights"], meta["engine"], meta.get("fidelity"), meta.get("max_batch")
+        )
+    module = build_model(spec, weights)
+    if precision is Precision.FP16:
+        module = module.to(device=device, dtype=torch.float16, memory_format=torch.channels_last)
+        runner = ModelRunner(module, device=device, dtype=torch.float16, channels_last=True)
+    else:
+        runner = ModelRunner(module.to(device), device=device)
+    return BuiltRunner(runner, spec.preprocessing, weights.describe(spec))
+
+
+def choose_batch_sizes(
+    built: BuiltRunner,
+    *,
+    precision: Precision,
+    device: torch.device,
+    max_batch: int,
+    batch_sizes: Sequence[int] | None,
+    warmup: bool,
+    label: str,
+) -> tuple[int, ...] | None:
+    """The batch sizes the scheduler may run (None: all up to ``max_batch``), after warming the model up.
+
+    Given ``batch_sizes`` are kept. Otherwise on CUDA the powers of two, each warmed up (cuDNN
+    autotunes once per input shape); on the CPU the sizes measured to be cheaper per frame than
+    single frames (:func:`profile_batch_sizes`; all sizes without ``warmup``).
+    """
+    sizes = tuple(batch_sizes) if batch_sizes is not None else None
+    if sizes is None and device.type == "cuda":
+        sizes = batch_ladder(max_batch)
+    if not warmup:
+        return sizes
+    crop = built.preprocessing.crop_size
+    try:
+        built.runner.warmup(crop, batch_sizes=sizes or (1,))
+    except NonFiniteScores as exc:
+        hint = (
+            "its activations overflow fp16 (largest value 65504) with these weights: serve it in fp32 "
+            "(--precision fp32)"
+            if precision is Precision.FP16
+            else "check its weights"
+        )
+        raise InvalidRequest(f"{label} (weights {built.weights}) gives {exc}; {hint}") from None
+    if sizes is None and max_batch > 1:
+        sizes = profile_batch_sizes(built.runner, crop, max_batch, log_as=label)
+    return sizes
 
 
 def load_model(
@@ -101,17 +170,18 @@ def load_model(
     warmup: bool = True,
     cuda_graphs: bool = False,
 ) -> ServedModel:
-    """Load one model for serving.
+    """Load one model for serving, on the inference thread that will run it.
 
-    ``batch_sizes``: the sizes the scheduler may run (up to ``max_batch``). None:
-    on the CPU, the sizes measured here to be cheaper per frame than single
-    frames (:func:`profile_batch_sizes`; all sizes without ``warmup``); on CUDA,
-    the powers of two, each warmed up (cuDNN autotunes once per input shape).
-    ``cuda_graphs``: on CUDA, replay each of those sizes as a CUDA graph
-    (:meth:`ModelRunner.capture_graphs`).
+    ``batch_sizes``: the sizes the scheduler may run (up to ``max_batch``); None chooses
+    them (:func:`choose_batch_sizes`). ``cuda_graphs``: on CUDA, replay each of those sizes
+    as a CUDA graph (:meth:`ModelRunner.capture_graphs`).
     """
-    if preprocess_on not in PREPROCESS_ON:
-        raise InvalidRequest(f"preprocess_on must be one of {', '.join(PREPROCESS_ON)}, got {preprocess_on!r}")
+    try:
+        placement = PreprocessOn(preprocess_on)
+    except ValueError:
+        raise InvalidRequest(
+            f"preprocess_on must be one of {', '.join(choices(PreprocessOn))}, got {preprocess_on!r}"
+        ) from None
     spec = get_spec(name)
     device = torch.device(device)
     if cuda_graphs and device.type != "cuda":
@@ -122,95 +192,66 @@ def load_model(
         # A served model sees one input shape per batch size: let cuDNN pick its
         # fastest kernels once (during warm-up) instead of a generic default.
         torch.backends.cudnn.benchmark = True
-    precision = resolve_precision(precision, device)
-    weights = weights or WeightsSource("imagenet")
-    # CPU models load, warm up and run on the daemon's one CPU inference thread
-    # (one OpenMP team; see server/batcher.py); a CUDA model gets a dedicated one,
+    resolved = resolve_precision(precision, device)
+    if placement is PreprocessOn.AUTO:
+        placement = PreprocessOn.INFERENCE if device.type == "cpu" else PreprocessOn.STREAM
+    label = f"{spec.name} {resolved}"
+    # CPU models load, warm up and run on the daemon's one CPU inference thread (one
+    # OpenMP team; see server/inference_thread.py); a CUDA model gets a dedicated one,
     # which ends with the model.
-    thread = cpu_thread() if device.type == "cpu" else InferenceThread(f"infer-{spec.name}-{precision}")
+    thread = cpu_thread() if device.type == "cpu" else InferenceThread(f"infer-{spec.name}-{resolved}")
 
-    def build() -> ServedModel:
-        most, sizes = max_batch, batch_sizes
-        if precision == "int8":
-            runner, preprocessing, meta = load_int8_runner(spec, repository)
-            described, engine, fidelity = meta["weights"], meta["engine"], meta.get("fidelity")
-            if meta.get("max_batch"):  # pt2e packages are compiled for a fixed batch size
-                most = min(most, meta["max_batch"])
-        else:
-            runner, preprocessing = _fp_runner(spec, weights, device, precision)
-            described, engine, fidelity = weights.describe(spec), "", None
-
-        placement = preprocess_on
-        if placement == "auto":
-            placement = "worker" if device.type == "cpu" else "stream"
-        preprocessor = Preprocessor(preprocessing, device=device, dtype=runner.dtype, max_frame_bytes=max_frame_bytes)
-        if sizes is None and device.type == "cuda":
-            sizes = batch_ladder(most)
-        if warmup:
-            try:
-                runner.warmup(preprocessing.crop_size, batch_sizes=tuple(sizes or (1,)))
-            except NonFiniteScores as exc:
-                hint = (
-                    "its activations overflow fp16 (largest value 65504) with these weights: serve it in fp32 "
-                    "(--precision fp32)"
-                    if precision == "fp16"
-                    else "check its weights"
-                )
-                raise InvalidRequest(f"{spec.name} {precision} (weights {described}) gives {exc}; {hint}") from None
-            if sizes is None and most > 1:
-                sizes = profile_batch_sizes(runner, preprocessing.crop_size, most, log_as=f"{spec.name} {precision}")
-        if cuda_graphs:
-            runner.capture_graphs(preprocessing.crop_size, tuple(sizes or batch_ladder(most)))
-        scheduler = BatchScheduler(
-            runner,
+    def assemble() -> ServedModel:
+        built = build_runner(spec, resolved, device, weights or WeightsSource("imagenet"), repository)
+        most = min(max_batch, built.max_batch or max_batch)
+        sizes = choose_batch_sizes(
+            built,
+            precision=resolved,
+            device=device,
             max_batch=most,
-            max_wait_ms=max_wait_ms,
-            batch_sizes=sizes,
-            name=f"{spec.name}-{precision}",
-            thread=thread,
+            batch_sizes=batch_sizes,
+            warmup=warmup,
+            label=label,
+        )
+        if cuda_graphs:
+            built.runner.capture_graphs(built.preprocessing.crop_size, sizes or batch_ladder(most))
+        scheduler = BatchScheduler(
+            built.runner, max_batch=most, max_wait_ms=max_wait_ms, batch_sizes=sizes, name=label, thread=thread
         )
         log.info(
-            "loaded %s %s on %s (weights %s; batch sizes %s; preprocessing on the %s thread%s)",
-            spec.name,
-            precision,
+            "loaded %s on %s (weights %s; batch sizes %s; preprocessing on the %s thread%s)",
+            label,
             device,
-            described,
+            built.weights,
             list(scheduler.batch_sizes),
             placement,
-            f"; CUDA graphs for {list(runner.graph_sizes)}" if cuda_graphs else "",
+            f"; CUDA graphs for {list(built.runner.graph_sizes)}" if cuda_graphs else "",
+        )
+        preprocessor = Preprocessor(
+            built.preprocessing, device=device, dtype=built.runner.dtype, max_frame_bytes=max_frame_bytes
         )
         return ServedModel(
             name=spec.name,
             aliases=spec.aliases,
             architecture=spec.build.__name__.lstrip("_"),
-            precision=precision,
+            precision=resolved,
             device=device,
-            weights=described,
+            weights=built.weights,
             categories=spec.categories,
-            preprocessing=preprocessing,
+            preprocessing=built.preprocessing,
             preprocessor=preprocessor,
             scheduler=scheduler,
             preprocess_on=placement,
-            engine=engine,
-            fidelity=fidelity,
+            engine=built.engine,
+            fidelity=built.fidelity,
         )
 
     try:
-        return thread.call(build)
+        return thread.call(assemble)
     except BaseException:
         if thread.dedicated:
             thread.stop()
         raise
-
-
-def _fp_runner(
-    spec: ModelSpec, weights: WeightsSource, device: torch.device, precision: str
-) -> tuple[ModelRunner, Preprocessing]:
-    module = build_model(spec, weights)
-    if precision == "fp16":
-        module = module.to(device=device, dtype=torch.float16, memory_format=torch.channels_last)
-        return ModelRunner(module, device=device, dtype=torch.float16, channels_last=True), spec.preprocessing
-    return ModelRunner(module.to(device), device=device), spec.preprocessing
 
 
 class ModelTable:

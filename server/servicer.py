@@ -18,6 +18,7 @@ from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 from edgeinfer.server import metrics
 from edgeinfer.server.errors import InvalidFrame, InvalidRequest, LimitExceeded, NotLocal, NotReady
 from edgeinfer.server.loading import ModelTable, ServedModel
+from edgeinfer.server.options import PreprocessOn
 from edgeinfer.server.preprocess import FrameImage, JpegImage, RawImage
 from edgeinfer.server.session import (
     DropPolicy,
@@ -221,7 +222,8 @@ def model_info(m: ServedModel) -> pb.ModelInfo:
         engine=m.engine,
         max_batch_size=m.scheduler.max_batch,
         batch_sizes=list(m.scheduler.batch_sizes),
-        preprocess_on=m.preprocess_on,
+        # The wire keeps its first name for the inference thread: clients compare against it.
+        preprocess_on="worker" if m.preprocess_on is PreprocessOn.INFERENCE else m.preprocess_on.value,
     )
     if m.fidelity:
         info.fidelity.CopyFrom(

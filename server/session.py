@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from edgeinfer.server.batcher import Job, JobResult
 from edgeinfer.server.errors import DeadlineExceeded, EdgeInferError, InternalError, InvalidRequest
 from edgeinfer.server.loading import ServedModel
+from edgeinfer.server.options import PreprocessOn
 from edgeinfer.server.preprocess import FrameImage
 
 __all__ = [
@@ -102,7 +103,7 @@ def frame_job(
     on_done: Callable[[JobResult | BaseException], None] | None = None,
 ) -> Job:
     """A job for one frame: preprocessed here and now, or on the inference thread (``preprocess_on``)."""
-    if model.preprocess_on == "worker":
+    if model.preprocess_on is PreprocessOn.INFERENCE:
         return Job(functools.partial(model.preprocessor, image), top_k, on_done)
     return Job(model.preprocessor(image), top_k, on_done)
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from edgeinfer.server.errors import WeightsUnavailable
+from edgeinfer.server.options import WeightsKind
 from edgeinfer.server.registry import ModelSpec, strip_training_heads
 
 __all__ = ["WeightsSource", "build_model", "load_state_dict_file"]
@@ -26,22 +27,25 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 
 @dataclass(frozen=True)
 class WeightsSource:
-    kind: str  # "imagenet" | "file" | "random"
+    kind: WeightsKind
     path: Path | None = None
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", WeightsKind(self.kind))  # a plain "random" works too
+
     @classmethod
     def parse(cls, text: str, *, seed: int = 0) -> WeightsSource:
-        if text == "imagenet":
-            return cls("imagenet")
-        if text == "random":
-            return cls("random", seed=seed)
-        return cls("file", path=Path(text).expanduser())
+        if text == WeightsKind.IMAGENET:
+            return cls(WeightsKind.IMAGENET)
+        if text == WeightsKind.RANDOM:
+            return cls(WeightsKind.RANDOM, seed=seed)
+        return cls(WeightsKind.FILE, path=Path(text).expanduser())
 
     def describe(self, spec: ModelSpec) -> str:
-        if self.kind == "imagenet":
+        if self.kind is WeightsKind.IMAGENET:
             return f"imagenet:{spec.default_weights}"
-        if self.kind == "random":
+        if self.kind is WeightsKind.RANDOM:
             return f"random:seed={self.seed}"
         return f"file:{self.path}"
 
@@ -79,12 +83,12 @@ def _imagenet_state_dict(spec: ModelSpec) -> dict[str, torch.Tensor]:
 
 def build_model(spec: ModelSpec, source: WeightsSource) -> nn.Module:
     """An fp32 model in eval mode on the CPU, with the weights ``source`` names."""
-    if source.kind == "random":
+    if source.kind is WeightsKind.RANDOM:
         torch.manual_seed(source.seed)
         model = spec.build(weights=None)
     else:
-        state = _imagenet_state_dict(spec) if source.kind == "imagenet" else None
-        if source.kind == "file":
+        state = _imagenet_state_dict(spec) if source.kind is WeightsKind.IMAGENET else None
+        if source.kind is WeightsKind.FILE:
             assert source.path is not None
             state = load_state_dict_file(source.path)
         model = spec.build(weights=None)

@@ -9,6 +9,7 @@ import torch
 
 from edgeinfer.server.batcher import BatchScheduler
 from edgeinfer.server.loading import ServedModel
+from edgeinfer.server.options import PreprocessOn
 from edgeinfer.server.preprocess import Preprocessor
 from edgeinfer.server.registry import get_spec
 from edgeinfer.server.runner import BatchOutput
@@ -36,14 +37,16 @@ class SlowRunner:
 
 
 def wait_until_taken(scheduler: BatchScheduler, timeout: float = 5.0) -> None:
-    """Wait until the worker has taken every queued job (and, gate closed, waits in infer)."""
+    """Wait until the inference thread has taken every queued job (and, gate closed, waits in infer)."""
     deadline = time.monotonic() + timeout
     while scheduler.pending():
-        assert time.monotonic() < deadline, "the worker never took the job"
+        assert time.monotonic() < deadline, "the inference thread never took the job"
         time.sleep(0.001)
 
 
-def fake_model(runner: SlowRunner, *, max_batch: int = 1, preprocess_on: str = "stream") -> ServedModel:
+def fake_model(
+    runner: SlowRunner, *, max_batch: int = 1, preprocess_on: PreprocessOn = PreprocessOn.STREAM
+) -> ServedModel:
     spec = get_spec("squeezenet")
     pre = spec.preprocessing
     return ServedModel(

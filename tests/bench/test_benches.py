@@ -1,7 +1,8 @@
-"""The benchmarks run on a tiny setting and produce their table, JSON and plot.
+"""The benchmarks run on a tiny setting and write their JSON and plot.
 
-Timings are never asserted (the machine is shared and noisy); what is checked is
-that every mode ran, counted its frames, and that the outputs exist.
+Timings are never asserted (the machine is shared and noisy), nor the wording of
+their tables: what is checked is the JSON they write (every mode ran, counted its
+frames, the ratios agree with the rows) and that the plot is a PNG.
 """
 
 from __future__ import annotations
@@ -21,27 +22,23 @@ ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def run_bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run_bench(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bench.MODULE ARGS`` from the repository root, as the README runs it."""
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", f"bench.{module}", *args], capture_output=True, text=True, timeout=600, cwd=ROOT
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
 
 def bench_module(name: str) -> ModuleType:
-    """A module of bench/ (not a package), imported without leaving bench/ on sys.path."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    return importlib.import_module(f"bench.{name}")
 
 
 @pytest.mark.slow
 def test_serve_bench_tiny(tmp_path: Path) -> None:
     out = run_bench(
-        "serve_bench.py",
+        "serve_bench",
         "--tiny",
         "--models",
         "squeezenet1_1",
@@ -53,8 +50,7 @@ def test_serve_bench_tiny(tmp_path: Path) -> None:
         "--out",
         str(tmp_path),
     )
-    assert "ratios" in out.stdout and "served/limit throughput" in out.stdout and "footprint:" in out.stdout
-    assert "squeezenet1_1 int8: round 1/1" in out.stderr  # progress is shown
+    assert len(out.stderr.splitlines()) > 10  # progress is shown as it goes
     result = json.loads((tmp_path / "serve_bench.json").read_text())
     modes = {(r["precision"], r["mode"]) for r in result["rows"]}
     for precision in ("fp32", "int8"):
@@ -78,11 +74,6 @@ def test_serve_bench_tiny(tmp_path: Path) -> None:
         ):
             assert (precision, mode) in modes
     assert all(sizes[0] == 1 for sizes in result["batch_sizes"].values())
-    assert "batching across streams (daemon's measured batch sizes" in out.stdout
-    assert "of which the bare gRPC stream's floor" in out.stdout
-    assert "the same floor answering at once, no idle gap" in out.stdout
-    assert "same host 640x480: p50 (overhead = latency minus inference) tcp+jpeg" in out.stdout
-    assert "unix+shm vs tcp+jpeg already encoded" in out.stdout
     ratios = result["summary"]["squeezenet1_1 int8"]
     assert {"unix_shm_vs_tcp_jpeg_p50", "unix_raw_vs_tcp_jpeg_640x480_overhead_saved_ms"} <= set(ratios)
     assert ratios["added_above_floor_ms"] == pytest.approx(ratios["added_latency_p50_ms"] - ratios["grpc_floor_p50_ms"])
@@ -91,7 +82,6 @@ def test_serve_bench_tiny(tmp_path: Path) -> None:
     assert ratios["added_latency_model_time_out_ms"] == pytest.approx(
         stages["c served latency"]["overhead"] - stages["b limit latency"]["overhead"]
     )
-    assert "with each frame's model time taken out first: added" in out.stdout
     # The floor holds each frame as long as the limit takes; the hot floor answers at once.
     assert stages["c floor hot latency"]["inference"] < stages["c floor latency"]["inference"]
     assert ratios["grpc_floor_hot_p50_ms"] == stages["c floor hot latency"]["overhead"]
@@ -107,20 +97,18 @@ def test_serve_bench_tiny(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_quant_flows_bench_tiny(tmp_path: Path) -> None:
-    out = run_bench(
-        "quant_flows.py", "--models", "squeezenet1_1", "--skip-pt2e", "--iterations", "3", "--out", str(tmp_path)
-    )
+    run_bench("quant_flows", "--models", "squeezenet1_1", "--skip-pt2e", "--iterations", "3", "--out", str(tmp_path))
     rows = json.loads((tmp_path / "quant_flows.json").read_text())
     assert [r["variant"] for r in rows] == ["fp32", "int8-fx"]
     assert rows[1]["sqnr_db"] > 20
-    assert "int8-fx" in out.stdout and (tmp_path / "quant_flows.png").read_bytes()[:8] == PNG
+    assert (tmp_path / "quant_flows.png").read_bytes()[:8] == PNG
 
 
 @pytest.mark.slow
 def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     """bench/gpu_fp16.py runs the same code on the CPU (fp32), so a GPU lease is not spent finding its bugs."""
     out = run_bench(
-        "gpu_fp16.py",
+        "gpu_fp16",
         "--device",
         "cpu",
         "--tiny",
@@ -145,7 +133,7 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
         workers = 2 if "x2" in batching else 1
         assert all(sum(split) == n and len(split) == workers for split in r["streams_per_worker"])
     # The plot's third panel: each x2 run's busiest worker's share and its frames/s over one daemon's median.
-    spread = bench_module("gpu_fp16")._worker_runs(result["served"])
+    spread = bench_module("gpu_report").worker_runs(result["served"])
     assert sorted((n, share) for _, n, share, _ in spread) == sorted(
         (n, max(split) / n) for (n, b), r in served.items() if "x2" in b for split in r["streams_per_worker"]
     )
@@ -155,12 +143,10 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     )
     assert served[(2, "off")]["mean_batch"] == 1.0  # --max-batch 1: never more than one frame a pass
     assert all(r["daemon_cores"] > 0 and r["client_cores"] > 0 for r in served.values())
-    assert "vs batching off" in out.stdout
-    assert "served: starting edgeserver squeezenet1_1 fp32 on cpu, batching off/on/on x2" in out.stderr
     assert (tmp_path / "gpu_fp16.png").read_bytes()[:8] == PNG
     # A run cut short keeps its progress lines: the table and plot can be rebuilt from them.
     (tmp_path / "gpu_fp16.log").write_text(out.stderr)
-    run_bench("gpu_fp16.py", "--from-log", str(tmp_path / "gpu_fp16.log"), "--out", str(tmp_path / "rebuilt"))
+    run_bench("gpu_fp16", "--from-log", str(tmp_path / "gpu_fp16.log"), "--out", str(tmp_path / "rebuilt"))
     rebuilt = json.loads((tmp_path / "rebuilt" / "gpu_fp16.json").read_text())
     assert [r["median_ms"] for r in rebuilt["model_only"]] == pytest.approx(
         [r["median_ms"] for r in result["model_only"]], abs=0.01
@@ -171,7 +157,7 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert splits == {k: r["streams_per_worker"] if "x2" in k[1] else None for k, r in served.items()}
     assert (tmp_path / "rebuilt" / "gpu_fp16.png").read_bytes()[:8] == PNG
     # --parts: one part alone (a second GPU call spends its lease on what it reruns).
-    run_bench("gpu_fp16.py", "--device", "cpu", "--tiny", "--parts", "preprocessing", "--out", str(tmp_path / "one"))
+    run_bench("gpu_fp16", "--device", "cpu", "--tiny", "--parts", "preprocessing", "--out", str(tmp_path / "one"))
     one = json.loads((tmp_path / "one" / "gpu_fp16.json").read_text())
     assert (one["model_only"], one["served"]) == ([], []) and [r["where"] for r in one["preprocessing"]] == ["cpu"]
 
@@ -231,8 +217,8 @@ def test_grpc_floor_holds_each_frame_and_answers_in_order() -> None:
     from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    worker = grpc_floor.Worker(threads=1)
-    pb_grpc.add_EdgeInferenceServicer_to_server(grpc_floor.FloorServicer(worker), server)
+    thread = grpc_floor.InferenceThread(threads=1)
+    pb_grpc.add_EdgeInferenceServicer_to_server(grpc_floor.FloorServicer(thread), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
@@ -247,5 +233,5 @@ def test_grpc_floor_holds_each_frame_and_answers_in_order() -> None:
             assert err.value.code == grpc.StatusCode.NOT_FOUND
     finally:
         server.stop(None)
-        worker.stop()
-    assert not any(t.name == "floor-worker" for t in threading.enumerate())
+        thread.stop()
+    assert not any(t.name == "floor-infer" for t in threading.enumerate())

@@ -8,17 +8,11 @@ from typing import Any
 import pytest
 import torch
 
-from edgeinfer.server.batcher import (
-    BatchScheduler,
-    InferenceThread,
-    Job,
-    allowed_sizes,
-    batch_ladder,
-    cpu_thread,
-    profile_batch_sizes,
-)
+from edgeinfer.server.batcher import BatchScheduler, Job, allowed_sizes
 from edgeinfer.server.errors import InternalError
+from edgeinfer.server.inference_thread import InferenceThread, cpu_thread
 from edgeinfer.server.preprocess import PreprocessedFrame
+from edgeinfer.server.profiling import batch_ladder, profile_batch_sizes
 from edgeinfer.server.runner import BatchOutput
 from fakes import SlowRunner, wait_until_taken
 

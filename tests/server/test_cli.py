@@ -45,7 +45,7 @@ def test_edgeserver_serves_then_drains_on_sigterm(tmp_path: Path) -> None:
         lines = [proc.stdout.readline() for _ in range(3)]
         assert "listening on" in lines[0] and f"unix:{sock}" in lines[0]
         assert "loaded squeezenet1_1 fp32 on cpu (weights random:seed=1, input 224x224, batch sizes [1" in lines[1]
-        assert "preprocessing on the worker)" in lines[1]
+        assert "preprocessing on the inference thread)" in lines[1]
         assert "SERVING" in lines[2]
         # Same-host clients reach it over the Unix socket, with pixels in shared memory if they like.
         frames = [synthetic_frame(i) for i in range(3)]

@@ -28,7 +28,7 @@ def test_model_metadata(client: EdgeClient) -> None:
     assert info.weights == "random:seed=0" and info.aliases == ("squeezenet",)
     assert client.model("squeezenet").name == "squeezenet1_0"
     # The CPU default: preprocessing on the inference thread, batch sizes measured at load.
-    assert info.preprocess_on == "worker"
+    assert info.preprocess_on == "worker"  # the wire's name for the inference thread
     assert info.batch_sizes[0] == 1 and info.max_batch_size == info.batch_sizes[-1] <= 8
 
 

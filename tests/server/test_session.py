@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from edgeinfer.server.errors import InvalidFrame, InvalidRequest
+from edgeinfer.server.options import PreprocessOn
 from edgeinfer.server.preprocess import JpegImage
 from edgeinfer.server.session import DropPolicy, FrameIn, StreamSession
 from fakes import SlowRunner, fake_model, wait_until_taken
@@ -28,7 +29,7 @@ def _run(session: StreamSession, frames: list[FrameIn]) -> list:
     return out
 
 
-PLACES = pytest.mark.parametrize("preprocess_on", ["stream", "worker"])
+PLACES = pytest.mark.parametrize("preprocess_on", [PreprocessOn.STREAM, PreprocessOn.INFERENCE])
 
 
 @PLACES
@@ -99,7 +100,7 @@ def test_bad_frames_are_answered_in_place(preprocess_on: str) -> None:
 def test_on_the_worker_a_dropped_frame_is_never_decoded() -> None:
     runner = SlowRunner()
     runner.gate.clear()
-    model = fake_model(runner, preprocess_on="worker")
+    model = fake_model(runner, preprocess_on=PreprocessOn.INFERENCE)
     decoded: list[int] = []
     decode = model.preprocessor.decode
     model.preprocessor.decode = lambda image: decoded.append(1) or decode(image)  # type: ignore[method-assign]

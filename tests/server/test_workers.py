@@ -92,7 +92,11 @@ def test_workers_share_one_port_and_stop_together() -> None:
             with EdgeClient(target, channel=grpc.insecure_channel(target, options=options)) as client:
                 kinds += [r.kind for r in client.stream(frames, "squeezenet1_1", drop_policy="all", timeout=60)]
         assert kinds == ["prediction"] * 32
-        closed = re.findall(r"\[worker (\d)\] .* stream on squeezenet1_1 closed: \{'predicted': 2", sup.text())
+        # A stream's closing line is logged after its last answer went out: wait for all 16.
+        closed_line = r"\[worker (\d)\] .* stream on squeezenet1_1 closed: \{'predicted': 2"
+        deadline = time.monotonic() + 10
+        while len(closed := re.findall(closed_line, sup.text())) < 16 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(closed) == 16 and set(closed) == {"0", "1"}  # each worker served some of the streams
         # One /metrics for both: the supervisor adds up the workers' counters.
         page = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()

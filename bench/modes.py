@@ -1,0 +1,243 @@
+"""What serve_bench measures, mode by mode: served throughput and latency, N streams, the
+in-process limit, ONNX Runtime's peer figures and the client's footprint."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import torch
+
+from bench.stats import Samples, log
+from edgeinfer.client import EdgeClient, FrameResult
+from edgeinfer.client.api import channel_options
+from edgeinfer.server.inference_thread import cpu_thread
+from edgeinfer.server.preprocess import JpegImage
+
+# --- the modes -------------------------------------------------------------------------
+
+# (e): path name, over the Unix socket?, client encoding
+SAME_HOST = (("tcp+jpeg", False, "jpeg"), ("unix+raw", True, "raw"), ("unix+shm", True, "shm"))
+E_CHUNK = 10  # frames per stream before a latency comparison moves on to the next mode
+# One frame in flight: the limit, the daemon, and the bare gRPC floor with and without a model's idle gap.
+LATENCY_MODES = ["b limit latency", "c served latency", "c floor latency", "c floor hot latency"]
+THROUGHPUT_CHUNK = 20  # frames per stream in the throughput comparison (b) vs (c)
+
+
+@contextlib.contextmanager
+def connected(target: str) -> Iterator[EdgeClient]:
+    """A client whose channel is already connected: the clock never counts TCP or HTTP/2 set-up."""
+    channel = grpc.insecure_channel(target, options=channel_options())
+    grpc.channel_ready_future(channel).result(timeout=60)
+    with EdgeClient(target, timeout=120, channel=channel) as client:
+        yield client
+
+
+def served_throughput(target: str, name: str, precision: str, frames: list, encoding: str = "jpeg") -> Samples:
+    """Frames back to back; frames/s in steady state, from the first answer to the last.
+
+    The first answer (the stream's start and the pipeline filling) is left out of
+    the rate and the latencies, so that short chunks measure what a long camera
+    stream gets.
+    """
+    s = Samples()
+    with connected(target) as client:
+        first: float | None = None
+        for r in client.stream(frames, name, precision=precision, drop_policy="all", encoding=encoding):
+            if first is None:
+                assert r.prediction is not None, r
+                first = time.perf_counter()
+            else:
+                _record(s, r)
+        assert first is not None, "no answer"
+        s.seconds = time.perf_counter() - first
+    return s
+
+
+def _record(s: Samples, r: FrameResult) -> None:
+    assert r.prediction is not None, r
+    s.frames += 1
+    s.latencies_ms.append(r.latency_ms or 0.0)
+    t = r.prediction.timings
+    for k in ("decode_ms", "preprocess_ms", "queue_ms", "inference_ms", "total_ms"):
+        s.stage(k.removesuffix("_ms"), getattr(t, k))
+    # Everything but the model: the client's encoding, transport, decode, preprocessing, hand-offs.
+    # The model's own time swings most on this machine, and it is the same work on every path.
+    s.stage("overhead", (r.latency_ms or 0.0) - t.inference_ms)
+
+
+def served_latency(target: str, name: str, precision: str, frames: list, encoding: str = "jpeg") -> Samples:
+    """One frame in flight at a time: the added latency of the serving path."""
+    s = Samples()
+    answered = threading.Event()
+
+    def one_at_a_time() -> Iterator[object]:
+        for f in frames:
+            answered.clear()
+            yield f
+            answered.wait(30)
+
+    with connected(target) as client:
+        t0 = time.perf_counter()
+        for r in client.stream(one_at_a_time(), name, precision=precision, drop_policy="all", encoding=encoding):
+            answered.set()
+            _record(s, r)
+        s.seconds = time.perf_counter() - t0
+    return s
+
+
+def batch_sizes(target: str, name: str, precision: str) -> list[int]:
+    with EdgeClient(target) as c:
+        return list(c.model(name, precision=precision).batch_sizes)
+
+
+def concurrent_streams(target: str, name: str, precision: str, frames: list, n: int) -> Samples:
+    s = Samples()
+    lock = threading.Lock()
+
+    def one() -> None:
+        with EdgeClient(target, timeout=300) as c:
+            for r in c.stream(frames, name, precision=precision, drop_policy="all"):
+                with lock:
+                    s.frames += 1
+                    s.latencies_ms.append(r.latency_ms or 0.0)
+                    s.stage("batch", float(r.prediction.batch_size if r.prediction else 0))
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    s.seconds = time.perf_counter() - t0
+    return s
+
+
+class InProcess:
+    """(a) and (b): this process, same threads, same preprocessing as the daemon."""
+
+    def __init__(self, name: str, precision: str, repository: Path) -> None:
+        from edgeinfer.server import WeightsSource, load_model
+
+        self.model = load_model(
+            name, precision=precision, repository=repository, weights=WeightsSource("random", seed=0)
+        )
+        self.runner = self.model.scheduler.runner
+
+    def model_only(self, tensor: torch.Tensor, n: int, s: Samples) -> None:
+        # On the CPU inference thread, as in the daemon: one OpenMP team in this process too.
+        cpu_thread().call(lambda: self._model_only(tensor, n, s))
+
+    def limit(self, jpegs: list[bytes], s: Samples) -> None:
+        cpu_thread().call(lambda: self._limit(jpegs, s))
+
+    def preprocessed(self, jpegs: list[bytes]) -> torch.Tensor:
+        return cpu_thread().call(lambda: torch.stack([self.model.preprocessor(JpegImage(j)).tensor for j in jpegs]))
+
+    def _model_only(self, tensor: torch.Tensor, n: int, s: Samples) -> None:
+        x = tensor[None]
+        for _ in range(n):
+            t = time.perf_counter()
+            self.runner.infer(x, 5)
+            s.add_timed(t)
+
+    def _limit(self, jpegs: list[bytes], s: Samples) -> None:
+        for data in jpegs:
+            t = time.perf_counter()
+            pre = self.model.preprocessor(JpegImage(data))
+            out = self.runner.infer(pre.tensor[None], 5)
+            ms = s.add_timed(t)
+            s.stage("decode", pre.decode_ms)
+            s.stage("preprocess", pre.preprocess_ms)
+            s.stage("inference", out.inference_ms)
+            s.stage("overhead", ms - out.inference_ms)  # as _record() counts it for a served frame
+
+    def stop(self) -> None:
+        self.model.stop()
+
+
+# --- ONNX Runtime, the peer -------------------------------------------------------
+
+
+def onnx_peer(name: str, tensors: torch.Tensor, iterations: int, workdir: Path, threads: int) -> dict[str, float]:
+    """Model-only medians (ms) for ORT fp32 and the best of several static-int8 settings."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from edgeinfer.server import WeightsSource, get_spec
+    from edgeinfer.server.weights import build_model
+
+    model = build_model(get_spec(name), WeightsSource("random", seed=0))
+    fp32_path = workdir / f"{name}.onnx"
+    torch.onnx.export(
+        model, (tensors[:1],), str(fp32_path), input_names=["x"], output_names=["y"], dynamo=False, opset_version=17
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"x": tensors[i : i + 1].numpy()} for i in range(len(tensors))])
+
+        def get_next(self) -> dict | None:
+            return next(self.items, None)
+
+    variants = {"ort fp32": fp32_path}
+    settings = {
+        "qdq per-channel": dict(quant_format=QuantFormat.QDQ, per_channel=True),
+        "qdq per-channel reduce_range": dict(quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True),
+        "qoperator per-channel": dict(quant_format=QuantFormat.QOperator, per_channel=True),
+        "qoperator per-tensor": dict(quant_format=QuantFormat.QOperator, per_channel=False),
+    }
+    for label, kw in settings.items():
+        path = workdir / f"{name}-{label.replace(' ', '_')}.onnx"
+        try:
+            quantize_static(
+                str(fp32_path), str(path), Reader(), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, **kw
+            )
+            variants[f"ort int8 {label}"] = path
+        except Exception as exc:  # a setting ORT cannot do for this graph is reported, not fatal
+            log(f"  ORT int8 {label} failed: {exc}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sessions = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for k, p in variants.items()}
+    x = {"x": tensors[:1].numpy()}
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for sess in sessions.values():
+        for _ in range(3):
+            sess.run(None, x)
+    for _ in range(iterations):
+        for k, sess in sessions.items():
+            t = time.perf_counter()
+            sess.run(None, x)
+            times[k].append((time.perf_counter() - t) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+# --- footprint -------------------------------------------------------------------------
+
+
+def client_footprint() -> dict[str, float]:
+    """Import time and resident memory of a fresh process that imports only the client."""
+    # VmRSS, not ru_maxrss: Linux carries ru_maxrss across execve, so a child of this
+    # (large) process would report the parent's peak.
+    code = (
+        "import time; t = time.perf_counter(); import edgeinfer.client; dt = time.perf_counter() - t; import sys; "
+        "rss = [l for l in open('/proc/self/status') if l.startswith('VmRSS:')][0].split()[1]; "
+        "print(dt * 1e3, int(rss) / 1024, 'torch' in sys.modules)"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+        for _ in range(3)
+    ]
+    return {
+        "client_import_ms": statistics.median(float(r[0]) for r in runs),
+        "client_rss_mb": statistics.median(float(r[1]) for r in runs),
+        "client_imports_torch": runs[0][2] == "True",
+    }
