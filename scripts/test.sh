@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, then runs all of them
 # (slow ones included; CUDA ones skip without a GPU). Extra args go to pytest.
+#   scripts/test.sh --fast     the inner loop: everything not marked slow
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -15,4 +16,8 @@ export EDGEINFER_PROTOBUF7_DIR="$PWD/.venv/protobuf7"
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check --quiet .
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  set -- -m "not slow" "$@"
+fi
 exec .venv/bin/python -m pytest "$@"

@@ -1,17 +1,19 @@
-"""Fixtures: a real in-process daemon on localhost:0, clients, generated clips."""
+"""Fixtures: real in-process daemons on localhost:0 (one factory starts and stops them all), clients,
+generated clips."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
 from edgeinfer.client import EdgeClient
-from helpers import SMALL_FRAME_LIMIT, write_video
+from helpers import SMALL_FRAME_LIMIT, daemons, write_video
 
 
 def _cuda() -> bool:
@@ -28,19 +30,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+@pytest.fixture
+def make_daemon() -> Iterator[Callable[..., Any]]:
+    """Daemons for one test: ``make_daemon(*models, ready=True, **Daemon kwargs)``; all stopped after it."""
+    with daemons() as start:
+        yield start
+
+
 @pytest.fixture(scope="session")
-def daemon() -> Iterator[object]:
+def session_daemons() -> Iterator[Callable[..., Any]]:
+    """The same factory for session-wide daemons (loaded once, shared by many tests)."""
+    with daemons() as start:
+        yield start
+
+
+@pytest.fixture(scope="session")
+def daemon(session_daemons: Callable[..., Any]) -> object:
     """SqueezeNet 1.0 fp32 with seeded random weights, limits small enough to test."""
     import torch
 
-    from edgeinfer.server import Daemon, WeightsSource, load_model
+    from edgeinfer.server import WeightsSource, load_model
 
     torch.set_num_threads(2)
-    d = Daemon(["127.0.0.1:0"], max_streams=8, max_frame_bytes=SMALL_FRAME_LIMIT).start()
-    d.add_model(load_model("squeezenet", weights=WeightsSource("random", seed=0), max_frame_bytes=SMALL_FRAME_LIMIT))
-    d.mark_ready()
-    yield d
-    d.stop(grace=1)
+    model = load_model("squeezenet", weights=WeightsSource("random", seed=0), max_frame_bytes=SMALL_FRAME_LIMIT)
+    return session_daemons(model, max_streams=8, max_frame_bytes=SMALL_FRAME_LIMIT)
 
 
 @pytest.fixture(scope="session")

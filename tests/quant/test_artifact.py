@@ -16,11 +16,11 @@ import torch
 
 from edgeinfer.client import EdgeClient, EdgeInferError
 from edgeinfer.quant import Artifact
-from edgeinfer.server import Daemon, WeightsSource, get_spec, load_model
+from edgeinfer.server import WeightsSource, get_spec, load_model
 from edgeinfer.server.artifacts import SIDECAR, load_int8_runner, read_sidecar
 from edgeinfer.server.errors import WeightsUnavailable
 from edgeinfer.server.loading import resolve_precision
-from helpers import synthetic_frame
+from helpers import MakeDaemon, synthetic_frame
 
 
 def test_sidecar_says_how_it_was_made(squeezenet_int8: Artifact) -> None:
@@ -113,29 +113,26 @@ def test_int8_is_cpu_only() -> None:
         resolve_precision("int8", torch.device("cuda"))
 
 
-def test_daemon_serves_the_int8_artifact(squeezenet_int8: Artifact) -> None:
+def test_daemon_serves_the_int8_artifact(squeezenet_int8: Artifact, make_daemon: MakeDaemon) -> None:
     repo = squeezenet_int8.folder.parents[1]
-    daemon = Daemon(["127.0.0.1:0"]).start()
-    try:
-        daemon.add_model(load_model("squeezenet", precision="int8", repository=repo))
-        daemon.add_model(load_model("squeezenet", precision="fp32", weights=WeightsSource("random", seed=0)))
-        daemon.mark_ready()
-        with EdgeClient(f"127.0.0.1:{daemon.port}") as client:
-            info = client.model("squeezenet", precision="int8")
-            assert (info.precision, info.engine) == ("int8", "x86")
-            assert info.fidelity is not None and info.fidelity.sqnr_db > 20 and info.fidelity.frames == 8
-            assert info.weights.startswith("artifact:") and "random:seed=0" in info.weights
-            frames = [synthetic_frame(i) for i in range(6)]
-            int8 = list(client.stream(frames, precision="int8", drop_policy="all"))
-            fp32 = list(client.stream(frames, precision="fp32", drop_policy="all"))
-            assert [r.prediction.precision for r in int8 if r.prediction] == ["int8"] * 6
-            agree = sum(a.prediction.top1.index == b.prediction.top1.index for a, b in zip(int8, fp32, strict=True))
-            assert agree >= 4  # same random model, int8 vs fp32
-            with pytest.raises(EdgeInferError) as err:
-                client.model("squeezenet", precision="fp16")
-            assert err.value.code == grpc.StatusCode.NOT_FOUND
-    finally:
-        daemon.stop(grace=0)
+    daemon = make_daemon(
+        load_model("squeezenet", precision="int8", repository=repo),
+        load_model("squeezenet", precision="fp32", weights=WeightsSource("random", seed=0)),
+    )
+    with EdgeClient(f"127.0.0.1:{daemon.port}") as client:
+        info = client.model("squeezenet", precision="int8")
+        assert (info.precision, info.engine) == ("int8", "x86")
+        assert info.fidelity is not None and info.fidelity.sqnr_db > 20 and info.fidelity.frames == 8
+        assert info.weights.startswith("artifact:") and "random:seed=0" in info.weights
+        frames = [synthetic_frame(i) for i in range(6)]
+        int8 = list(client.stream(frames, precision="int8", drop_policy="all"))
+        fp32 = list(client.stream(frames, precision="fp32", drop_policy="all"))
+        assert [r.prediction.precision for r in int8 if r.prediction] == ["int8"] * 6
+        agree = sum(a.prediction.top1.index == b.prediction.top1.index for a, b in zip(int8, fp32, strict=True))
+        assert agree >= 4  # same random model, int8 vs fp32
+        with pytest.raises(EdgeInferError) as err:
+            client.model("squeezenet", precision="fp16")
+        assert err.value.code == grpc.StatusCode.NOT_FOUND
 
 
 def test_qnnpack_artifact_for_arm_boards(calib_clip: Path, tmp_path: Path) -> None:

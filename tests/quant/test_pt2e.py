@@ -10,12 +10,14 @@ import pytest
 from edgeinfer.client import EdgeClient
 from edgeinfer.quant import quantize
 from edgeinfer.quant.flows import quantize_pt2e
-from edgeinfer.server import Daemon, WeightsSource, load_model
-from helpers import synthetic_frame
+from edgeinfer.server import WeightsSource, load_model
+from helpers import MakeDaemon, synthetic_frame
 
 
 @pytest.mark.slow
-def test_pt2e_squeezenet_artifact_is_measured_and_served(calib_clip: Path, tmp_path: Path) -> None:
+def test_pt2e_squeezenet_artifact_is_measured_and_served(
+    calib_clip: Path, tmp_path: Path, make_daemon: MakeDaemon
+) -> None:
     artifact = quantize(
         "squeezenet",
         calib=calib_clip,
@@ -30,15 +32,10 @@ def test_pt2e_squeezenet_artifact_is_measured_and_served(calib_clip: Path, tmp_p
     assert meta["fidelity"]["sqnr_db"] > 20
     model = load_model("squeezenet", precision="int8", repository=tmp_path)
     assert model.scheduler.max_batch == 1  # compiled for batch 1
-    daemon = Daemon(["127.0.0.1:0"]).start()
-    try:
-        daemon.add_model(model)
-        daemon.mark_ready()
-        with EdgeClient(f"127.0.0.1:{daemon.port}") as client:
-            results = list(client.stream([synthetic_frame(i) for i in range(4)], drop_policy="all"))
-        assert [r.prediction.precision for r in results if r.prediction] == ["int8"] * 4
-    finally:
-        daemon.stop(grace=0)
+    daemon = make_daemon(model)
+    with EdgeClient(f"127.0.0.1:{daemon.port}") as client:
+        results = list(client.stream([synthetic_frame(i) for i in range(4)], drop_policy="all"))
+    assert [r.prediction.precision for r in results if r.prediction] == ["int8"] * 4
 
 
 def test_pt2e_without_torchao_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

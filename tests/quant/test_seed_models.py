@@ -14,10 +14,10 @@ import torch
 from edgeinfer.client import EdgeClient
 from edgeinfer.quant import Artifact, quantize
 from edgeinfer.quant.quantize import prepare_for_int8
-from edgeinfer.server import Daemon, WeightsSource, get_spec, load_model
+from edgeinfer.server import WeightsSource, get_spec, load_model
 from edgeinfer.server.artifacts import load_int8_runner
 from edgeinfer.server.weights import build_model
-from helpers import synthetic_frame
+from helpers import MakeDaemon, synthetic_frame
 
 OTHERS = ["squeezenet1_1", "vgg16", "inception_v3", "resnet50"]
 
@@ -70,20 +70,14 @@ def test_artifacts_load_in_a_fresh_process_without_torchvision(artifacts: dict[s
 
 
 @pytest.mark.slow
-def test_daemon_serves_every_int8_artifact(artifacts: dict[str, Artifact], repo: Path) -> None:
-    daemon = Daemon(["127.0.0.1:0"]).start()
-    try:
+def test_daemon_serves_every_int8_artifact(artifacts: dict[str, Artifact], repo: Path, make_daemon: MakeDaemon) -> None:
+    daemon = make_daemon(*[load_model(name, precision="int8", repository=repo, warmup=False) for name in artifacts])
+    with EdgeClient(f"127.0.0.1:{daemon.port}", timeout=60) as client:
         for name in artifacts:
-            daemon.add_model(load_model(name, precision="int8", repository=repo, warmup=False))
-        daemon.mark_ready()
-        with EdgeClient(f"127.0.0.1:{daemon.port}", timeout=60) as client:
-            for name in artifacts:
-                results = list(client.stream([synthetic_frame(i) for i in range(2)], name, drop_policy="all"))
-                assert [(r.prediction.model, r.prediction.precision) for r in results if r.prediction] == [
-                    (name, "int8")
-                ] * 2
-    finally:
-        daemon.stop(grace=0)
+            results = list(client.stream([synthetic_frame(i) for i in range(2)], name, drop_policy="all"))
+            assert [(r.prediction.model, r.prediction.precision) for r in results if r.prediction] == [
+                (name, "int8")
+            ] * 2
 
 
 @pytest.mark.slow

@@ -15,10 +15,10 @@ import torch
 import torchvision
 
 from edgeinfer.client import EdgeClient
-from edgeinfer.server import Daemon, WeightsSource, load_model
+from edgeinfer.server import WeightsSource, load_model
 from edgeinfer.server.preprocess import JpegImage, Preprocessor
 from edgeinfer.server.registry import get_spec
-from helpers import jpeg, synthetic_frame
+from helpers import MakeDaemon, jpeg, synthetic_frame
 
 pytestmark = pytest.mark.cuda
 
@@ -69,17 +69,14 @@ def test_a_model_that_overflows_fp16_is_refused_and_serves_in_fp32() -> None:
         model.stop()
 
 
-def test_served_on_cuda_end_to_end() -> None:
-    daemon = Daemon(["127.0.0.1:0"]).start()
-    try:
-        daemon.add_model(load_model("squeezenet", device="cuda", weights=WeightsSource("random", seed=0)))
-        daemon.mark_ready()
-        with EdgeClient(f"127.0.0.1:{daemon.port}") as client:
-            results = list(client.stream([synthetic_frame(i) for i in range(10)], drop_policy="all"))
-        assert [r.kind for r in results] == ["prediction"] * 10
-        assert {(r.prediction.precision, r.prediction.device) for r in results if r.prediction} == {("fp16", "cuda")}
-    finally:
-        daemon.stop(grace=1)
+def test_served_on_cuda_end_to_end(make_daemon: MakeDaemon) -> None:
+    daemon = make_daemon()
+    daemon.add_model(load_model("squeezenet", device="cuda", weights=WeightsSource("random", seed=0)))
+    daemon.mark_ready()
+    with EdgeClient(f"127.0.0.1:{daemon.port}") as client:
+        results = list(client.stream([synthetic_frame(i) for i in range(10)], drop_policy="all"))
+    assert [r.kind for r in results] == ["prediction"] * 10
+    assert {(r.prediction.precision, r.prediction.device) for r in results if r.prediction} == {("fp16", "cuda")}
 
 
 def test_int8_on_cuda_is_refused() -> None:
@@ -171,30 +168,27 @@ def test_cuda_graph_replays_match_the_eager_model_at_every_batch_size() -> None:
 
 
 @pytest.mark.parametrize("cuda_graphs", [False, True])
-def test_concurrent_streams_on_cuda_are_batched_and_all_answered(cuda_graphs: bool) -> None:
-    daemon = Daemon(["127.0.0.1:0"], max_streams=8).start()
-    try:
-        weights = WeightsSource("random", seed=0)
-        daemon.add_model(load_model("resnet50", device="cuda", weights=weights, max_batch=8, cuda_graphs=cuda_graphs))
-        daemon.mark_ready()
-        data = jpeg(synthetic_frame(5, 640, 480))
-        results: list = []
+def test_concurrent_streams_on_cuda_are_batched_and_all_answered(cuda_graphs: bool, make_daemon: MakeDaemon) -> None:
+    daemon = make_daemon(max_streams=8)
+    weights = WeightsSource("random", seed=0)
+    daemon.add_model(load_model("resnet50", device="cuda", weights=weights, max_batch=8, cuda_graphs=cuda_graphs))
+    daemon.mark_ready()
+    data = jpeg(synthetic_frame(5, 640, 480))
+    results: list = []
 
-        def one() -> None:
-            with EdgeClient(f"127.0.0.1:{daemon.port}") as client:
-                results.extend(client.stream([data] * 30, "resnet50", drop_policy="all"))
+    def one() -> None:
+        with EdgeClient(f"127.0.0.1:{daemon.port}") as client:
+            results.extend(client.stream([data] * 30, "resnet50", drop_policy="all"))
 
-        threads = [threading.Thread(target=one) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert [r.kind for r in results] == ["prediction"] * 120
-        sizes = [r.prediction.batch_size for r in results if r.prediction]
-        assert max(sizes) > 1  # frames of different streams shared a forward pass
-        assert len({r.prediction.classes[0].index for r in results if r.prediction}) == 1  # same frame, same answer
-    finally:
-        daemon.stop(grace=1)
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.kind for r in results] == ["prediction"] * 120
+    sizes = [r.prediction.batch_size for r in results if r.prediction]
+    assert max(sizes) > 1  # frames of different streams shared a forward pass
+    assert len({r.prediction.classes[0].index for r in results if r.prediction}) == 1  # same frame, same answer
 
 
 def test_a_cuda_daemon_exits_on_sigterm_after_serving_concurrent_streams(tmp_path: Path) -> None:

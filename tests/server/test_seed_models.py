@@ -8,20 +8,17 @@ import pytest
 from torchvision.models import get_model_weights
 
 from edgeinfer.client import EdgeClient
-from edgeinfer.server import Daemon, WeightsSource, load_model
-from helpers import synthetic_frame
+from edgeinfer.server import WeightsSource, load_model
+from helpers import daemons, synthetic_frame
 
 SEED_MODELS = {"squeezenet1_0": 224, "squeezenet1_1": 224, "vgg16": 224, "inception_v3": 299, "resnet50": 224}
 
 
 @pytest.fixture(scope="module")
 def all_models() -> Iterator[str]:
-    daemon = Daemon(["127.0.0.1:0"]).start()
-    for name in SEED_MODELS:
-        daemon.add_model(load_model(name, weights=WeightsSource("random", seed=0), warmup=False))
-    daemon.mark_ready()
-    yield f"127.0.0.1:{daemon.port}"
-    daemon.stop(grace=1)
+    with daemons() as start:
+        models = [load_model(name, weights=WeightsSource("random", seed=0), warmup=False) for name in SEED_MODELS]
+        yield f"127.0.0.1:{start(*models).port}"
 
 
 @pytest.mark.slow

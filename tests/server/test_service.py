@@ -16,7 +16,7 @@ from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 from edgeinfer.server import Daemon, WeightsSource, load_model
 from fakes import SlowRunner, fake_model
-from helpers import SMALL_FRAME_LIMIT, jpeg, synthetic_frame
+from helpers import SMALL_FRAME_LIMIT, MakeDaemon, jpeg, synthetic_frame
 
 GOOD = synthetic_frame(5)
 
@@ -187,35 +187,32 @@ def test_max_streams_is_enforced_and_released(target: str) -> None:
         assert [r.kind for r in c.stream([GOOD], drop_policy="all")] == ["prediction"]
 
 
-def test_health_reflection_and_loading_state() -> None:
-    daemon = Daemon(["127.0.0.1:0"]).start()
-    try:
-        channel = grpc.insecure_channel(f"127.0.0.1:{daemon.port}")
-        health = health_pb2_grpc.HealthStub(channel)
-        service = "edgeinfer.v1.EdgeInference"
-        for name in ("", service):
-            assert health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status == (
-                health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-        with EdgeClient(f"127.0.0.1:{daemon.port}") as c, pytest.raises(EdgeInferError) as info:
-            c.model("squeezenet")
-        assert info.value.code == grpc.StatusCode.UNAVAILABLE and "loading" in info.value.details
-
-        daemon.add_model(load_model("squeezenet1_1", weights=WeightsSource("random", seed=3), warmup=False))
-        daemon.mark_ready()
-        assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status == (
-            health_pb2.HealthCheckResponse.SERVING
+def test_health_reflection_and_loading_state(make_daemon: MakeDaemon) -> None:
+    daemon = make_daemon()
+    channel = grpc.insecure_channel(f"127.0.0.1:{daemon.port}")
+    health = health_pb2_grpc.HealthStub(channel)
+    service = "edgeinfer.v1.EdgeInference"
+    for name in ("", service):
+        assert health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status == (
+            health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        refl = reflection_pb2_grpc.ServerReflectionStub(channel)
-        [answer] = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
-        names = {s.name for s in answer.list_services_response.service}
-        assert {service, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
-        channel.close()
-    finally:
-        daemon.stop(grace=0)
+    with EdgeClient(f"127.0.0.1:{daemon.port}") as c, pytest.raises(EdgeInferError) as info:
+        c.model("squeezenet")
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE and "loading" in info.value.details
+
+    daemon.add_model(load_model("squeezenet1_1", weights=WeightsSource("random", seed=3), warmup=False))
+    daemon.mark_ready()
+    assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status == (
+        health_pb2.HealthCheckResponse.SERVING
+    )
+    refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+    [answer] = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {service, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+    channel.close()
 
 
-def test_a_call_stuck_in_a_hung_model_is_reported_after_the_drain() -> None:
+def test_a_call_stuck_in_a_hung_model_is_reported_after_the_drain(make_daemon: MakeDaemon) -> None:
     """The command line exits anyway (status 1) when a handler outlives the drain; it asks busy_handlers()."""
     entered = threading.Event()
 
@@ -226,9 +223,7 @@ def test_a_call_stuck_in_a_hung_model_is_reported_after_the_drain() -> None:
 
     runner = Hung()
     runner.gate.clear()  # the forward pass hangs until the gate opens
-    daemon = Daemon(["127.0.0.1:0"]).start()
-    daemon.add_model(fake_model(runner))
-    daemon.mark_ready()
+    daemon = make_daemon(fake_model(runner))
     request = pb.ClassifyRequest(model=pb.ModelSelector(name="squeezenet"), image=pb.Image(jpeg=jpeg(GOOD)), top_k=1)
     channel = grpc.insecure_channel(f"127.0.0.1:{daemon.port}")
     call = pb_grpc.EdgeInferenceStub(channel).Classify.future(request)  # no deadline
