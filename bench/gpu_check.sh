@@ -53,6 +53,8 @@ if [[ "${1:-}" == "--bench-only" ]]; then
 else
     timeout 180 python3 -m pytest -v -p no:cacheprovider -m cuda tests/server/test_cuda.py 2>&1 | tee "$OUT/cuda_tests.log"
     tests_rc=${PIPESTATUS[0]}
+    # A measurement, not a test: does a bare nvJPEG decode on the model's stream corrupt it here?
+    timeout 120 python3 -m bench.nvjpeg_hazard 2>&1 | tee "$OUT/nvjpeg_hazard.json"
 fi
 timeout 390 python3 -m bench.gpu_fp16 --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_fp16.log"
 bench_rc=${PIPESTATUS[0]}

@@ -162,6 +162,7 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert (one["model_only"], one["served"]) == ([], []) and [r["where"] for r in one["preprocessing"]] == ["cpu"]
 
 
+@pytest.mark.slow  # a client process per stream
 def test_stream_clients_answer_every_frame_and_spread_streams_over_the_targets(target: str, tmp_path: Path) -> None:
     """bench/stream_clients.py: one client process per stream, stream i to target i % len(targets)."""
     from edgeinfer.client.frames import Encoder, Frame

@@ -18,6 +18,7 @@ def _exe(name: str) -> str:
     return shutil.which(name) or str(Path(sys.executable).with_name(name))
 
 
+@pytest.mark.slow  # an edgeserver process
 def test_edgeserver_serves_then_drains_on_sigterm(tmp_path: Path) -> None:
     sock = tmp_path / "edge.sock"
     proc = subprocess.Popen(
@@ -76,6 +77,7 @@ def test_edgeserver_serves_then_drains_on_sigterm(tmp_path: Path) -> None:
         (["--model", "squeezenet", "--weights", "random", "--cuda-graphs"], "it needs --device cuda, not cpu"),
     ],
 )
+@pytest.mark.slow  # an edgeserver process per case
 def test_edgeserver_config_errors_exit_2_with_a_reason(args: list[str], message: str) -> None:
     out = subprocess.run([_exe("edgeserver"), "--port", "0", *args], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2

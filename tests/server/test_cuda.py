@@ -7,13 +7,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 
+from bench.nvjpeg_hazard import forward_while_decoding
 from edgeinfer.client import EdgeClient
 from edgeinfer.server import WeightsSource, load_model
 from edgeinfer.server.preprocess import JpegImage, Preprocessor
@@ -86,65 +85,11 @@ def test_int8_on_cuda_is_refused() -> None:
         load_model("squeezenet", precision="int8", device="cuda")
 
 
-def _forward_while_decoding(decode: Callable[[bytes], torch.Tensor], rounds: int = 40) -> tuple[int, int, int]:
-    """Run a model over and over on this thread's stream while 3 threads decode JPEGs.
-
-    Returns (forward passes that differ from the first one, decodes that differ
-    from a serial decode of the same frame, decodes). Both should be 0 differences:
-    the model and input never change, and neither do the frames.
-    """
-    torch.manual_seed(0)
-    model = torchvision.models.resnet50().cuda().half().eval()
-    x = torch.randn(16, 3, 224, 224, device="cuda", dtype=torch.float16)
-    frames = [jpeg(synthetic_frame(i, 640, 480)) for i in range(4)]
-    with torch.inference_mode():
-        reference = model(x).float().cpu()
-        expected = [decode(f).float().cpu() for f in frames]
-    stop = threading.Event()
-    decoded: list[bool] = []
-
-    def decode_loop() -> None:
-        with torch.inference_mode():
-            while not stop.is_set():
-                for i, f in enumerate(frames):
-                    decoded.append(torch.allclose(decode(f).float().cpu(), expected[i], atol=1e-3))
-
-    threads = [threading.Thread(target=decode_loop) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
-        with torch.inference_mode():
-            outs = [model(x) for _ in range(rounds)]  # queued back to back, activations freed as they go
-            torch.cuda.synchronize()
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    wrong = sum(not torch.allclose(o.float().cpu(), reference, atol=1e-2, rtol=0) for o in outs)
-    return wrong, decoded.count(False), len(decoded)
-
-
 def test_decoding_on_other_threads_leaves_a_running_model_alone() -> None:
     cfg = get_spec("resnet50").preprocessing
     pre = Preprocessor(cfg, device=torch.device("cuda"), dtype=torch.float16)
-    wrong, bad_decodes, decodes = _forward_while_decoding(lambda data: pre(JpegImage(data)).tensor)
+    wrong, bad_decodes, decodes = forward_while_decoding(lambda data: pre(JpegImage(data)).tensor)
     assert decodes > 0
-    assert (wrong, bad_decodes) == (0, 0)
-
-
-@pytest.mark.xfail(reason="upstream hazard (pytorch/vision#9606): shows whether this GPU has it", strict=False)
-def test_bare_nvjpeg_decode_on_the_models_stream_can_corrupt_it() -> None:
-    """What Preprocessor guards against: decode_jpeg on the same (default) stream as the model.
-
-    XFAIL: the hazard showed on this GPU (a forward pass or a decode came out wrong).
-    XPASS: it did not show this time; the guard is still needed on hardware-decoder GPUs.
-    """
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    def bare(data: bytes) -> torch.Tensor:
-        return decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB, device="cuda")
-
-    wrong, bad_decodes, _ = _forward_while_decoding(bare)
     assert (wrong, bad_decodes) == (0, 0)
 
 

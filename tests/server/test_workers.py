@@ -23,6 +23,9 @@ from edgeinfer.client.api import channel_options
 from edgeinfer.server.workers import free_port
 from helpers import synthetic_frame
 
+# Each test runs edgeserver processes: left out of the inner loop (scripts/test.sh --fast).
+pytestmark = pytest.mark.slow
+
 MODEL = ["--model", "squeezenet1_1", "--weights", "random", "--threads", "1", "--host", "127.0.0.1"]
 
 
