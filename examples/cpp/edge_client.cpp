@@ -25,6 +25,7 @@
 #include <iostream>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -170,36 +171,52 @@ std::shared_ptr<grpc::Channel> make_channel(const Options& o) {
   return grpc::CreateCustomChannel(o.server, creds, args);
 }
 
-// The frames to send, in order: each JPEG file, or each height*width*3 slice of the raw file; --repeat times.
-std::vector<edgeinfer::v1::Image> load_frames(const Options& o) {
-  std::vector<edgeinfer::v1::Image> one_pass;
-  if (!o.raw.empty()) {
-    const std::string data = read_file(o.raw);
-    const size_t frame_bytes = size_t(o.width) * o.height * 3;
-    if (data.empty() || data.size() % frame_bytes != 0) {
-      usage_error(o.raw + " holds " + std::to_string(data.size()) + " bytes, not a whole number of " +
-                  std::to_string(o.width) + "x" + std::to_string(o.height) + "x3 frames");
-    }
-    for (size_t off = 0; off < data.size(); off += frame_bytes) {
-      edgeinfer::v1::Image image;
-      auto* raw = image.mutable_raw();
-      raw->set_width(o.width);
-      raw->set_height(o.height);
-      raw->set_pixel_format(o.bgr ? edgeinfer::v1::PIXEL_FORMAT_BGR : edgeinfer::v1::PIXEL_FORMAT_RGB);
-      raw->set_data(data.substr(off, frame_bytes));
-      one_pass.push_back(std::move(image));
-    }
-  } else {
-    for (const auto& path : o.jpegs) {
-      edgeinfer::v1::Image image;
-      image.set_jpeg(read_file(path));
-      one_pass.push_back(std::move(image));
+// The frames to send, in order, --repeat times: each JPEG file, or each height*width*3 slice of the
+// raw file. Raw frames are read one at a time as they are sent, so a long recording needs no memory.
+class FrameSource {
+ public:
+  explicit FrameSource(const Options& o) : o_(o), frame_bytes_(size_t(o.width) * o.height * 3) {
+    if (!o.raw.empty()) {
+      raw_.open(o.raw, std::ios::binary | std::ios::ate);
+      if (!raw_) usage_error("cannot read " + o.raw);
+      const auto size = static_cast<size_t>(raw_.tellg());
+      if (size == 0 || size % frame_bytes_ != 0) {
+        usage_error(o.raw + " holds " + std::to_string(size) + " bytes, not a whole number of " +
+                    std::to_string(o.width) + "x" + std::to_string(o.height) + "x3 frames");
+      }
+      per_pass_ = size / frame_bytes_;
+    } else {
+      for (const auto& path : o.jpegs) jpegs_.push_back(read_file(path));
+      per_pass_ = jpegs_.size();
     }
   }
-  std::vector<edgeinfer::v1::Image> frames;
-  for (unsigned r = 0; r < o.repeat; ++r) frames.insert(frames.end(), one_pass.begin(), one_pass.end());
-  return frames;
-}
+
+  size_t total() const { return per_pass_ * o_.repeat; }
+
+  // Fills `image` with frame `i` (0 <= i < total(), called in order).
+  void fill(size_t i, edgeinfer::v1::Image* image) {
+    const size_t k = i % per_pass_;
+    if (o_.raw.empty()) {
+      image->set_jpeg(jpegs_[k]);
+      return;
+    }
+    auto* raw = image->mutable_raw();
+    raw->set_width(o_.width);
+    raw->set_height(o_.height);
+    raw->set_pixel_format(o_.bgr ? edgeinfer::v1::PIXEL_FORMAT_BGR : edgeinfer::v1::PIXEL_FORMAT_RGB);
+    std::string* data = raw->mutable_data();
+    data->resize(frame_bytes_);
+    raw_.seekg(static_cast<std::streamoff>(k * frame_bytes_));
+    if (!raw_.read(data->data(), static_cast<std::streamsize>(frame_bytes_))) usage_error("cannot read " + o_.raw);
+  }
+
+ private:
+  const Options& o_;
+  const size_t frame_bytes_;
+  std::ifstream raw_;
+  std::vector<std::string> jpegs_;
+  size_t per_pass_ = 0;
+};
 
 void authorize(grpc::ClientContext& ctx, const std::string& token) {
   if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
@@ -230,7 +247,7 @@ int check_health(const std::shared_ptr<grpc::Channel>& channel, const Options& o
 }
 
 int stream(const std::shared_ptr<grpc::Channel>& channel, const Options& o, const std::string& token,
-           const std::vector<edgeinfer::v1::Image>& frames) {
+           FrameSource& frames) {
   auto stub = edgeinfer::v1::EdgeInference::NewStub(channel);
   grpc::ClientContext ctx;
   authorize(ctx, token);
@@ -248,14 +265,14 @@ int stream(const std::shared_ptr<grpc::Channel>& channel, const Options& o, cons
     c->set_top_k(o.top_k);
     c->set_drop_policy(o.drop_policy == "all" ? edgeinfer::v1::DROP_POLICY_ALL : edgeinfer::v1::DROP_POLICY_LATEST);
     if (!call->Write(config)) return;  // the stream already ended: Finish() has the status
-    for (size_t i = 0; i < frames.size(); ++i) {
+    for (size_t i = 0; i < frames.total(); ++i) {
       edgeinfer::v1::StreamRequest request;
       auto* frame = request.mutable_frame();
       frame->set_sequence(i);
       frame->set_capture_time_ns(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                      std::chrono::system_clock::now().time_since_epoch())
                                      .count());
-      *frame->mutable_image() = frames[i];
+      frames.fill(i, frame->mutable_image());
       {
         std::lock_guard<std::mutex> lock(mu);
         sent_at[i] = Clock::now();
@@ -302,10 +319,10 @@ int stream(const std::shared_ptr<grpc::Channel>& channel, const Options& o, cons
   sender.join();
   grpc::Status status = call->Finish();
   const size_t answered = predicted + dropped + errors;
-  std::cout << "summary: sent " << frames.size() << ", answered " << answered << " (predicted " << predicted
+  std::cout << "summary: sent " << frames.total() << ", answered " << answered << " (predicted " << predicted
             << ", dropped " << dropped << ", errors " << errors << ")" << std::endl;
   if (!status.ok()) return fail(status);
-  return answered == frames.size() ? 0 : 1;
+  return answered == frames.total() ? 0 : 1;
 }
 
 }  // namespace
@@ -313,10 +330,10 @@ int stream(const std::shared_ptr<grpc::Channel>& channel, const Options& o, cons
 int main(int argc, char** argv) {
   const Options o = parse(argc, argv);
   const std::string token = o.token_file.empty() ? "" : trim(read_file(o.token_file));
-  // Read (and check) the frames before connecting: a wrong --width is a usage mistake, not a daemon's.
-  const std::vector<edgeinfer::v1::Image> frames = o.health_only ? std::vector<edgeinfer::v1::Image>{} : load_frames(o);
+  // Open (and check) the files before connecting: a wrong --width is a usage mistake, not a daemon's.
+  std::unique_ptr<FrameSource> frames = o.health_only ? nullptr : std::make_unique<FrameSource>(o);
   auto channel = make_channel(o);
   // Health is never behind the token (Kubernetes probes carry none), so Check goes without it.
   if (int rc = check_health(channel, o); rc != 0 || o.health_only) return rc;
-  return stream(channel, o, token, frames);
+  return stream(channel, o, token, *frames);
 }
