@@ -4,6 +4,12 @@
         for result in client.stream(capture_frames(0), model="squeezenet"):
             print(result.sequence, result.prediction.top1.label if result.prediction else result.kind)
 
+Several daemons: give a target that resolves to many addresses and the calls
+spread over them (gRPC's ``round_robin``; see :class:`EdgeClient`)::
+
+    EdgeClient("dns:///edgeinfer.robots.svc.cluster.local:50051")  # a headless Kubernetes Service
+    EdgeClient("ipv4:10.0.0.5:50051,10.0.0.6:50051")
+
 Every call takes a timeout; every failure is one :class:`EdgeInferError` that
 keeps the gRPC status code. Streaming runs the sender in gRPC's own thread and
 yields answers as they arrive, one per frame, in frame order.
@@ -12,6 +18,7 @@ yields answers as they arrive, one per frame, in frame order.
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -27,14 +34,23 @@ from edgeinfer.client.shm import DEFAULT_SLOTS, SharedMemoryFrames
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 
-__all__ = ["DROP_POLICIES", "EdgeClient", "channel_options"]
+__all__ = ["DROP_POLICIES", "LOAD_BALANCING", "EdgeClient", "channel_options"]
 
 DROP_POLICIES = {"latest": pb.DROP_POLICY_LATEST, "all": pb.DROP_POLICY_ALL}
 
+# gRPC's default policy, pick_first, sends every call to the first address that
+# answers, so a name with three daemons behind it would load one. round_robin keeps
+# a connection to every address the resolver returns and gives each new call
+# (a stream or a unary call) to the next ready one. It is the channel's *default*
+# service config: a service config published by the resolver (DNS TXT, xDS) wins.
+# https://github.com/grpc/grpc/blob/master/doc/service_config.md
+LOAD_BALANCING = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
-def channel_options(max_message_bytes: int = 16 << 20) -> list[tuple[str, int]]:
+
+def channel_options(max_message_bytes: int = 16 << 20) -> list[tuple[str, int | str]]:
     """Every channel option the client sets, named once and explained."""
     return [
+        ("grpc.service_config", LOAD_BALANCING),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         # Ping every 30 s so a dead link (robot out of Wi-Fi) is noticed within
@@ -54,6 +70,18 @@ class EdgeClient:
         channel: grpc.Channel | None = None,
     ) -> None:
         """``target``: host:port, or unix:/path for a daemon on the same board.
+
+        A target that resolves to several addresses spreads the calls over them:
+        the channel runs gRPC's ``round_robin`` load-balancing policy (set as the
+        channel's default service config, ``LOAD_BALANCING``), so each new stream or
+        unary call goes to the next daemon whose connection is ready, and a daemon
+        that goes away is skipped until it is back. Such targets are
+        ``dns:///name:port`` (every A/AAAA record of the name, re-resolved when a
+        connection drops; a headless Kubernetes Service gives one per pod) and
+        ``ipv4:10.0.0.5:50051,10.0.0.6:50051`` (or ``ipv6:[::1]:50051,...``), a
+        fixed list. A stream stays on the daemon it started on; a plain host:port
+        or unix:/path is one daemon, as before. A ``channel`` passed in is used
+        as it is (its own options, its own policy).
 
         ``timeout`` is the default deadline, in seconds, of every unary call.
         """

@@ -39,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", type=Path, metavar="PATH", help="an image file or a folder of images")
     p.add_argument("--model", default="squeezenet", help="model name (default: squeezenet)")
     p.add_argument("--precision", default="", help="fp32, fp16 or int8 when the daemon serves several")
-    p.add_argument("--server", default="localhost:50051", help="host:port or unix:/path (default: localhost:50051)")
+    p.add_argument(
+        "--server",
+        default="localhost:50051",
+        help="host:port or unix:/path (default: localhost:50051); several daemons, streams spread round-robin: "
+        "dns:///name:port (every address of the name) or ipv4:host:port,host:port",
+    )
     p.add_argument("--top-k", type=int, default=5, help="classes per answer (default: 5)")
     p.add_argument(
         "--drop-policy",

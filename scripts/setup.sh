@@ -9,6 +9,27 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PY --version)"
   "$PY" -m venv .venv
 fi
+# The C++ example's toolchain (tests/examples/test_cpp_client.py builds examples/cpp and
+# skips without it). Installed only where we can: as root on Debian/Ubuntu (CI), and
+# only what is missing; elsewhere say what to install and go on.
+CPP_PKGS=(cmake g++ make pkg-config libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc)
+if command -v dpkg-query >/dev/null; then
+  missing=()
+  for pkg in "${CPP_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "setup: installing the C++ example's toolchain: ${missing[*]}"
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq >/dev/null
+      apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+      echo "setup: C++ example toolchain missing (its tests will skip): sudo apt-get install ${missing[*]}"
+    fi
+  fi
+fi
+
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 
 # The torch release the project is tested with. On x86-64 this is the CUDA build

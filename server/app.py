@@ -63,7 +63,13 @@ class Daemon:
         max_frame_bytes: int = 8 << 20,
         max_shm_bytes: int = 256 << 20,
         reuse_port: bool = False,
+        health_addresses: Sequence[str] = (),
     ) -> None:
+        """``health_addresses``: also serve grpc.health.v1, and nothing else, in plaintext there.
+
+        Kubernetes' native gRPC probes dial plaintext with no client certificate, so a
+        daemon that serves TLS answers them on a port of its own (deploy/daemon.yaml).
+        """
         self.table = ModelTable()
         self.servicer = EdgeInferenceServicer(self.table, max_streams=max_streams, max_shm_bytes=max_shm_bytes)
         # A stream holds one handler thread for its life; unary calls and health
@@ -84,6 +90,16 @@ class Daemon:
         )
         self.ports = [self.server.add_insecure_port(a) for a in addresses]
         self.addresses = list(addresses)
+        self.health_server: grpc.Server | None = None
+        self.health_ports: list[int] = []
+        if health_addresses:
+            # Two threads: probes are a few unary Check calls a second at most.
+            self.health_server = grpc.server(
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{self._handler_prefix}-health"),
+                options=[("grpc.so_reuseport", int(reuse_port))],
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_ports = [self.health_server.add_insecure_port(a) for a in health_addresses]
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
     @property
@@ -104,6 +120,8 @@ class Daemon:
 
     def start(self) -> Daemon:
         self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
         return self
 
     def add_model(self, model: ServedModel) -> None:
@@ -117,7 +135,11 @@ class Daemon:
         """Drain: NOT_SERVING, refuse new calls, give open streams ``grace`` seconds."""
         self.servicer.draining = True
         self.health.enter_graceful_shutdown()
+        # The health port stops with the rest: until then probes read NOT_SERVING, and no new streams arrive.
+        health_stopped = self.health_server.stop(grace) if self.health_server is not None else None
         self.server.stop(grace).wait()
+        if health_stopped is not None:
+            health_stopped.wait()
         self.table.stop()
         self._pool.shutdown(wait=False)
 

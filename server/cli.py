@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=50051, help="TCP port (0 picks a free one; default: 50051)")
     p.add_argument("--unix-socket", type=Path, help="also listen on this Unix domain socket (same-host clients)")
     p.add_argument(
+        "--health-port",
+        type=int,
+        default=None,
+        help="also serve grpc.health.v1 alone, in plaintext, on --host at this port: for Kubernetes' gRPC probes, "
+        "which cannot speak TLS (default: off)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=os.cpu_count() or 1,
@@ -182,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             max_frame_bytes=args.max_frame_bytes,
             max_shm_bytes=args.max_shm_bytes,
             reuse_port=worker,
+            health_addresses=[f"{args.host}:{args.health_port}"] if args.health_port is not None else (),
         ).start()
         print(f"edgeserver: listening on {', '.join(d.listening)}{'' if worker else ' (loading models)'}", flush=True)
         return d

@@ -46,6 +46,7 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         self.max_streams = max_streams
         self.max_shm_bytes = max_shm_bytes
         self._streams = 0
+        self._streams_opened = 0
         self._lock = threading.Lock()
         self.draining = False
 
@@ -95,7 +96,18 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
                     f"close one or start the daemon with a higher --max-streams"
                 )
             self._streams += 1
+            self._streams_opened += 1
             metrics.ACTIVE_STREAMS.set(self._streams)
+
+    @property
+    def open_streams(self) -> int:
+        """Streams this servicer serves now (read-only; tests and fleets count with it)."""
+        return self._streams
+
+    @property
+    def streams_opened(self) -> int:
+        """Streams accepted since start, closed ones included."""
+        return self._streams_opened
 
     def _close_stream(self) -> None:
         with self._lock:
