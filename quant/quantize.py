@@ -34,15 +34,9 @@ __all__ = ["DEFAULT_FLOW", "Artifact", "prepare_for_int8", "quantize"]
 
 log = logging.getLogger(__name__)
 
-# Chosen by bench/quant_flows.py: batch-1 medians, fp32 / fx / pt2e interleaved, on a
-# 2-core AVX512-VNNI Xeon (torch 2.14.1), two runs. fx was the fastest for every model
-# in both and builds in seconds instead of a minute; pt2e's SQNR was up to 2 dB higher
-# on some, not worth ~1.1-1.3x the latency. Second run (ms):  fp32    fx    pt2e
-#   squeezenet1_0                                           39.9    6.3    7.3
-#   squeezenet1_1                                           28.7    4.4    5.8
-#   vgg16                                                  288.5   57.6   59.0
-#   inception_v3                                           208.3   28.9   35.4
-#   resnet50                                                84.4   14.9   16.0
+# Chosen by bench/quant_flows.py (interleaved batch-1 medians of fp32, fx and pt2e; the
+# figures are in bench/results/README.md): fx was the fastest for every model and builds in
+# seconds instead of a minute; pt2e's SQNR was a little higher on some, not worth its latency.
 DEFAULT_FLOW = {
     "squeezenet1_0": "fx",
     "squeezenet1_1": "fx",

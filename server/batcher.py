@@ -245,8 +245,8 @@ class BatchScheduler:
             job.finish(result)
         # The batch's tensors are freed on return, after the answers: freeing a tensor lets go
         # of the GIL, and a stream thread woken by its answer then takes its turn between
-        # forward passes rather than during the next one (freeing them before settling measured
-        # int8 SqueezeNet served/limit 0.98 against 1.09 in an interleaved A/B; issue 4).
+        # forward passes rather than during the next one (the other order served fewer frames
+        # in an interleaved A/B of bench/serve_bench.py).
 
     @staticmethod
     def _results(batch: list[Job], out: BatchOutput, started: float) -> list[JobResult | InternalError]:

@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     from edgeinfer.server.weights import WeightsSource
 
     torch.set_num_threads(max(1, args.threads))
-    # The inter-op pool stays at torch's default: capping it at 1 measured int8
-    # SqueezeNet 5-8% slower (the TorchScript executor uses it).
+    # The inter-op pool stays at torch's default: the TorchScript executor of int8
+    # artifacts uses it, and capping it at 1 made them slower (bench/results/README.md).
 
     addresses = [f"{args.host}:{args.port}"]
     if args.unix_socket:

@@ -73,9 +73,9 @@ class ModelRunner:
     def capture_graphs(self, crop_size: int, batch_sizes: tuple[int, ...]) -> None:
         """CUDA: record the forward pass once per batch size as a CUDA graph; ``infer`` replays it.
 
-        An eager forward pass launches each kernel from Python (ResNet50: ~160 of them,
-        4.5-8.5 ms at batch 1 on an H200, where the GPU work takes a fraction of that); a
-        replay is one launch (1.0-1.2 ms; README "On a GPU"). The graphs share one memory
+        An eager forward pass launches each kernel from Python (ResNet50: ~160 of them),
+        and on a fast GPU the launches take longer than the GPU work; a replay is one
+        launch (figures: bench/results/README.md, "On a GPU"). The graphs share one memory
         pool (they never run at once: one inference thread), captured largest first. Call
         it on the thread that will replay them, after ``warmup`` (cuDNN has picked its
         kernels by then).

@@ -1,15 +1,14 @@
 """`edgeserver --workers N`: N daemon processes behind one TCP port.
 
-One daemon process serves at most what its Python side can hand through (on an
-H200, ~800 frames/s whatever the model: gRPC handlers and stream threads share
-one interpreter lock; README "On a GPU"). With cores to spare, N processes get
+One daemon process serves at most what its Python side can hand through (gRPC
+handlers and stream threads share one interpreter lock: on a fast GPU that, not
+the model, is the ceiling; bench/results/README.md). With cores to spare, N processes get
 N locks. Each worker is a whole ``edgeserver`` (its own models, batching, and
 CUDA context) listening on the same port with SO_REUSEPORT; the kernel hands
 each new connection to one of them, picked by a hash of its addresses. So a
 stream is served by one worker, frames batch with the other streams of that
-worker only, and a few streams often land unevenly (on an H200, 2 streams fell
-on one worker in 5 of 6 runs; bench/stream_clients.streams_per_worker reads
-it). The pattern is gRPC Python's own multiprocessing example
+worker only, and a few streams often land unevenly
+(bench/stream_clients.streams_per_worker reads how they fell). The pattern is gRPC Python's own multiprocessing example
 (grpc/examples/python/multiprocessing).
 
 This process is the supervisor and imports no torch:
