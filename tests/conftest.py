@@ -71,3 +71,32 @@ def client(target: str) -> Iterator[EdgeClient]:
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 30-frame, 30 fps, 320x240 MP4 clip."""
     return write_video(tmp_path_factory.mktemp("clips") / "clip.mp4", frames=30)
+
+
+# Quantization: one calibration clip and one SqueezeNet 1.0 int8 artifact per test session,
+# shared by the quantizer's tests and the bench's.
+
+
+@pytest.fixture(scope="session")
+def calib_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_video(tmp_path_factory.mktemp("calib") / "calib.mp4", frames=40, size=(320, 240))
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("model-repo")
+
+
+@pytest.fixture(scope="session")
+def squeezenet_int8(calib_clip: Path, repo: Path) -> Any:
+    from edgeinfer.quant import quantize
+    from edgeinfer.server import WeightsSource
+
+    return quantize(
+        "squeezenet",
+        calib=calib_clip,
+        out=repo,
+        weights=WeightsSource("random", seed=0),
+        frames=32,
+        latency_iterations=5,
+    )
