@@ -221,7 +221,7 @@ def describe_handshake_failure(details: str, creds: Credentials, target: str) ->
             if needle in text:
                 return f"{where}: {meaning}"
         return f"{where}: the daemon's certificate is not signed by the CA the client trusts ({creds.ca_name})"
-    if "Peer name" in text and "not in peer certificate" in text:
+    if "Hostname Verification Check failed" in text or ("Peer name" in text and "not in peer certificate" in text):
         host = _host(target)
         return f"{where}: the daemon's certificate does not name {host!r} (connect by a name it lists)"
     if creds.tls and ("WRONG_VERSION_NUMBER" in text or "PACKET_LENGTH_TOO_LONG" in text):

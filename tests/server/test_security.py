@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import json
 import logging
 import os
 import queue
@@ -69,6 +70,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     leaf("server2", ca2.issue_cert(*names))
     past = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
     leaf("expired", ca.issue_cert(*names, not_before=past, not_after=past + datetime.timedelta(days=30)))
+    leaf("named", ca.issue_cert("robot1.fleet.example"))  # names no address the tests connect to
     leaf("client", ca.issue_cert("robot-1@fleet"))
     leaf("rogue", rogue_ca.issue_cert("robot-1@fleet"))
     for p in root.glob("*_key.pem"):
@@ -311,6 +313,12 @@ def test_expired_server_certificate_is_refused(pki: Pki) -> None:
     assert error.handshake and "the daemon's certificate has expired" in error.details
 
 
+def test_a_certificate_for_another_name_is_refused(pki: Pki) -> None:
+    with running(tls=ServerTls(pki.named_cert, pki.named_key)) as daemon:
+        error = _refusal(_target(daemon), tls_ca=pki.ca)
+    assert error.handshake and "the daemon's certificate does not name 'localhost'" in error.details
+
+
 def test_mutual_tls_admits_only_clients_of_its_ca(mtls_daemon: Daemon, pki: Pki) -> None:
     target = _target(mtls_daemon)
     with EdgeClient(target, tls_ca=pki.ca, tls_cert=pki.client_cert, tls_key=pki.client_key) as client:
@@ -327,22 +335,22 @@ def test_a_failed_handshake_is_not_waited_out(tls_daemon: Daemon, pki: Pki) -> N
     assert info.value.handshake
 
 
-def test_edgeclient_wrong_ca_is_one_line(tls_daemon: Daemon, pki: Pki, tmp_path: Path) -> None:
+def _edgeclient(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     image = tmp_path / "frame.jpg"
     image.write_bytes(jpeg(synthetic_frame(0)))
     exe = shutil.which("edgeclient") or str(Path(sys.executable).with_name("edgeclient"))
-    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
-    out = subprocess.run(
-        [exe, "--server", _target(tls_daemon), "--images", str(image), "--tls-ca", str(pki.ca2), "--wait", "30"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
-    assert out.returncode == 1
+    env = {k: v for k, v in os.environ.items() if k not in ("GRPC_VERBOSITY", "EDGEINFER_TOKEN")}
+    command = [exe, "--images", str(image), "--wait", "30", "--json", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_edgeclient_wrong_ca_is_one_line(tls_daemon: Daemon, pki: Pki, tmp_path: Path) -> None:
+    out = _edgeclient(tmp_path, "--server", _target(tls_daemon), "--tls-ca", str(pki.ca2))
+    assert out.returncode == 1 and out.stdout == ""
     assert out.stderr.splitlines() == [
         f"edgeclient: UNAVAILABLE: TLS handshake with {_target(tls_daemon)} failed: the daemon's certificate is not "
-        f"signed by the CA the client trusts ({pki.ca2})"
+        f"signed by the CA the client trusts ({pki.ca2})",
+        "summary: sent 0, answered 0 (predicted 0, dropped 0, errors 0), 0.0 predictions/s over 0.0 s, latency n/a",
     ]
 
 
@@ -365,6 +373,25 @@ def test_right_missing_and_wrong_token(secured: Daemon, pki: Pki, monkeypatch: p
     monkeypatch.setenv("EDGEINFER_TOKEN", TOKEN)  # the fallback when no token is given
     with EdgeClient(target, tls_ca=pki.ca) as client:
         assert len(client.models()) == 1
+
+
+def test_edgeclient_with_tls_ca_and_token_file(secured: Daemon, pki: Pki, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text(f"# issued to robot 1\n{TOKEN}\n")
+    out = _edgeclient(tmp_path, "--server", _target(secured), "--tls-ca", str(pki.ca), "--token-file", str(token))
+    assert out.returncode == 0, out.stderr
+    answers = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(a["kind"], a["model"], len(a["top_k"])) for a in answers] == [("prediction", "squeezenet1_0", 5)]
+    token.write_text(OTHER_TOKEN)
+    out = _edgeclient(tmp_path, "--server", _target(secured), "--tls-ca", str(pki.ca), "--token-file", str(token))
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[0] == (
+        "edgeclient: UNAUTHENTICATED: the bearer token was not accepted by this daemon (see its --token-file)"
+    )
+    out = _edgeclient(tmp_path, "--server", _target(secured), "--token-file", str(tmp_path / "none"))
+    assert out.returncode == 2 and out.stderr.splitlines() == [
+        f"edgeclient: cannot read token file {tmp_path / 'none'}: No such file or directory"
+    ]
 
 
 def test_streams_need_the_token_too(secured: Daemon, pki: Pki) -> None:
