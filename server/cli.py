@@ -226,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             f"network can read frames and answers{' and bearer tokens' if security.tokens else ''}",
             flush=True,
         )
+    daemon = None
+    # `kill -HUP <pid>`: re-read the TLS files (also re-read on their own when they change) and the tokens.
+    # Installed before the slow imports: SIGHUP's default action would end the process.
+    signal.signal(signal.SIGHUP, lambda *_: daemon.reload_credentials() if daemon is not None else None)
     if args.workers != 1:
         from edgeinfer.server.workers import run_workers
 
@@ -273,8 +277,6 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    # `kill -HUP <pid>`: re-read the TLS files (also re-read on their own when they change) and the tokens.
-    signal.signal(signal.SIGHUP, lambda *_: daemon.reload_credentials() if daemon is not None else None)
     # `kill -USR1 <pid>`: every thread's Python stack to stderr, for a daemon that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 

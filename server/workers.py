@@ -62,8 +62,9 @@ def run_workers(argv: list[str], args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     workers: list[Worker] = []
-    # Each worker re-reads its TLS files when they change; SIGHUP to the supervisor reaches them all.
-    signal.signal(signal.SIGHUP, lambda *_: [w.proc.send_signal(signal.SIGHUP) for w in workers])
+    # Each worker re-reads its TLS files when they change; SIGHUP to the supervisor reaches them all
+    # (those that serve: one still starting has no handler yet, and SIGHUP would end it).
+    signal.signal(signal.SIGHUP, lambda *_: [w.proc.send_signal(signal.SIGHUP) for w in workers if w.serving.is_set()])
 
     def start(k: int) -> Worker:
         # argparse keeps the last of a repeated option: these override the user's.

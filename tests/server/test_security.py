@@ -488,6 +488,23 @@ def test_tokens_never_reach_the_logs(secured: Daemon, pki: Pki, caplog: pytest.L
     assert TOKEN not in repr(Tokens([TOKEN]))
 
 
+def test_token_file_is_re_read_on_sighup(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(f"{TOKEN}\n")
+    path.chmod(0o600)
+    with running(tokens=Tokens.from_file(path)) as daemon:
+        path.write_text(f"# {TOKEN} was revoked\n{OTHER_TOKEN}\n")
+        daemon.reload_credentials()  # what SIGHUP calls
+        assert _refusal(_target(daemon), token=TOKEN).code == grpc.StatusCode.UNAUTHENTICATED
+        with EdgeClient(_target(daemon), token=OTHER_TOKEN) as client:
+            assert client.models() == []
+        path.write_text("# emptied by mistake\n")
+        daemon.reload_credentials()  # refused: the tokens read before stay
+        assert "holds no token" in caplog.text
+        with EdgeClient(_target(daemon), token=OTHER_TOKEN) as client:
+            assert client.models() == []
+
+
 def test_a_token_is_not_sent_in_plaintext_off_this_host() -> None:
     with pytest.raises(ValueError, match=r"a token would travel in plaintext to 192\.0\.2\.7:50051: give tls_ca"):
         EdgeClient("192.0.2.7:50051", token=TOKEN)
