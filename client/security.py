@@ -7,6 +7,11 @@ The token is attached once, as gRPC call credentials, never by hand per call:
 - over plaintext to anything else gRPC will not send call credentials (they would travel in clear), so
   that takes ``insecure=True`` and a client interceptor, against a daemon started with ``--insecure``.
 
+Cost (bench/security_overhead.py, 2 shared cores): gRPC Python runs a call-credentials plugin on a
+thread it starts for each call (grpc/grpc#22471), about +0.2-0.3 ms per unary call; a stream pays it
+once, its frames nothing. We keep call credentials all the same: gRPC itself then refuses to send
+them over a channel that is neither TLS nor local.
+
 A failed handshake comes back from gRPC as UNAVAILABLE with OpenSSL's text buried in it;
 :func:`describe_handshake_failure` turns it into one line that names the cause.
 """
