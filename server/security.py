@@ -111,9 +111,13 @@ def check_exposure(addresses: Iterable[str], *, tls: bool, insecure: bool) -> li
 # -- TLS ---------------------------------------------------------------------------
 
 
+class _EncryptedKey(Exception):
+    pass
+
+
 def _no_password() -> bytes:
     # Without a callback OpenSSL would prompt on the terminal for an encrypted key.
-    raise SecurityConfigError("encrypted private keys are not supported (grpc cannot read them)")
+    raise _EncryptedKey
 
 
 def _signature(paths: Sequence[Path]) -> tuple[tuple[int, int, int, int], ...]:
@@ -167,10 +171,13 @@ class ServerTls:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
             context.load_cert_chain(self.cert, self.key, password=_no_password)
+        except _EncryptedKey:
+            raise SecurityConfigError(f"{self.key} is encrypted: give the key unencrypted (mode 600)") from None
         except ssl.SSLError as exc:
+            reason = "the key is not the certificate's" if exc.reason == "KEY_VALUES_MISMATCH" else exc.reason
             raise SecurityConfigError(
                 f"{self.cert} and {self.key} are not a PEM certificate and its private key "
-                f"({exc.reason or exc.strerror or 'unreadable'})"
+                f"({reason or 'not PEM, or unreadable'})"
             ) from None
         if self.client_ca is not None:
             try:

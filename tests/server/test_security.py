@@ -276,7 +276,9 @@ def test_tls_and_token_flag_mistakes_are_one_line(
 
 
 def test_a_key_that_is_not_the_certificates_is_refused_at_start(pki: Pki) -> None:
-    with pytest.raises(SecurityConfigError, match="are not a PEM certificate and its private key"):
+    with pytest.raises(
+        SecurityConfigError, match=r"are not a PEM certificate and its private key \(the key is not the"
+    ):
         ServerTls(pki.server_cert, pki.server2_key)
     with pytest.raises(SecurityConfigError, match="holds no PEM CA certificate"):
         ServerTls(pki.server_cert, pki.server_key, client_ca=pki.server_key)
