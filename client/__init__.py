@@ -8,6 +8,13 @@
             print(r.sequence, r.prediction.top1.label if r.prediction else r.kind)
 """
 
+import os
+
+# gRPC's C core prints each failed TLS handshake to stderr at INFO level (grpc/grpc#38058), which it
+# shows unless GRPC_VERBOSITY says otherwise; read once, when grpc is first imported, so set here
+# (unless the user chose): a wrong CA is then the one line EdgeInferError gives, not a log dump.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from edgeinfer.client.api import EdgeClient
 from edgeinfer.client.errors import EdgeInferError
 from edgeinfer.client.frames import Encoder, Frame

@@ -30,6 +30,7 @@ import numpy as np
 from edgeinfer.client.errors import EdgeInferError
 from edgeinfer.client.frames import Encoder, Frame, as_frame
 from edgeinfer.client.results import FrameResult, ModelInfo, Prediction
+from edgeinfer.client.security import Credentials, Pem, describe_handshake_failure
 from edgeinfer.client.shm import DEFAULT_SLOTS, SharedMemoryFrames
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
@@ -68,6 +69,11 @@ class EdgeClient:
         *,
         timeout: float = 10.0,
         channel: grpc.Channel | None = None,
+        tls_ca: Pem | None = None,
+        tls_cert: Pem | None = None,
+        tls_key: Pem | None = None,
+        token: str | None = None,
+        insecure: bool = False,
     ) -> None:
         """``target``: host:port, or unix:/path for a daemon on the same board.
 
@@ -84,10 +90,17 @@ class EdgeClient:
         as it is (its own options, its own policy).
 
         ``timeout`` is the default deadline, in seconds, of every unary call.
+        ``tls_ca``: connect with TLS, trusting this CA (a path or PEM bytes); ``tls_cert``/``tls_key``: the
+        client certificate for a daemon with mutual TLS. ``token``: the bearer token (default: the
+        ``EDGEINFER_TOKEN`` environment variable); without TLS it is sent only to this host (Unix socket
+        or loopback) unless ``insecure`` is set. A file that cannot be read raises ValueError.
         """
         self.target = target
         self.timeout = timeout
-        self._channel = channel or grpc.insecure_channel(target, options=channel_options())
+        self._credentials = Credentials(
+            tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token, insecure=insecure
+        )
+        self._channel = channel or self._credentials.channel(target, channel_options())
         self._stub = pb_grpc.EdgeInferenceStub(self._channel)
 
     def __enter__(self) -> EdgeClient:
@@ -119,7 +132,7 @@ class EdgeClient:
             try:
                 return self.model(model, precision=precision, timeout=max(0.1, min(remaining, 5.0)))
             except EdgeInferError as exc:
-                if exc.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                if exc.handshake or exc.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
                 if remaining <= 0:
                     raise
@@ -147,7 +160,16 @@ class EdgeClient:
         try:
             return method(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as exc:
-            raise EdgeInferError.from_rpc_error(exc) from None
+            raise self._error(exc) from None
+
+    def _error(self, exc: grpc.RpcError) -> EdgeInferError:
+        """The library's exception; a failed TLS handshake gets one line naming its cause."""
+        error = EdgeInferError.from_rpc_error(exc)
+        if error.code == grpc.StatusCode.UNAVAILABLE:
+            cause = describe_handshake_failure(error.details, self._credentials, self.target)
+            if cause is not None:
+                return EdgeInferError(error.code, cause, handshake=True)
+        return error
 
     # -- streaming ---------------------------------------------------------------
 
@@ -226,7 +248,7 @@ class EdgeClient:
         except grpc.RpcError as exc:
             if failure:
                 raise failure[0] from None
-            raise EdgeInferError.from_rpc_error(exc) from None
+            raise self._error(exc) from None
         finally:
             done.set()
             call.cancel()

@@ -3,6 +3,7 @@
     edgeclient --model squeezenet --camera 0
     edgeclient --model squeezenet --video clip.mp4 --drop-policy all --json > answers.jsonl
     edgeclient --model resnet50 --images photos/ --top-k 3 --save annotated.mp4
+    edgeclient --server robot1:50051 --tls-ca ca.pem --token-file token --camera 0
 
 Per frame it prints one line (or one JSON object with --json); at the end a
 summary (frames sent, answered, dropped, errors, fps, latency p50/p95) to
@@ -26,6 +27,7 @@ from edgeinfer.client.api import DROP_POLICIES, EdgeClient
 from edgeinfer.client.errors import EdgeInferError
 from edgeinfer.client.frames import ENCODINGS, Frame
 from edgeinfer.client.results import FrameResult
+from edgeinfer.client.security import TOKEN_ENV, read_token_file
 from edgeinfer.media.sources import SourceError, capture_frames, image_frames
 
 __all__ = ["Summary", "build_parser", "main"]
@@ -71,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", type=Path, metavar="OUT.mp4", help="write the frames with top-1 and latency drawn")
     p.add_argument("--timeout", type=float, default=None, help="deadline for the whole stream, seconds")
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the daemon to be ready")
+    tls = p.add_argument_group("security (a daemon with TLS or tokens)")
+    tls.add_argument("--tls-ca", type=Path, metavar="PEM", help="connect with TLS, trusting this CA certificate")
+    tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate, for mutual TLS")
+    tls.add_argument("--tls-key", type=Path, metavar="PEM", help="the client certificate's private key")
+    tls.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help=f"bearer token: the file's first line that is not a '#' comment (default: ${TOKEN_ENV} if set)",
+    )
+    tls.add_argument(
+        "--insecure",
+        action="store_true",
+        help="send the token in plaintext to a daemon on another host (one started with --insecure)",
+    )
     return p
 
 
@@ -152,7 +169,20 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
             yield Frame(image, sequence=i)
 
     try:
-        with EdgeClient(args.server) as client:
+        token = read_token_file(args.token_file) if args.token_file is not None else None
+        client = EdgeClient(
+            args.server,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            token=token,
+            insecure=args.insecure,
+        )
+    except ValueError as exc:  # a file that cannot be read, a token that would go out in plaintext
+        print(f"edgeclient: {exc}", file=err)
+        return 2
+    try:
+        with client:
             client.wait_ready(args.model, precision=args.precision, timeout=args.wait)
             summary.started = time.perf_counter()
             results = client.stream(

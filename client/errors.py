@@ -8,12 +8,17 @@ __all__ = ["EdgeInferError"]
 
 
 class EdgeInferError(Exception):
-    """A failed call. ``code`` is the gRPC status; ``details`` the daemon's message."""
+    """A failed call. ``code`` is the gRPC status; ``details`` the daemon's message.
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    ``handshake``: the connection's TLS handshake failed (wrong CA, expired or refused certificate);
+    retrying with the same credentials cannot help.
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str, *, handshake: bool = False) -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+        self.handshake = handshake
 
     @classmethod
     def from_rpc_error(cls, exc: grpc.RpcError) -> EdgeInferError:

@@ -25,7 +25,7 @@ from edgeinfer.quant.artifact import write_sidecar
 from edgeinfer.quant.calibration import CalibrationSet, load_frames, offline_preprocessor, read_image
 from edgeinfer.quant.fidelity import FidelityReport, agreement, evaluate_folder, interleaved_latency, logits, sqnr_db
 from edgeinfer.quant.flows import quantize_fx, quantize_pt2e
-from edgeinfer.server.artifacts import MODEL_FILES, artifact_dir, default_engine, quiet_deprecations
+from edgeinfer.server.artifacts import MODEL_FILES, artifact_dir, default_engine, file_sha256, quiet_deprecations
 from edgeinfer.server.preprocess import FrameImage, Preprocessor
 from edgeinfer.server.registry import ModelSpec, Preprocessing, get_spec
 from edgeinfer.server.weights import WeightsSource, build_model
@@ -159,6 +159,7 @@ def quantize(
         "torchvision": torchvision.__version__,
         "file": path.name,
         "file_bytes": report.int8_bytes,
+        "sha256": file_sha256(path),  # the daemon loads the file only if it still has this digest
         "input_size": preprocessing.crop_size,
         "preprocessing": preprocessing.to_dict(),
         "inception_transform": inception_transform if spec.name == "inception_v3" else None,

@@ -4,7 +4,7 @@ Needs the ``[server]`` extra (torch, torchvision). Start it with ``edgeserver``
 or, in Python::
 
     from edgeinfer.server import Daemon, load_model, WeightsSource
-    daemon = Daemon(["[::]:50051"]).start()
+    daemon = Daemon(["localhost:50051"]).start()  # loopback; see Daemon for TLS and tokens
     daemon.add_model(load_model("squeezenet", weights=WeightsSource("random", seed=0)))
     daemon.mark_ready()
 """

@@ -4,6 +4,7 @@
 with ``create_server``) so tests start a real server on ``localhost:0``.
 Start-up order: listen, report NOT_SERVING, load models, report SERVING. On
 shutdown: report NOT_SERVING, refuse new streams, let open ones finish.
+Who may connect (loopback by default, TLS, tokens) is :mod:`edgeinfer.server.security`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ from grpc_reflection.v1alpha import reflection
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 from edgeinfer.server.loading import ModelTable, ServedModel
+from edgeinfer.server.security import (
+    LOOPBACK,
+    BearerTokenInterceptor,
+    SecurityConfigError,
+    ServerTls,
+    Tokens,
+    check_exposure,
+)
 from edgeinfer.server.servicer import EdgeInferenceServicer
 
 __all__ = ["SERVICE_NAME", "Daemon", "server_options"]
@@ -57,28 +66,44 @@ def server_options(max_frame_bytes: int, reuse_port: bool = False) -> list[tuple
 class Daemon:
     def __init__(
         self,
-        addresses: Sequence[str] = ("[::]:0",),
+        addresses: Sequence[str] = (f"{LOOPBACK}:0",),
         *,
         max_streams: int = 16,
         max_frame_bytes: int = 8 << 20,
         max_shm_bytes: int = 256 << 20,
         reuse_port: bool = False,
         health_addresses: Sequence[str] = (),
+        tls: ServerTls | None = None,
+        tokens: Tokens | None = None,
+        insecure: bool = False,
     ) -> None:
-        """``health_addresses``: also serve grpc.health.v1, and nothing else, in plaintext there.
+        """``addresses``: ``host:port`` or ``unix:/path``; ``tls`` covers every TCP one (a Unix socket stays
+        plaintext: it never leaves the host). A non-loopback address without ``tls`` raises ExposureError
+        unless ``insecure``. ``tokens``: every call but health checks needs one of them.
 
-        Kubernetes' native gRPC probes dial plaintext with no client certificate, so a
-        daemon that serves TLS answers them on a port of its own (deploy/daemon.yaml).
+        ``health_addresses``: also serve grpc.health.v1, and nothing else, in plaintext there.
+        Kubernetes' native gRPC probes dial plaintext with no client certificate, so a daemon
+        that serves TLS answers them on a port of its own (deploy/daemon.yaml). It tells only
+        SERVING or NOT_SERVING, so it needs neither TLS nor a token.
         """
+        # Before anything binds or loads: a refused configuration costs nothing.
+        self.plaintext_exposed = check_exposure(addresses, tls=tls is not None, insecure=insecure)
+        self.tls = tls
+        self.tokens = tokens
         self.table = ModelTable()
         self.servicer = EdgeInferenceServicer(self.table, max_streams=max_streams, max_shm_bytes=max_shm_bytes)
         # A stream holds one handler thread for its life; unary calls and health
         # checks need a few more, so they never wait behind streams.
         self._handler_prefix = f"grpc-handler-{next(_daemons)}"
         self._pool = ThreadPoolExecutor(max_workers=max_streams + 8, thread_name_prefix=self._handler_prefix)
+        interceptors: list[grpc.ServerInterceptor] = [
+            ExceptionToStatusInterceptor(status_on_unknown_exception=grpc.StatusCode.INTERNAL)
+        ]
+        if tokens is not None:  # first: a refused call runs nothing else
+            interceptors.insert(0, BearerTokenInterceptor(tokens))
         self.server = grpc.server(
             self._pool,
-            interceptors=[ExceptionToStatusInterceptor(status_on_unknown_exception=grpc.StatusCode.INTERNAL)],
+            interceptors=interceptors,
             options=server_options(max_frame_bytes, reuse_port),
         )
         pb_grpc.add_EdgeInferenceServicer_to_server(self.servicer, self.server)
@@ -88,7 +113,13 @@ class Daemon:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.server,
         )
-        self.ports = [self.server.add_insecure_port(a) for a in addresses]
+        credentials = tls.server_credentials() if tls is not None else None
+        self.ports = [
+            self.server.add_insecure_port(a)
+            if credentials is None or a.startswith(("unix:", "unix-abstract:"))
+            else self.server.add_secure_port(a, credentials)
+            for a in addresses
+        ]
         self.addresses = list(addresses)
         self.health_server: grpc.Server | None = None
         self.health_ports: list[int] = []
@@ -117,6 +148,16 @@ class Daemon:
     def _set_health(self, status: int) -> None:
         for service in ("", SERVICE_NAME):
             self.health.set(service, status)
+
+    def reload_credentials(self) -> None:
+        """SIGHUP: re-read the TLS files before the next handshake, and the token file now."""
+        if self.tls is not None:
+            self.tls.request_reload()
+        if self.tokens is not None:
+            try:
+                self.tokens.reload()
+            except SecurityConfigError as exc:
+                log.warning("%s; the tokens read before stay in force", exc)
 
     def start(self) -> Daemon:
         self.server.start()

@@ -13,11 +13,19 @@ The artifact loads without torchvision's model code. It refuses to load under
 a different quantized engine or another torch minor release than it was made
 with, since neither TorchScript's quantized ops nor AOTInductor packages promise
 to carry across those.
+
+An artifact is code: TorchScript and AOTInductor run what the file contains, with
+the daemon's rights. So the daemon loads a model file only from inside the
+repository folder (no ``..``, no symlink out of it) and only when its SHA-256 is
+the one the sidecar recorded when edgequant wrote it; a repository is as
+trustworthy as whoever can write to it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import platform
 import warnings
@@ -37,8 +45,10 @@ __all__ = [
     "SIDECAR",
     "artifact_dir",
     "default_engine",
+    "file_sha256",
     "load_int8_runner",
     "quiet_deprecations",
+    "read_model_file",
     "read_sidecar",
 ]
 
@@ -77,6 +87,57 @@ def quiet_deprecations() -> Iterator[None]:
         yield
 
 
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file, read in chunks (what the sidecar records as ``sha256``)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def read_model_file(folder: Path, meta: dict[str, Any], repository: Path) -> tuple[Path, bytes]:
+    """The artifact's model file and its bytes, once they are known to be the ones edgequant wrote.
+
+    Refused (WeightsUnavailable, one line naming the file): a ``file`` that leads out of the repository
+    (``../``, an absolute path, a symlink to elsewhere), a sidecar without a ``sha256``, a mismatch.
+    """
+    name = meta.get("file")
+    if not isinstance(name, str) or not name:
+        raise WeightsUnavailable(f"{folder / SIDECAR} names no model file ('file')")
+    path = folder / name
+    root = repository.resolve()
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise WeightsUnavailable(f"model file {path} named by {folder / SIDECAR} cannot be opened: {exc}") from None
+    if not _inside(real, root):
+        how = f"a symlink to {real}" if path.is_symlink() else str(real)
+        raise WeightsUnavailable(
+            f"refusing model file {path}: it is {how}, outside the repository {root} (artifacts are code: "
+            f"only files inside the repository are loaded)"
+        )
+    if not real.is_file():
+        raise WeightsUnavailable(f"model file {path} is not a regular file")
+    expected = meta.get("sha256")
+    if not isinstance(expected, str):
+        raise WeightsUnavailable(
+            f"{folder / SIDECAR} records no SHA-256 of {name} (made by an older edgequant): re-make the artifact"
+        )
+    data = real.read_bytes()  # verified and loaded from the same bytes: no swap in between
+    found = hashlib.sha256(data).hexdigest()
+    if found != expected.lower():
+        raise WeightsUnavailable(
+            f"model file {path} does not match the SHA-256 its sidecar records ({expected[:12]}..., found "
+            f"{found[:12]}...): it changed after edgequant wrote it; re-make or restore it"
+        )
+    return real, data
+
+
 def read_sidecar(folder: Path) -> dict[str, Any]:
     return json.loads((folder / SIDECAR).read_text())
 
@@ -111,12 +172,13 @@ def load_int8_runner(
             f"{folder} was made with torch {meta['torch']}, this daemon runs torch {torch.__version__}; "
             f"artifacts do not carry across torch releases: re-run {how}"
         )
+    path, data = read_model_file(folder, meta, repository)
     torch.backends.quantized.engine = engine
-    path = folder / meta["file"]
     if meta["flow"] == "fx":
         with quiet_deprecations():
-            module = torch.jit.load(str(path), map_location="cpu")
+            module = torch.jit.load(io.BytesIO(data), map_location="cpu")
     else:
+        # AOTInductor loads from a path only: the file was checked just now, inside the repository.
         module = torch._inductor.aoti_load_package(str(path))
     meta = {**meta, "weights": f"artifact:{folder} (from {meta['weights']})"}
     return ModelRunner(module, device=torch.device("cpu")), Preprocessing.from_dict(meta["preprocessing"]), meta

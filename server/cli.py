@@ -3,6 +3,7 @@
     edgeserver --model squeezenet --weights random --seed 0
     edgeserver --model squeezenet --precision int8 --repository model-repo/
     edgeserver --model resnet50 --device cuda            # fp16, channels_last
+    edgeserver --model squeezenet --host 0.0.0.0 --tls-cert server.pem --tls-key server.key --token-file tokens
 
 Heavy imports (torch) happen inside main(), after the arguments are parsed, so
 ``--help`` is instant.
@@ -18,11 +19,20 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgeinfer.server.options import Precision, PreprocessOn, WeightsKind, choices
+from edgeinfer.server.security import (
+    LOOPBACK,
+    SecurityConfigError,
+    ServerTls,
+    Tokens,
+    check_exposure,
+    tcp_address,
+)
 
-__all__ = ["build_parser", "main"]
+__all__ = ["Exposure", "build_parser", "exposure", "main"]
 
 log = logging.getLogger("edgeinfer.server")
 
@@ -63,9 +73,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default: 0)")
     p.add_argument("--repository", type=Path, default=Path("model-repo"), help="int8 artifacts folder")
-    p.add_argument("--host", default="[::]", help="address to listen on (default: all interfaces)")
+    p.add_argument(
+        "--host",
+        default=None,
+        help="address to listen on (default: loopback only, 127.0.0.1 and ::1); any other (0.0.0.0, [::], "
+        "a LAN address) needs --tls-cert/--tls-key, or --insecure",
+    )
     p.add_argument("--port", type=int, default=50051, help="TCP port (0 picks a free one; default: 50051)")
-    p.add_argument("--unix-socket", type=Path, help="also listen on this Unix domain socket (same-host clients)")
+    p.add_argument(
+        "--unix-socket",
+        type=Path,
+        help="also listen on this Unix domain socket (same-host clients; plaintext even with TLS: the socket "
+        "file's permissions decide who may connect)",
+    )
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS on every TCP address: certificate chain")
+    p.add_argument(
+        "--tls-key",
+        type=Path,
+        metavar="PEM",
+        help="the certificate's private key (both files are re-read when they change, or on SIGHUP)",
+    )
+    p.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="PEM",
+        help="mutual TLS: refuse, at the handshake, clients without a certificate signed by this CA",
+    )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="bearer tokens, one a line ('#' comments): every call but health checks needs "
+        "'authorization: Bearer <token>' (re-read on SIGHUP)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext on a non-loopback --host: anyone on that network can read frames and tokens",
+    )
     p.add_argument(
         "--health-port",
         type=int,
@@ -132,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers for its processes
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: off)")
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address /metrics listens on (default: 127.0.0.1; plain HTTP without authentication)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -154,9 +204,50 @@ def _model_args(values: list[str], default_precision: str) -> list[tuple[str, st
     return out
 
 
+@dataclass
+class Exposure:
+    """Where the daemon listens and who may call it, checked before anything loads."""
+
+    addresses: list[str]
+    tls: ServerTls | None
+    tokens: Tokens | None
+    plaintext_exposed: list[str]  # non-loopback addresses served in plaintext (--insecure)
+
+
+def exposure(args: argparse.Namespace) -> Exposure:
+    """The listening addresses, TLS and tokens the flags ask for; SecurityConfigError when they cannot work."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SecurityConfigError("--tls-cert and --tls-key go together: the certificate and its private key")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        raise SecurityConfigError("--tls-client-ca (mutual TLS) needs the server's own --tls-cert and --tls-key")
+    addresses = [tcp_address(args.host or LOOPBACK, args.port)]
+    if args.unix_socket:
+        addresses.append(f"unix:{args.unix_socket}")
+    tls = ServerTls(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert is not None else None
+    exposed = check_exposure(addresses, tls=tls is not None, insecure=args.insecure)
+    tokens = Tokens.from_file(args.token_file) if args.token_file is not None else None
+    return Exposure(addresses, tls, tokens, exposed)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    worker = args.worker_index is not None
+    try:
+        security = exposure(args)
+    except SecurityConfigError as exc:
+        print(f"edgeserver: error: {exc}", file=sys.stderr)
+        return 2
+    if security.plaintext_exposed and not worker:  # said once, by the supervisor of --workers
+        print(
+            f"edgeserver: --insecure: serving {', '.join(security.plaintext_exposed)} in plaintext: anyone on that "
+            f"network can read frames and answers{' and bearer tokens' if security.tokens else ''}",
+            flush=True,
+        )
+    daemon = None
+    # `kill -HUP <pid>`: re-read the TLS files (also re-read on their own when they change) and the tokens.
+    # Installed before the slow imports: SIGHUP's default action would end the process.
+    signal.signal(signal.SIGHUP, lambda *_: daemon.reload_credentials() if daemon is not None else None)
     if args.workers != 1:
         from edgeinfer.server.workers import run_workers
 
@@ -176,20 +267,21 @@ def main(argv: list[str] | None = None) -> int:
     # The inter-op pool stays at torch's default: the TorchScript executor of int8
     # artifacts uses it, and capping it at 1 made them slower (bench/results/README.md).
 
-    addresses = [f"{args.host}:{args.port}"]
-    if args.unix_socket:
-        addresses.append(f"unix:{args.unix_socket}")
     started = time.perf_counter()
-    worker = args.worker_index is not None
 
     def listen() -> Daemon:
         d = Daemon(
-            addresses,
+            security.addresses,
             max_streams=args.max_streams,
             max_frame_bytes=args.max_frame_bytes,
             max_shm_bytes=args.max_shm_bytes,
             reuse_port=worker,
-            health_addresses=[f"{args.host}:{args.health_port}"] if args.health_port is not None else (),
+            health_addresses=[tcp_address(args.host or LOOPBACK, args.health_port)]
+            if args.health_port is not None
+            else (),
+            tls=security.tls,
+            tokens=security.tokens,
+            insecure=args.insecure,
         ).start()
         print(f"edgeserver: listening on {', '.join(d.listening)}{'' if worker else ' (loading models)'}", flush=True)
         return d
@@ -201,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port)
+        start_http_server(args.metrics_port, addr=args.metrics_host)
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["ACTIVE_STREAMS", "FRAMES", "FRAME_LATENCY"]
+__all__ = ["ACTIVE_STREAMS", "FRAMES", "FRAME_LATENCY", "UNAUTHENTICATED"]
 
 FRAMES = Counter(
     "edgeinfer_frames_total",
@@ -19,3 +19,6 @@ FRAME_LATENCY = Histogram(
 )
 # "livesum": with --workers the supervisor's /metrics adds up the live workers' streams.
 ACTIVE_STREAMS = Gauge("edgeinfer_active_streams", "Streams open now.", multiprocess_mode="livesum")
+UNAUTHENTICATED = Counter(
+    "edgeinfer_unauthenticated_calls_total", "Calls refused for a missing or wrong bearer token (--token-file)."
+)

@@ -35,6 +35,8 @@ import tempfile
 import threading
 from typing import IO
 
+from edgeinfer.server.security import LOOPBACK, tcp_address
+
 __all__ = ["free_port", "run_workers"]
 
 STOP_S = 15.0  # a worker's drain (cli.DRAIN_S twice) and then some, before it is killed
@@ -51,19 +53,24 @@ def run_workers(argv: list[str], args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    port = args.port or free_port(args.host)
+    host = args.host or LOOPBACK  # each worker binds it the same way (loopback unless --host says otherwise)
+    port = args.port or free_port("127.0.0.1" if host == LOOPBACK else host)
     metrics_dir = tempfile.mkdtemp(prefix="edgeserver-metrics-") if args.metrics_port else None
     env = os.environ | ({"PROMETHEUS_MULTIPROC_DIR": metrics_dir} if metrics_dir else {})
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    workers: list[Worker] = []
+    # Each worker re-reads its TLS files when they change; SIGHUP to the supervisor reaches them all
+    # (those that serve: one still starting has no handler yet, and SIGHUP would end it).
+    signal.signal(signal.SIGHUP, lambda *_: [w.proc.send_signal(signal.SIGHUP) for w in workers if w.serving.is_set()])
 
     def start(k: int) -> Worker:
         # argparse keeps the last of a repeated option: these override the user's.
         extra = ["--workers", "1", "--worker-index", str(k), "--port", str(port), "--metrics-port", "0"]
         return Worker(k, [sys.executable, "-m", "edgeinfer.server.cli", *argv, *extra], env)
 
-    workers = [start(0)]
+    workers.append(start(0))
     try:
         if not _serving(workers, stop):
             return _stop(workers, stop, metrics_dir)
@@ -71,9 +78,9 @@ def run_workers(argv: list[str], args: argparse.Namespace) -> int:
         if not _serving(workers, stop):
             return _stop(workers, stop, metrics_dir)
         if metrics_dir:
-            _serve_metrics(args.metrics_port, metrics_dir)
+            _serve_metrics(args.metrics_port, metrics_dir, args.metrics_host)
         pids = ", ".join(str(w.proc.pid) for w in workers)
-        print(f"edgeserver: {len(workers)} workers SERVING on {args.host}:{port} (pids {pids})", flush=True)
+        print(f"edgeserver: {len(workers)} workers SERVING on {tcp_address(host, port)} (pids {pids})", flush=True)
         while not stop.wait(0.5) and all(w.proc.poll() is None for w in workers):
             pass
         return _stop(workers, stop, metrics_dir)
@@ -145,13 +152,13 @@ def _stop(workers: list[Worker], stop: threading.Event, metrics_dir: str | None)
     return max((w.proc.returncode for w in workers if w.proc.returncode > 0), default=1 if killed else 0)
 
 
-def _serve_metrics(port: int, metrics_dir: str) -> None:
+def _serve_metrics(port: int, metrics_dir: str, host: str = "127.0.0.1") -> None:
     """/metrics summed over the workers, which write their values to files in ``metrics_dir``."""
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=metrics_dir)
-    start_http_server(port, registry=registry)
+    start_http_server(port, addr=host, registry=registry)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
