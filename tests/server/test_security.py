@@ -352,7 +352,6 @@ def test_edgeclient_wrong_ca_is_one_line(tls_daemon: Daemon, pki: Pki, tmp_path:
     assert out.stderr.splitlines() == [
         f"edgeclient: UNAVAILABLE: TLS handshake with {_target(tls_daemon)} failed: the daemon's certificate is not "
         f"signed by the CA the client trusts ({pki.ca2})",
-        "summary: sent 0, answered 0 (predicted 0, dropped 0, errors 0), 0.0 predictions/s over 0.0 s, latency n/a",
     ]
 
 
