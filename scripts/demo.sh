@@ -15,7 +15,9 @@ mkdir -p "$OUT"
 
 WEIGHTS=${WEIGHTS:-random}
 REPO="$OUT/model-repo"
-if [ ! -f "$REPO/squeezenet1_0/int8-x86/edgeinfer.json" ] && [ ! -f "$REPO/squeezenet1_0/int8-qnnpack/edgeinfer.json" ]; then
+# (Re-)quantize unless an artifact is there that records its model file's SHA-256 (older ones do not,
+# and the daemon refuses them).
+if ! grep -qs '"sha256"' "$REPO"/squeezenet1_0/int8-*/edgeinfer.json; then
   echo "demo: quantizing SqueezeNet 1.0 to int8 (calibrating on the sample clip)" >&2
   .venv/bin/edgequant --model squeezenet --weights "$WEIGHTS" --seed 0 --calib "$OUT/sample.mp4" --out "$REPO" >&2
 fi
