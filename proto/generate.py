@@ -1,6 +1,6 @@
-"""Regenerate the Python code for proto/edgeinfer.proto.
+"""Regenerate the Python code for the .proto files in proto/.
 
-    python proto/generate.py            # rewrite proto/edgeinfer_pb2*.py(i)
+    python proto/generate.py            # rewrite proto/*_pb2*.py(i)
     python proto/generate.py --out DIR  # write elsewhere (the staleness test does)
 
 Needs grpcio-tools 1.81.x (the `[dev]` extra). That release bundles protoc for
@@ -10,6 +10,14 @@ with an older protobuf can still use the client.
 The .proto is staged under ``edgeinfer/proto/`` before protoc runs, so that the
 generated modules import each other as ``edgeinfer.proto.*``, the package they
 are installed as.
+
+``kserve_v2.proto`` is the Open Inference Protocol's package ``inference``, which
+tritonclient (and KServe, MLServer) also register in protobuf's default descriptor
+pool; a second registration of the same names in one process is refused
+("duplicate symbol", kserve/kserve#3099). Its generated module is rewritten to
+build its descriptors in a pool of its own, so the daemon and tritonclient can
+share a process (our tests and bench/v2_vs_v1.py do). Messages are unaffected:
+the wire format knows no pools.
 """
 
 from __future__ import annotations
@@ -21,8 +29,19 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROTO = "edgeinfer.proto"
-GENERATED = ("edgeinfer_pb2.py", "edgeinfer_pb2.pyi", "edgeinfer_pb2_grpc.py")
+PROTOS = ("edgeinfer.proto", "kserve_v2.proto")
+# The protos whose descriptors go to a pool of their own (see above).
+PRIVATE_POOL = ("kserve_v2.proto",)
+DEFAULT_POOL = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
+OWN_POOL = (
+    "# Not protobuf's default pool: tritonclient registers package `inference` there (proto/generate.py).\n"
+    "DESCRIPTOR = _descriptor_pool.DescriptorPool().AddSerializedFile("
+)
+
+
+def generated_names(proto: str) -> tuple[str, ...]:
+    stem = proto.removesuffix(".proto")
+    return (f"{stem}_pb2.py", f"{stem}_pb2.pyi", f"{stem}_pb2_grpc.py")
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -31,23 +50,31 @@ def generate(out_dir: Path) -> list[Path]:
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "edgeinfer" / "proto"
         staged.mkdir(parents=True)
-        shutil.copy(HERE / PROTO, staged / PROTO)
+        for proto in PROTOS:
+            shutil.copy(HERE / proto, staged / proto)
         args = [
             "protoc",
             f"-I{tmp}",
             f"--python_out={tmp}",
             f"--pyi_out={tmp}",
             f"--grpc_python_out={tmp}",
-            f"edgeinfer/proto/{PROTO}",
+            *(f"edgeinfer/proto/{proto}" for proto in PROTOS),
         ]
         if protoc.main(args) != 0:
             raise RuntimeError(f"protoc failed: {' '.join(args)}")
+        for proto in PRIVATE_POOL:
+            module = staged / generated_names(proto)[0]
+            code = module.read_text()
+            if code.count(DEFAULT_POOL) != 1:
+                raise RuntimeError(f"{module.name}: protoc's output changed; cannot move it to a pool of its own")
+            module.write_text(code.replace(DEFAULT_POOL, OWN_POOL))
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
-        for name in GENERATED:
-            target = out_dir / name
-            shutil.copy(staged / name, target)
-            written.append(target)
+        for proto in PROTOS:
+            for name in generated_names(proto):
+                target = out_dir / name
+                shutil.copy(staged / name, target)
+                written.append(target)
         return written
 
 
