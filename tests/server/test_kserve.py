@@ -360,3 +360,48 @@ def _named(name: str) -> tc.InferInput:
     tensor = tc.InferInput(name, [4, 4, 3], "UINT8")
     tensor.set_data_from_numpy(np.zeros((4, 4, 3), np.uint8))
     return tensor
+
+
+def test_unix_socket_precisions_as_versions_and_deadlines() -> None:
+    """A daemon of fake models (no torch model): fp32 and int8 of one name are its two versions."""
+    import dataclasses
+    import tempfile
+
+    from edgeinfer.server import Daemon
+    from fakes import SlowRunner, fake_model
+
+    fp32_runner, int8_runner = SlowRunner(), SlowRunner()
+    models = [fake_model(fp32_runner), dataclasses.replace(fake_model(int8_runner), precision="int8")]
+    with tempfile.TemporaryDirectory(prefix="ek") as tmp:  # a short path: unix socket names are limited
+        daemon = Daemon([f"unix:{tmp}/d.sock"]).start()
+        for m in models:
+            daemon.add_model(m)
+        daemon.mark_ready()
+        triton = tc.InferenceServerClient(f"unix:{tmp}/d.sock")
+        try:
+            assert list(triton.get_model_metadata("squeezenet").versions) == ["fp32", "int8"]
+            index = triton.get_model_repository_index()
+            assert [(m.name, m.version) for m in index.models] == [("squeezenet1_0", "fp32"), ("squeezenet1_0", "int8")]
+            assert triton.is_model_ready("squeezenet", "int8")
+            frame = jpeg(FRAMES[0])
+            int8 = triton.infer("squeezenet", [image_input(frame)], model_version="int8", outputs=classes(1))
+            assert int8.get_response().model_version == "int8"
+            assert (len(int8_runner.batch_sizes), len(fp32_runner.batch_sizes)) == (1, 0)
+            default = triton.infer("squeezenet", [image_input(frame)], outputs=classes(1))
+            assert default.get_response().model_version == "fp32" and len(fp32_runner.batch_sizes) == 1
+            stats = triton.get_inference_statistics("squeezenet").model_stats
+            assert [(s.version, s.inference_count) for s in stats] == [("fp32", 1), ("int8", 1)]
+
+            # A model that does not answer: the call's deadline ends it, and the daemon goes on.
+            int8_runner.gate.clear()
+            with pytest.raises(InferenceServerException) as exc:
+                triton.infer("squeezenet", [image_input(frame)], model_version="int8", client_timeout=0.5)
+            assert status_of(exc) == "StatusCode.DEADLINE_EXCEEDED"
+            assert triton.is_server_live()
+            assert triton.infer("squeezenet", [image_input(frame)], model_version="fp32").as_numpy(
+                "PROBABILITIES"
+            ).shape == (1, 1000)
+        finally:
+            int8_runner.gate.set()
+            triton.close()
+            daemon.stop(grace=1)
