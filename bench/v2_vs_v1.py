@@ -16,9 +16,11 @@ rotate their order so the machine's noise hits them alike:
   N streams the same on N concurrent streams, each its own client (aggregate throughput)
 
 Latency is measured in the client, from the request handed to the client
-library to its answer; "server" is the daemon's own total for the frame (from
+library to its answer; "daemon" is the daemon's own total for the frame (from
 the v1 prediction's timings and the v2 response's parameters), so that the
-difference shows whether a protocol's cost is in the daemon or in the clients.
+difference shows whether a protocol's cost is in the daemon or in the clients;
+"overhead" is the latency minus the frame's forward pass, the part a protocol
+can change (the model's time is the same work on both, and the noisiest).
 
 Prints medians and v2/v1 ratios; writes v2_vs_v1.json and v2_vs_v1.png.
 """
@@ -59,12 +61,14 @@ def log(msg: str) -> None:
 class Samples:
     latencies_ms: list[float] = field(default_factory=list)
     server_ms: list[float] = field(default_factory=list)
+    overhead_ms: list[float] = field(default_factory=list)  # latency minus the model's forward pass
     frames: int = 0
     seconds: float = 0.0
 
     def add(self, other: Samples) -> None:
         self.latencies_ms += other.latencies_ms
         self.server_ms += other.server_ms
+        self.overhead_ms += other.overhead_ms
         self.frames += other.frames
         self.seconds += other.seconds
 
@@ -78,7 +82,14 @@ class Samples:
             "p50_ms": median(self.latencies_ms),
             "p95_ms": float(np.percentile(self.latencies_ms, 95)) if self.latencies_ms else float("nan"),
             "server_p50_ms": median(self.server_ms),
+            "overhead_p50_ms": median(self.overhead_ms),
         }
+
+    def answer(self, latency_ms: float, server_ms: float, inference_ms: float) -> None:
+        self.latencies_ms.append(latency_ms)
+        self.server_ms.append(server_ms)
+        self.overhead_ms.append(latency_ms - inference_ms)
+        self.frames += 1
 
 
 # -- edgeinfer.v1 ---------------------------------------------------------------------
@@ -92,9 +103,7 @@ def v1_classify(target: str, model: str, frames: list[bytes]) -> Samples:
         for f in frames:
             sent = time.perf_counter()
             p = client.classify(f, model, top_k=TOP_K)
-            s.latencies_ms.append((time.perf_counter() - sent) * 1e3)
-            s.server_ms.append(p.timings.total_ms)
-            s.frames += 1
+            s.answer((time.perf_counter() - sent) * 1e3, p.timings.total_ms, p.timings.inference_ms)
         s.seconds = time.perf_counter() - t0
     return s
 
@@ -107,9 +116,8 @@ def v1_stream(target: str, model: str, frames: list[bytes]) -> Samples:
         for r in client.stream(frames, model, top_k=TOP_K, drop_policy="all"):
             if r.prediction is None:
                 raise RuntimeError(f"v1 stream: frame {r.sequence} got {r.kind}: {r.error or r.dropped}")
-            s.latencies_ms.append(r.latency_ms or 0.0)
-            s.server_ms.append(r.prediction.timings.total_ms)
-            s.frames += 1
+            t = r.prediction.timings
+            s.answer(r.latency_ms or 0.0, t.total_ms, t.inference_ms)
         s.seconds = time.perf_counter() - t0
     return s
 
@@ -123,8 +131,9 @@ def _image(frame: bytes) -> tc.InferInput:
     return tensor
 
 
-def _server_ms(result: tc.InferResult) -> float:
-    return result.get_response().parameters["total_ms"].double_param
+def _answer(s: Samples, latency_ms: float, result: tc.InferResult) -> None:
+    params = result.get_response().parameters
+    s.answer(latency_ms, params["total_ms"].double_param, params["inference_ms"].double_param)
 
 
 def v2_infer(target: str, model: str, frames: list[bytes], *, probabilities: bool = False) -> Samples:
@@ -138,9 +147,7 @@ def v2_infer(target: str, model: str, frames: list[bytes], *, probabilities: boo
             sent = time.perf_counter()
             result = client.infer(model, [_image(f)], outputs=outputs, client_timeout=120)
             result.as_numpy("PROBABILITIES")  # decoded, as a caller would
-            s.latencies_ms.append((time.perf_counter() - sent) * 1e3)
-            s.server_ms.append(_server_ms(result))
-            s.frames += 1
+            _answer(s, (time.perf_counter() - sent) * 1e3, result)
         s.seconds = time.perf_counter() - t0
     finally:
         client.close()
@@ -165,9 +172,7 @@ def v2_stream(target: str, model: str, frames: list[bytes]) -> Samples:
             if error is not None:
                 raise RuntimeError(f"v2 stream: {error}")
             result.as_numpy("PROBABILITIES")
-            s.latencies_ms.append((at - sent[result.get_response().id]) * 1e3)
-            s.server_ms.append(_server_ms(result))
-            s.frames += 1
+            _answer(s, (at - sent[result.get_response().id]) * 1e3, result)
         s.seconds = time.perf_counter() - t0
         client.stop_stream()
     finally:
@@ -269,6 +274,10 @@ def run(
         "stream_fps_v2_over_v1": ratio("v2 stream", "v1 stream", "fps"),
         "streams_fps_v2_over_v1": ratio(f"v2 {n_streams}", f"v1 {n_streams}", "fps"),
         "unary_added_ms_v2_minus_v1": rows["v2 infer"]["p50_ms"] - rows["v1 classify"]["p50_ms"],
+        # With each request's forward pass taken out: what is left is the protocol's and the path's cost.
+        "unary_overhead_p50_ms_v1": rows["v1 classify"]["overhead_p50_ms"],
+        "unary_overhead_p50_ms_v2": rows["v2 infer"]["overhead_p50_ms"],
+        "unary_overhead_p50_ms_v2_probs": rows["v2 infer probs"]["overhead_p50_ms"],
     }
     return {
         "config": {
@@ -294,10 +303,11 @@ def report(result: dict[str, Any]) -> None:
         f"\n{c['model']}: {c['rounds']} interleaved rounds, {c['frame_size']}px JPEG frames "
         f"(~{c['jpeg_bytes_median'] / 1024:.0f} KiB), top {c['top_k']}"
     )
-    print(f"{'mode':<18}{'frames':>7}{'frames/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'server p50':>12}")
+    print(f"{'mode':<18}{'frames':>7}{'frames/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'daemon p50':>12}{'overhead p50':>14}")
     for name, r in result["modes"].items():
         print(
-            f"{name:<18}{r['frames']:>7}{r['fps']:>10.1f}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}{r['server_p50_ms']:>12.2f}"
+            f"{name:<18}{r['frames']:>7}{r['fps']:>10.1f}{r['p50_ms']:>9.2f}{r['p95_ms']:>9.2f}"
+            f"{r['server_p50_ms']:>12.2f}{r['overhead_p50_ms']:>14.2f}"
         )
     q = result["ratios"]
     print("ratios (v2 / v1):")
@@ -305,6 +315,10 @@ def report(result: dict[str, Any]) -> None:
     print(f"  unary latency p50                    {q['unary_p50_v2_over_v1']:.2f}x ({added:+.2f} ms)")
     print(f"  unary latency p50, full probabilities {q['unary_probs_p50_v2_over_v1']:.2f}x")
     print(f"  unary daemon time p50                {q['unary_server_p50_v2_over_v1']:.2f}x")
+    print(
+        f"  unary overhead p50 (latency minus forward pass): v1 {q['unary_overhead_p50_ms_v1']:.2f} ms, "
+        f"v2 {q['unary_overhead_p50_ms_v2']:.2f} ms, v2 probabilities {q['unary_overhead_p50_ms_v2_probs']:.2f} ms"
+    )
     print(f"  one stream frames/s                  {q['stream_fps_v2_over_v1']:.2f}x")
     print(f"  {c['streams']} streams frames/s                {q['streams_fps_v2_over_v1']:.2f}x")
 

@@ -271,6 +271,7 @@ def test_v2_vs_v1_tiny_measures_every_mode_on_the_same_daemon(target: str, tmp_p
     for name, row in result["modes"].items():
         assert row["fps"] > 0 and row["p95_ms"] >= row["p50_ms"] > 0, name
         assert 0 < row["server_p50_ms"] <= row["p95_ms"], name  # the daemon's share is inside the client's time
+        assert 0 < row["overhead_p50_ms"] <= row["p50_ms"], name  # each latency minus its forward pass
         assert len(row["fps_rounds"]) == 1
     modes = result["modes"]
     ratios = result["ratios"]
@@ -281,4 +282,5 @@ def test_v2_vs_v1_tiny_measures_every_mode_on_the_same_daemon(target: str, tmp_p
     assert ratios["unary_added_ms_v2_minus_v1"] == pytest.approx(
         modes["v2 infer"]["p50_ms"] - modes["v1 classify"]["p50_ms"]
     )
+    assert ratios["unary_overhead_p50_ms_v2"] == modes["v2 infer"]["overhead_p50_ms"]
     assert (tmp_path / "v2_vs_v1.png").read_bytes()[:8] == PNG
