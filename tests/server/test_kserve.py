@@ -85,6 +85,15 @@ def test_live_ready_and_server_metadata(triton: tc.InferenceServerClient) -> Non
     assert set(meta.extensions) == {"classification", "model_configuration", "statistics", "parameters"}
 
 
+def test_the_health_service_reports_the_v2_service_too(target: str) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        answer = check(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"), timeout=10)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
 def test_model_metadata_config_and_index_list_both_inputs(triton: tc.InferenceServerClient) -> None:
     meta = triton.get_model_metadata(MODEL)
     assert (meta.name, list(meta.versions), meta.platform) == ("squeezenet1_0", ["fp32"], "pytorch_libtorch")
