@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import queue
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,12 +96,21 @@ class Samples:
 # -- edgeinfer.v1 ---------------------------------------------------------------------
 
 
-def v1_classify(target: str, model: str, frames: list[bytes]) -> Samples:
+def until(frames: Iterable[bytes], deadline: float) -> Iterator[bytes]:
+    """``frames`` while the chunk's share of --max-seconds lasts (the first one always): a loaded machine
+    gets fewer frames per mode, not a run without end."""
+    for i, f in enumerate(frames):
+        if i and time.perf_counter() > deadline:
+            return
+        yield f
+
+
+def v1_classify(target: str, model: str, frames: list[bytes], deadline: float = math.inf) -> Samples:
     s = Samples()
     with EdgeClient(target, timeout=120) as client:
         client.models()  # connected before the clock starts
         t0 = time.perf_counter()
-        for f in frames:
+        for f in until(frames, deadline):
             sent = time.perf_counter()
             p = client.classify(f, model, top_k=TOP_K)
             s.answer((time.perf_counter() - sent) * 1e3, p.timings.total_ms, p.timings.inference_ms)
@@ -108,12 +118,12 @@ def v1_classify(target: str, model: str, frames: list[bytes]) -> Samples:
     return s
 
 
-def v1_stream(target: str, model: str, frames: list[bytes]) -> Samples:
+def v1_stream(target: str, model: str, frames: list[bytes], deadline: float = math.inf) -> Samples:
     s = Samples()
     with EdgeClient(target, timeout=300) as client:
         client.models()
         t0 = time.perf_counter()
-        for r in client.stream(frames, model, top_k=TOP_K, drop_policy="all"):
+        for r in client.stream(until(frames, deadline), model, top_k=TOP_K, drop_policy="all"):
             if r.prediction is None:
                 raise RuntimeError(f"v1 stream: frame {r.sequence} got {r.kind}: {r.error or r.dropped}")
             t = r.prediction.timings
@@ -136,14 +146,16 @@ def _answer(s: Samples, latency_ms: float, result: tc.InferResult) -> None:
     s.answer(latency_ms, params["total_ms"].double_param, params["inference_ms"].double_param)
 
 
-def v2_infer(target: str, model: str, frames: list[bytes], *, probabilities: bool = False) -> Samples:
+def v2_infer(
+    target: str, model: str, frames: list[bytes], deadline: float = math.inf, *, probabilities: bool = False
+) -> Samples:
     s = Samples()
     outputs = None if probabilities else [tc.InferRequestedOutput("PROBABILITIES", class_count=TOP_K)]
     client = tc.InferenceServerClient(target)
     try:
         client.is_server_ready()  # connected before the clock starts
         t0 = time.perf_counter()
-        for f in frames:
+        for f in until(frames, deadline):
             sent = time.perf_counter()
             result = client.infer(model, [_image(f)], outputs=outputs, client_timeout=120)
             result.as_numpy("PROBABILITIES")  # decoded, as a caller would
@@ -154,7 +166,7 @@ def v2_infer(target: str, model: str, frames: list[bytes], *, probabilities: boo
     return s
 
 
-def v2_stream(target: str, model: str, frames: list[bytes]) -> Samples:
+def v2_stream(target: str, model: str, frames: list[bytes], deadline: float = math.inf) -> Samples:
     s = Samples()
     answers: queue.SimpleQueue[tuple[float, Any, Any]] = queue.SimpleQueue()
     sent: dict[str, float] = {}
@@ -164,10 +176,10 @@ def v2_stream(target: str, model: str, frames: list[bytes]) -> Samples:
         client.is_server_ready()
         client.start_stream(callback=lambda result, error: answers.put((time.perf_counter(), result, error)))
         t0 = time.perf_counter()
-        for i, f in enumerate(frames):
+        for i, f in enumerate(until(frames, deadline)):
             sent[str(i)] = time.perf_counter()
             client.async_stream_infer(model, [_image(f)], outputs=outputs, request_id=str(i))
-        for _ in frames:
+        for _ in sent:
             at, result, error = answers.get(timeout=300)
             if error is not None:
                 raise RuntimeError(f"v2 stream: {error}")
@@ -181,7 +193,12 @@ def v2_stream(target: str, model: str, frames: list[bytes]) -> Samples:
 
 
 def concurrently(
-    run: Callable[[str, str, list[bytes]], Samples], n: int, target: str, model: str, frames: list[bytes]
+    run: Callable[[str, str, list[bytes], float], Samples],
+    n: int,
+    target: str,
+    model: str,
+    frames: list[bytes],
+    deadline: float = math.inf,
 ) -> Samples:
     """``n`` streams at once, each with its own client; throughput over the whole run."""
     parts: list[Samples] = []
@@ -189,7 +206,7 @@ def concurrently(
 
     def one() -> None:
         try:
-            parts.append(run(target, model, frames))
+            parts.append(run(target, model, frames, deadline))
         except BaseException as exc:  # re-raised below, in the caller's thread
             errors.append(exc)
 
@@ -227,20 +244,23 @@ def run(
     max_seconds: float,
     frame_size: int = 224,
 ) -> dict[str, Any]:
-    """Interleaved rounds; a new round starts only while ``max_seconds`` last, so each mode gets whole rounds."""
+    """Interleaved rounds, within ``max_seconds`` (each mode's chunk gets its share; no round starts past it)."""
     frames = make_frames(8, frame_size)
     unary = (frames * (unary_frames // len(frames) + 1))[:unary_frames]
     stream = (frames * (stream_frames // len(frames) + 1))[:stream_frames]
     n_streams = f"{streams} streams"
-    modes: dict[str, Callable[[], Samples]] = {
-        "v1 classify": lambda: v1_classify(target, model, unary),
-        "v2 infer": lambda: v2_infer(target, model, unary),
-        "v2 infer probs": lambda: v2_infer(target, model, unary, probabilities=True),
-        "v1 stream": lambda: v1_stream(target, model, stream),
-        "v2 stream": lambda: v2_stream(target, model, stream),
-        f"v1 {n_streams}": lambda: concurrently(v1_stream, streams, target, model, stream),
-        f"v2 {n_streams}": lambda: concurrently(v2_stream, streams, target, model, stream),
+    modes: dict[str, Callable[[float], Samples]] = {
+        "v1 classify": lambda d: v1_classify(target, model, unary, d),
+        "v2 infer": lambda d: v2_infer(target, model, unary, d),
+        "v2 infer probs": lambda d: v2_infer(target, model, unary, d, probabilities=True),
+        "v1 stream": lambda d: v1_stream(target, model, stream, d),
+        "v2 stream": lambda d: v2_stream(target, model, stream, d),
+        f"v1 {n_streams}": lambda d: concurrently(v1_stream, streams, target, model, stream, d),
+        f"v2 {n_streams}": lambda d: concurrently(v2_stream, streams, target, model, stream, d),
     }
+    # Each mode's chunk stops sending after its share of max_seconds (on a machine that is not
+    # overloaded the chunks end well before: the share only bounds the run).
+    share = max_seconds / (rounds * len(modes))
     # Warm-up: each client path once, outside the figures.
     v1_classify(target, model, frames[:1])
     v2_infer(target, model, frames[:1])
@@ -254,7 +274,7 @@ def run(
             log(f"stopping after {r} rounds: past --max-seconds {max_seconds:.0f}")
             break
         for name in order[r % len(order) :] + order[: r % len(order)]:
-            s = modes[name]()
+            s = modes[name](time.perf_counter() + share)
             samples[name].add(s)
             fps_by_round[name].append(s.frames / s.seconds if s.seconds else 0.0)
         done += 1
@@ -368,7 +388,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unary-frames", type=int, default=10, help="requests per unary mode per round")
     p.add_argument("--stream-frames", type=int, default=12, help="frames per stream per round")
     p.add_argument("--streams", type=int, default=4, help="concurrent streams of the N-streams modes")
-    p.add_argument("--max-seconds", type=float, default=90.0, help="no new round after this long")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=90.0,
+        help="the run's time budget: each mode's chunk stops sending after its share, no round starts past it",
+    )
     p.add_argument("--threads", type=int, default=2, help="the edgeserver's --threads")
     p.add_argument("--tiny", action="store_true", help="1 round of a few frames, 2 streams: seconds")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
