@@ -182,7 +182,7 @@ class KServeServicer(v2_grpc.GRPCInferenceServiceServicer):
 
 @dataclass
 class _Infer:
-    """One ModelInferRequest whose frames are in flight (or the error that stopped it)."""
+    """One ModelInferRequest whose frames are in flight: started (parsed, checked, queued), then answered."""
 
     request: v2.ModelInferRequest
     model: ServedModel
