@@ -127,7 +127,10 @@ def test_model_metadata_config_and_index_list_both_inputs(triton: tc.InferenceSe
 
 def test_jpeg_top_k_is_the_same_through_both_protocols(triton: tc.InferenceServerClient, client: EdgeClient) -> None:
     frame = jpeg(FRAMES[0])
+    counted = triton.get_inference_statistics(MODEL).model_stats[0].inference_count
     v1 = client.classify(frame, MODEL, top_k=5)
+    # Statistics count the model's frames whichever protocol brought them.
+    assert triton.get_inference_statistics(MODEL).model_stats[0].inference_count == counted + 1
     result = triton.infer(MODEL, [image_input(frame)], outputs=classes(5), request_id="frame-0")
     top = parse_classification(result.as_numpy("PROBABILITIES")[0])
     assert [(i, label) for _, i, label in top] == [(c.index, c.label) for c in v1.classes]
