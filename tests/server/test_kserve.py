@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -444,3 +445,56 @@ def test_unix_socket_precisions_as_versions_and_deadlines() -> None:
             int8_runner.gate.set()
             triton.close()
             daemon.stop(grace=1)
+
+
+def test_frames_of_v2_requests_and_v1_streams_share_the_models_batches() -> None:
+    """One v2 request of 2 frames, another v2 client's frame and a v1 stream's frame run as one batch of 4."""
+    from edgeinfer.server import Daemon
+    from fakes import SlowRunner, fake_model, wait_until_taken
+
+    runner = SlowRunner()
+    model = fake_model(runner, max_batch=4)
+    daemon = Daemon(["127.0.0.1:0"]).start()
+    daemon.add_model(model)
+    daemon.mark_ready()
+    target = f"127.0.0.1:{daemon.port}"
+    frame = jpeg(FRAMES[0])
+    answers: queue.Queue[tuple[str, object]] = queue.Queue()
+    try:
+        first = tc.InferenceServerClient(target)
+        first.infer(MODEL, [image_input(frame)])  # connected, and the model warm
+        runner.batch_sizes.clear()
+        runner.gate.clear()  # the worker holds the next frame; the rest wait in line
+        blocker = threading.Thread(target=lambda: answers.put(("blocker", first.infer(MODEL, [image_input(frame)]))))
+        blocker.start()
+        wait_until_taken(model.scheduler)
+        second = tc.InferenceServerClient(target)
+        pair = threading.Thread(
+            target=lambda: answers.put(("pair", second.infer(MODEL, [image_input(frame, frame)], outputs=classes(1))))
+        )
+        pair.start()
+        third = tc.InferenceServerClient(target)
+        single = threading.Thread(target=lambda: answers.put(("single", third.infer(MODEL, [image_input(frame)]))))
+        single.start()
+        with EdgeClient(target, timeout=30) as v1:
+            stream = threading.Thread(
+                target=lambda: answers.put(("v1", [r.kind for r in v1.stream([frame], MODEL, drop_policy="all")]))
+            )
+            stream.start()
+            deadline = time.monotonic() + 20
+            while model.scheduler.pending() < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert model.scheduler.pending() == 4
+            runner.gate.set()
+            for t in (blocker, pair, single, stream):
+                t.join(30)
+        got = dict(answers.get(timeout=1) for _ in range(4))
+        assert runner.batch_sizes == [1, 4]
+        assert got["v1"] == ["prediction"]
+        assert got["pair"].as_numpy("PROBABILITIES").shape == (2, 1)
+        assert got["pair"].get_response().parameters["batch_size"].int64_param == 4
+        for c in (first, second, third):
+            c.close()
+    finally:
+        runner.gate.set()
+        daemon.stop(grace=1)
