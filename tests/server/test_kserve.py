@@ -449,10 +449,20 @@ def test_unix_socket_precisions_as_versions_and_deadlines() -> None:
 
 def test_frames_of_v2_requests_and_v1_streams_share_the_models_batches() -> None:
     """One v2 request of 2 frames, another v2 client's frame and a v1 stream's frame run as one batch of 4."""
-    from edgeinfer.server import Daemon
-    from fakes import SlowRunner, fake_model, wait_until_taken
+    import torch
 
-    runner = SlowRunner()
+    from edgeinfer.server import Daemon
+    from edgeinfer.server.runner import BatchOutput
+    from fakes import SlowRunner, fake_model
+
+    entered = threading.Event()  # the worker is in a forward pass
+
+    class Runner(SlowRunner):
+        def infer(self, batch: torch.Tensor, k: int) -> BatchOutput:
+            entered.set()
+            return super().infer(batch, k)
+
+    runner = Runner()
     model = fake_model(runner, max_batch=4)
     daemon = Daemon(["127.0.0.1:0"]).start()
     daemon.add_model(model)
@@ -464,10 +474,11 @@ def test_frames_of_v2_requests_and_v1_streams_share_the_models_batches() -> None
         first = tc.InferenceServerClient(target)
         first.infer(MODEL, [image_input(frame)])  # connected, and the model warm
         runner.batch_sizes.clear()
+        entered.clear()
         runner.gate.clear()  # the worker holds the next frame; the rest wait in line
         blocker = threading.Thread(target=lambda: answers.put(("blocker", first.infer(MODEL, [image_input(frame)]))))
         blocker.start()
-        wait_until_taken(model.scheduler)
+        assert entered.wait(60)
         second = tc.InferenceServerClient(target)
         pair = threading.Thread(
             target=lambda: answers.put(("pair", second.infer(MODEL, [image_input(frame, frame)], outputs=classes(1))))
@@ -481,13 +492,13 @@ def test_frames_of_v2_requests_and_v1_streams_share_the_models_batches() -> None
                 target=lambda: answers.put(("v1", [r.kind for r in v1.stream([frame], MODEL, drop_policy="all")]))
             )
             stream.start()
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 60  # a bound, not a timing: it takes milliseconds on an idle machine
             while model.scheduler.pending() < 4 and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert model.scheduler.pending() == 4
             runner.gate.set()
             for t in (blocker, pair, single, stream):
-                t.join(30)
+                t.join(60)
         got = dict(answers.get(timeout=1) for _ in range(4))
         assert runner.batch_sizes == [1, 4]
         assert got["v1"] == ["prediction"]
