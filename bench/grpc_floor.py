@@ -1,6 +1,6 @@
 """The transport floor under the daemon's added latency: a bare gRPC stream, no model.
 
-    python bench/grpc_floor.py --port 50600            # prints "ready <port>" once it listens
+    python -m bench.grpc_floor --port 50600            # prints "ready <port>" once it listens
 
 A sync gRPC Python server that speaks ``EdgeInference.StreamClassify`` with the
 daemon's thread layout (a reader thread per stream, one inference thread with one

@@ -1,6 +1,6 @@
 """fp32 vs int8 (fx) vs int8 (pt2e) per model: batch-1 latency, interleaved, and SQNR.
 
-    python bench/quant_flows.py --models squeezenet1_0 resnet50 --out bench/results
+    python -m bench.quant_flows --models squeezenet1_0 resnet50 --out bench/results
 
 The numbers behind DEFAULT_FLOW in quant/quantize.py. Weights are seeded random
 (speed does not depend on them). All variants of one model run in one loop,

@@ -1,7 +1,7 @@
 """What TLS, mutual TLS and bearer tokens cost a call, and what verifying an artifact's SHA-256 costs a load.
 
-    python bench/security_overhead.py                  # ~20 s on 2 cores
-    python bench/security_overhead.py --rounds 2 --calls 50 --connects 3 --json out.json
+    python -m bench.security_overhead                  # ~20 s on 2 cores
+    python -m bench.security_overhead --rounds 2 --calls 50 --connects 3 --json out.json
 
 One daemon per setting (no models: ``ListModels`` measures the transport and the token check, not
 inference), all in this process, certificates made by ``trustme``. Rounds interleave the settings so

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
+from edgeinfer.server.kserve_servicer import KSERVE_SERVICE_NAME, KServeServicer, add_kserve_to_server
 from edgeinfer.server.loading import ModelTable, ServedModel
 from edgeinfer.server.security import (
     LOOPBACK,
@@ -107,6 +108,9 @@ class Daemon:
             options=server_options(max_frame_bytes, reuse_port),
         )
         pb_grpc.add_EdgeInferenceServicer_to_server(self.servicer, self.server)
+        # The Open Inference Protocol (KServe v2) on the same server: same models, interceptors and ports.
+        self.kserve = KServeServicer(self.table, self.servicer)
+        add_kserve_to_server(self.kserve, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -146,7 +150,7 @@ class Daemon:
         ]
 
     def _set_health(self, status: int) -> None:
-        for service in ("", SERVICE_NAME):
+        for service in ("", SERVICE_NAME, KSERVE_SERVICE_NAME):
             self.health.set(service, status)
 
     def reload_credentials(self) -> None:

@@ -15,7 +15,7 @@ import grpc
 
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
-from edgeinfer.server import metrics
+from edgeinfer.server import metrics, statistics
 from edgeinfer.server.errors import InvalidFrame, InvalidRequest, LimitExceeded, NotLocal, NotReady
 from edgeinfer.server.loading import ModelTable, ServedModel
 from edgeinfer.server.options import PreprocessOn
@@ -64,7 +64,7 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         model = self._resolve(config.model)
         session = StreamSession(model, top_k=config.top_k, policy=_POLICIES[config.drop_policy])
         region = self._shared_memory(config, context.peer()) if config.HasField("shared_memory") else None
-        self._open_stream()
+        self.open_stream()
         try:
             context.add_callback(session.abort)
             reader = threading.Thread(
@@ -78,7 +78,7 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
                     _record(model, outcome)
         finally:
             session.abort()
-            self._close_stream()
+            self.close_stream()
             log.info("stream on %s closed: %s", model.name, session.counts)
 
     def _shared_memory(self, config: pb.StreamConfig, peer: str) -> SharedMemoryRegion:
@@ -88,7 +88,8 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         shm = config.shared_memory
         return SharedMemoryRegion.open(shm.key, shm.byte_size, max_bytes=self.max_shm_bytes)
 
-    def _open_stream(self) -> None:
+    def open_stream(self) -> None:
+        """Take one of the daemon's --max-streams slots (the KServe v2 streams share them)."""
         with self._lock:
             if self._streams >= self.max_streams:
                 raise LimitExceeded(
@@ -109,7 +110,7 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         """Streams accepted since start, closed ones included."""
         return self._streams_opened
 
-    def _close_stream(self) -> None:
+    def close_stream(self) -> None:
         with self._lock:
             self._streams -= 1
             metrics.ACTIVE_STREAMS.set(self._streams)
@@ -218,6 +219,9 @@ def _record(model: ServedModel, outcome: FrameOutcome) -> None:
     metrics.FRAMES.labels(model.name, model.precision, outcome.kind).inc()
     if outcome.result is not None:
         metrics.FRAME_LATENCY.labels(model.name, model.precision).observe(outcome.total_ms / 1e3)
+        statistics.record_success(model.name, model.precision, outcome.result, outcome.total_ms)
+    elif outcome.error is not None:
+        statistics.record_failure(model.name, model.precision, outcome.total_ms)
 
 
 def model_info(m: ServedModel) -> pb.ModelInfo:

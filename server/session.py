@@ -41,6 +41,7 @@ __all__ = [
     "StreamSession",
     "check_top_k",
     "classify_one",
+    "frame_job",
 ]
 
 log = logging.getLogger(__name__)

@@ -14,10 +14,11 @@ ROOT = Path(__file__).parents[1]
 
 # package folder -> modules it must never import (a name or anything under it)
 BANNED = {
-    "proto": ("edgeinfer.server", "edgeinfer.client", "edgeinfer.quant", "edgeinfer.media", "torch"),
+    # tritonclient is a test tool ([dev]): the KServe v2 service runs on our own proto/kserve_v2.proto.
+    "proto": ("edgeinfer.server", "edgeinfer.client", "edgeinfer.quant", "edgeinfer.media", "torch", "tritonclient"),
     "media": ("edgeinfer.server", "edgeinfer.client", "edgeinfer.quant", "edgeinfer.proto", "grpc", "torch"),
-    "client": ("edgeinfer.server", "edgeinfer.quant", "torch", "torchvision"),
-    "server": ("edgeinfer.quant", "edgeinfer.client"),
+    "client": ("edgeinfer.server", "edgeinfer.quant", "torch", "torchvision", "tritonclient"),
+    "server": ("edgeinfer.quant", "edgeinfer.client", "tritonclient"),
     "quant": ("edgeinfer.client",),
 }
 

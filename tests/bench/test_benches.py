@@ -235,3 +235,40 @@ def test_grpc_floor_holds_each_frame_and_answers_in_order() -> None:
         server.stop(None)
         thread.stop()
     assert not any(t.name == "floor-infer" for t in threading.enumerate())
+
+
+def test_v2_vs_v1_tiny_measures_every_mode_on_the_same_daemon(target: str, tmp_path: Path) -> None:
+    """bench/v2_vs_v1.py --tiny against the session's daemon: every mode answered its frames, ratios are computed."""
+    bench = bench_module("v2_vs_v1")
+    # A time budget no loaded machine reaches: the frame counts below are then exact.
+    args = ["--tiny", "--max-seconds", "3000", "--target", target, "--model", "squeezenet", "--out", str(tmp_path)]
+    assert bench.main(args) == 0
+    result = json.loads((tmp_path / "v2_vs_v1.json").read_text())
+    config = result["config"]
+    assert (config["rounds"], config["unary_frames"], config["stream_frames"], config["streams"]) == (1, 2, 3, 2)
+    frames = {name: row["frames"] for name, row in result["modes"].items()}
+    assert frames == {
+        "v1 classify": 2,
+        "v2 infer": 2,
+        "v2 infer probs": 2,
+        "v1 stream": 3,
+        "v2 stream": 3,
+        "v1 2 streams": 6,
+        "v2 2 streams": 6,
+    }
+    for name, row in result["modes"].items():
+        assert row["fps"] > 0 and row["p95_ms"] >= row["p50_ms"] > 0, name
+        assert 0 < row["server_p50_ms"] <= row["p95_ms"], name  # the daemon's share is inside the client's time
+        assert 0 < row["overhead_p50_ms"] <= row["p50_ms"], name  # each latency minus its forward pass
+        assert len(row["fps_rounds"]) == 1
+    modes = result["modes"]
+    ratios = result["ratios"]
+    assert ratios["unary_p50_v2_over_v1"] == pytest.approx(modes["v2 infer"]["p50_ms"] / modes["v1 classify"]["p50_ms"])
+    assert ratios["streams_fps_v2_over_v1"] == pytest.approx(
+        modes["v2 2 streams"]["fps"] / modes["v1 2 streams"]["fps"]
+    )
+    assert ratios["unary_added_ms_v2_minus_v1"] == pytest.approx(
+        modes["v2 infer"]["p50_ms"] - modes["v1 classify"]["p50_ms"]
+    )
+    assert ratios["unary_overhead_p50_ms_v2"] == modes["v2 infer"]["overhead_p50_ms"]
+    assert (tmp_path / "v2_vs_v1.png").read_bytes()[:8] == PNG

@@ -1,4 +1,4 @@
-"""The generated code (protobuf 6.x toolchain) also runs on a protobuf 7 runtime."""
+"""The generated code (protobuf 6.x toolchain) also runs on a protobuf 7 runtime: edgeinfer.v1 and KServe v2."""
 
 from __future__ import annotations
 
@@ -19,6 +19,15 @@ from edgeinfer.client import EdgeClient, FrameResult
 r = pb.StreamResponse(sequence=3, prediction=pb.Prediction(classes=[pb.Class(index=1, label='goldfish')]))
 back = FrameResult.from_proto(pb.StreamResponse.FromString(r.SerializeToString()))
 assert back.prediction.top1.label == 'goldfish' and back.sequence == 3
+from edgeinfer.proto import kserve_v2_pb2 as v2, kserve_v2_pb2_grpc
+req = v2.ModelInferRequest(model_name='squeezenet', id='7')
+req.inputs.add(name='IMAGE', datatype='BYTES', shape=[1, 1])
+req.raw_input_contents.append(bytes([2, 0, 0, 0, 255, 216]))
+req.outputs.add(name='PROBABILITIES').parameters['classification'].int64_param = 5
+again = v2.ModelInferRequest.FromString(req.SerializeToString())
+assert again.id == '7' and list(again.inputs[0].shape) == [1, 1]
+assert again.outputs[0].parameters['classification'].int64_param == 5
+assert v2.ModelConfig(max_batch_size=16).max_batch_size == 16
 assert 'torch' not in sys.modules
 print('ok', google.protobuf.__version__)
 """
