@@ -47,6 +47,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL, PRECISION = "squeezenet1_0", "int8"
+# The bare floors, answering each frame at once: the daemon's sync layout, and the grpc.aio prototype.
+FLOORS = {"floor sync": "bench.grpc_floor", "floor aio": "bench.aio_floor"}
 PACKAGES = ("proto", "media", "server", "client", "quant")  # pyproject's package-dir: edgeinfer.<name> = <name>/
 
 __all__ = ["main", "served_ratios", "thread_breakdown"]
@@ -355,6 +357,63 @@ def _median_stages(chunks: list[dict]) -> dict[str, float]:
     return {k: statistics.median(v for c in chunks for v in c["stages"][k]) for k in keys}
 
 
+# --- every thread's CPU time, native threads included ------------------------------------------
+
+
+def thread_cpu(pid: int, names: dict[int, str]) -> dict[str, float]:
+    """Seconds on a CPU of each thread of ``pid``, summed by ``thread_label``.
+
+    From /proc/PID/task/TID/schedstat (nanoseconds): it counts the threads py-spy does not
+    see (OpenMP's team, gRPC's C-core threads) as well as the Python ones.
+    """
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            on_cpu_ns = int((task / "schedstat").read_text().split()[0])
+            comm = (task / "comm").read_text().strip()
+        except (OSError, ValueError, IndexError):  # the thread ended meanwhile
+            continue
+        name = thread_label(int(task.name), comm, names)
+        out[name] = out.get(name, 0.0) + on_cpu_ns / 1e9
+    return out
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """{tid: name} of the process's threads now: Python's names (py-spy dump), "?" for the others.
+
+    Python does not give its threads' names to the OS, so /proc alone cannot tell the
+    inference thread from an OpenMP worker; a thread started later is a stream's own.
+    """
+    names = {int(t.name): "?" for t in Path(f"/proc/{pid}/task").iterdir()}
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    try:
+        dump = subprocess.run([exe, "dump", "--pid", str(pid), "--json"], capture_output=True, text=True, timeout=60)
+        names |= {int(t["os_thread_id"]): t["thread_name"] for t in json.loads(dump.stdout)}
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        log("py-spy dump failed: threads are named by /proc only")
+    return names
+
+
+def thread_label(tid: int, comm: str, names: dict[int, str]) -> str:
+    name = names.get(tid)
+    if name is None:  # born after the snapshot: a stream's own thread
+        return "per-stream thread (stream-reader / request sender)"
+    if name != "?":
+        return {"infer-cpu": "inference thread", "MainThread": "main"}.get(name, name.split("_")[0])
+    if comm in ("python", "python3", "edgeserver") or comm.startswith("python"):
+        return "OpenMP worker"  # a thread of the process's own name that Python does not know
+    return f"gRPC core ({comm})" if comm in ("event_engine", "grpc_global_tim", "lifeguard") else comm
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
+
+
+def add_into(total: dict[str, float], part: dict[str, float]) -> None:
+    for k, v in part.items():
+        total[k] = total.get(k, 0.0) + v
+
+
 # --- py-spy -------------------------------------------------------------------------------------------
 
 # Where a sample is, by the frames of its stack (first match, innermost frame first).
@@ -502,8 +561,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.b_ref or args.b_env or args.a_ref or args.a_env or args.b_threads:
         variants.append(_variant(args.b_ref, args.b_env, tmp, "B", args.b_threads or args.threads))
     uptime = [_uptime()]
-    daemons, clients, floor = [], [], None
-    results: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}, "frames_in_folder": len(jpegs)}
+    daemons, clients, floors, floor_clients = [], [], {}, {}
+    results: dict[str, Any] = {
+        "config": {k: str(v) for k, v in vars(args).items()},
+        "frames_in_folder": len(jpegs),
+        # Where the limit runs (this process) and what every daemon inherits unless a variant sets it.
+        "environment": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_", "KMP_", "MKL_"))},
+    }
     try:
         limit = Limit(args.repository)
         for v in variants:
@@ -511,32 +575,44 @@ def main(argv: list[str] | None = None) -> int:
             d = DaemonProcess([f"{MODEL}:{PRECISION}"], args.repository, v["threads"], None, 8, env=v["env"])
             daemons.append(d)
             clients.append(ClientProcess(f"127.0.0.1:{d.port}", folder, v["env"]))
-        floor = FloorProcess(args.threads)
-        floor_client = ClientProcess(floor.target, folder, {}, model=busy_model(0.0))
+        for kind in FLOORS:
+            floors[kind] = FloorProcess(args.threads, FLOORS[kind])
+            floor_clients[kind] = ClientProcess(floors[kind].target, folder, {}, model=busy_model(0.0))
         frames = [jpegs[i % len(jpegs)] for i in range(args.chunk)]
         lat_frames = [jpegs[i % len(jpegs)] for i in range(args.latency_chunk)]
         limit.run(frames[:4])  # warm
         for c in clients:
             c.ask("throughput", 4)
-        tput: dict[str, list[dict]] = {"limit": [], "floor": []} | {v["label"]: [] for v in variants}
-        lat: dict[str, list[dict]] = {"limit": []} | {v["label"]: [] for v in variants}
+        # Every long-lived thread exists now (OpenMP's team, gRPC's pool, the client's channel).
+        names = {pid: thread_names(pid) for pid in [d.proc.pid for d in daemons] + [c.pid for c in clients]}
+        tput: dict[str, list[dict]] = {"limit": []} | {v["label"]: [] for v in variants} | {k: [] for k in FLOORS}
+        lat: dict[str, list[dict]] = {"limit": []} | {v["label"]: [] for v in variants} | {k: [] for k in FLOORS}
+        # CPU seconds per thread over the served chunks: {variant: {"daemon" | "client": {thread: s}}}
+        cpu: dict[str, dict[str, dict[str, float]]] = {v["label"]: {"daemon": {}, "client": {}} for v in variants}
         t_start = time.perf_counter()
         for r in range(args.rounds):
             log(f"round {r + 1}/{args.rounds} ({time.perf_counter() - t_start:.0f} s)")
             # The limit, then every variant, each chunk starting with a different one.
-            order = ["limit", *[v["label"] for v in variants], "floor"]
+            order = ["limit", *[v["label"] for v in variants], *FLOORS]
             order = order[r % len(order) :] + order[: r % len(order)]
             for who in order:
                 if who == "limit":
                     tput["limit"].append(limit.run(frames))
-                elif who == "floor":
-                    tput["floor"].append(floor_client.ask("throughput", args.chunk))
+                elif who in FLOORS:
+                    tput[who].append(floor_clients[who].ask("throughput", args.chunk))
                 else:
-                    tput[who].append(clients[ord(who) - ord("A")].ask("throughput", args.chunk))
+                    i = ord(who) - ord("A")
+                    pids = {"daemon": daemons[i].proc.pid, "client": clients[i].pid}
+                    before = {side: thread_cpu(pid, names[pid]) for side, pid in pids.items()}
+                    tput[who].append(clients[i].ask("throughput", args.chunk))
+                    for side, pid in pids.items():
+                        add_into(cpu[who][side], cpu_delta(before[side], thread_cpu(pid, names[pid])))
             for who in order:
                 if who == "limit":
                     lat["limit"].append(limit.run(lat_frames))
-                elif who != "floor":
+                elif who in FLOORS:
+                    lat[who].append(floor_clients[who].ask("latency", args.latency_chunk))
+                else:
                     lat[who].append(clients[ord(who) - ord("A")].ask("latency", args.latency_chunk))
             uptime.append(_uptime())
         log("client library, against an in-process stub that answers at once")
@@ -553,9 +629,10 @@ def main(argv: list[str] | None = None) -> int:
             c.stop()
         for d in daemons:
             d.stop()
-        if floor is not None:
-            floor_client.stop()
-            floor.stop()
+        for kind in floors:
+            if kind in floor_clients:
+                floor_clients[kind].stop()
+            floors[kind].stop()
 
     lim_lat = [x for c in lat["limit"] for x in c["latencies_ms"]]
     lim_inf = [x for c in lat["limit"] for x in c["stages"]["inference"]]
@@ -566,11 +643,15 @@ def main(argv: list[str] | None = None) -> int:
         "frames": sum(c["frames"] for c in tput["limit"]),
         "latency_frames": len(lim_lat),
     }
-    floor_ms = sum(c["seconds"] for c in tput["floor"]) * 1e3 / sum(c["frames"] for c in tput["floor"])
+    # The bare floors answer at once: what gRPC Python and the client cost per frame, with no model.
     results["grpc_floor"] = {
-        "ms_per_frame": floor_ms,
-        "frames": sum(c["frames"] for c in tput["floor"]),
-        "note": "EdgeClient.stream to a bare server answering at once",
+        kind: {
+            "ms_per_frame": sum(c["seconds"] for c in tput[kind]) * 1e3 / sum(c["frames"] for c in tput[kind]),
+            "frames": sum(c["frames"] for c in tput[kind]),
+            "latency_p50_ms": pct([x for c in lat[kind] for x in c["latencies_ms"]], 50),
+            "latency_frames": sum(len(c["latencies_ms"]) for c in lat[kind]),
+        }
+        for kind in FLOORS
     }
     results["variants"] = {}
     for v in variants:
@@ -585,6 +666,14 @@ def main(argv: list[str] | None = None) -> int:
             "served_frames": sum(c["frames"] for c in tput[label]),
             "latency_frames": len(served_lat),
             "served_stages_ms": _median_stages(tput[label]),
+            # What each thread spent on a CPU per frame served (the first answer of each chunk counts too).
+            "cpu_ms_per_frame": {
+                side: {
+                    t: sec * 1e3 / (sum(c["frames"] + 1 for c in tput[label]))
+                    for t, sec in sorted(threads.items(), key=lambda kv: -kv[1])
+                }
+                for side, threads in cpu[label].items()
+            },
             "served_latency_p50_ms": pct(served_lat, 50),
             "added_latency_p50_ms": pct(served_lat, 50) - pct(lim_lat, 50),
             # Each frame's model time taken out on both sides: the model's own time swings most here.
@@ -615,9 +704,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cost_summary(cost: list[dict]) -> dict:
+    # The fastest of the repeats (timeit's advice): on a shared machine the others only add preemption.
+    best = min(cost, key=lambda c: c["per_frame_ms"])
     return {
-        "per_frame_ms": statistics.median(c["per_frame_ms"] for c in cost),
-        "stages_ms": {k: statistics.median(c["stages_ms"][k] for c in cost) for k in cost[0]["stages_ms"]},
+        "per_frame_ms": best["per_frame_ms"],
+        "stages_ms": best["stages_ms"],
+        "repeats_ms": [c["per_frame_ms"] for c in cost],
         "frames": sum(c["frames"] for c in cost),
     }
 
@@ -663,7 +755,11 @@ def print_table(results: dict) -> None:
     cl = results["client_library"]
     stages = " ".join(f"{k}={v:.3f}" for k, v in cl["stages_ms"].items())
     print(f"client library per frame (in-process stub): {cl['per_frame_ms']:.3f} ms ({stages})")
-    print(f"client + gRPC to a bare server answering at once: {results['grpc_floor']['ms_per_frame']:.3f} ms/frame")
+    for kind, f in results["grpc_floor"].items():
+        print(
+            f"client + gRPC to a bare server answering at once ({kind}): {f['ms_per_frame']:.3f} ms/frame, "
+            f"one in flight p50 {f['latency_p50_ms']:.3f} ms"
+        )
     for u in results["uptime"][:1] + results["uptime"][-1:]:
         print(f"uptime: {u}")
 
@@ -690,7 +786,8 @@ def plot(results: dict, path: Path) -> None:
         bars[f"served {label}"] = b
     cl = results["client_library"]
     bars["client library\n(stub, no gRPC)"] = dict(cl["stages_ms"])
-    bars["client + gRPC\nbare server"] = {"rest": results["grpc_floor"]["ms_per_frame"]}
+    for kind, f in results["grpc_floor"].items():
+        bars[f"client + gRPC\nbare {kind}"] = {"rest": f["ms_per_frame"]}
     stages = list(dict.fromkeys(k for b in bars.values() for k in b))
     for i, b in enumerate(bars.values()):
         bottom = 0.0
