@@ -375,7 +375,24 @@ def thread_cpu(pid: int, names: dict[int, str]) -> dict[str, float]:
             continue
         name = thread_label(int(task.name), comm, names)
         out[name] = out.get(name, 0.0) + on_cpu_ns / 1e9
+    # A thread that ended is gone from /proc/PID/task, but the process's utime + stime (in clock
+    # ticks) keep its time: the stream's own threads (reader, sender) live one chunk.
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    out[PROCESS_TOTAL] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
+
+
+PROCESS_TOTAL = "process total (ticks)"
+ENDED = "threads that ended (per-stream: reader / sender), by difference"
+
+
+def per_frame_cpu(threads: dict[str, float], frames: int) -> dict[str, float]:
+    """CPU ms per frame by thread; what the live threads do not account for goes to ``ENDED``."""
+    total = threads.get(PROCESS_TOTAL, 0.0)
+    live = {k: v for k, v in threads.items() if k != PROCESS_TOTAL}
+    live[ENDED] = max(0.0, total - sum(live.values()))  # coarse: ticks are 10 ms, summed over every chunk
+    return {k: v * 1e3 / frames for k, v in sorted(live.items(), key=lambda kv: -kv[1])}
 
 
 def thread_names(pid: int) -> dict[int, str]:
@@ -489,7 +506,8 @@ def _thread_label(thread: str, frames: list[str]) -> str:
     ):
         if needle in text:
             return name
-    return thread.split(" ")[0] + " (other)" if thread.startswith("thread") else "other"
+    # py-spy writes "thread (TID): NAME" for Python threads
+    return thread.partition(": ")[2] or "other"
 
 
 class Profiler:
@@ -534,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--b-ref", help="git ref for B (default: the working tree)")
     p.add_argument("--b-env", action="append", default=[], metavar="NAME=VALUE", help="B daemon's environment")
     p.add_argument("--b-threads", type=int, help="B daemon's --threads (default: --threads)")
+    p.add_argument("--b-arg", action="append", default=[], help="an edgeserver argument for B only (--b-arg=--x=y)")
     p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS", help="py-spy A's served frames this long")
     p.add_argument("--profile-rate", type=int, default=500)
     p.add_argument("--repository", type=Path, default=ROOT / "bench" / "results" / "model-repo")
@@ -558,8 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     if not jpegs:
         raise SystemExit(f"no .jpg files in {folder}")
     variants = [_variant(args.a_ref, args.a_env, tmp, "A", args.threads)]
-    if args.b_ref or args.b_env or args.a_ref or args.a_env or args.b_threads:
+    if args.b_ref or args.b_env or args.a_ref or args.a_env or args.b_threads or args.b_arg:
         variants.append(_variant(args.b_ref, args.b_env, tmp, "B", args.b_threads or args.threads))
+        variants[-1]["args"] = tuple(args.b_arg)
     uptime = [_uptime()]
     daemons, clients, floors, floor_clients = [], [], {}, {}
     results: dict[str, Any] = {
@@ -572,7 +592,9 @@ def main(argv: list[str] | None = None) -> int:
         limit = Limit(args.repository)
         for v in variants:
             log(f"starting edgeserver {v['label']} ({v['ref']}, env {v['env']})")
-            d = DaemonProcess([f"{MODEL}:{PRECISION}"], args.repository, v["threads"], None, 8, env=v["env"])
+            d = DaemonProcess(
+                [f"{MODEL}:{PRECISION}"], args.repository, v["threads"], None, 8, v.get("args", ()), env=v["env"]
+            )
             daemons.append(d)
             clients.append(ClientProcess(f"127.0.0.1:{d.port}", folder, v["env"]))
         for kind in FLOORS:
@@ -584,7 +606,9 @@ def main(argv: list[str] | None = None) -> int:
         for c in clients:
             c.ask("throughput", 4)
         # Every long-lived thread exists now (OpenMP's team, gRPC's pool, the client's channel).
-        names = {pid: thread_names(pid) for pid in [d.proc.pid for d in daemons] + [c.pid for c in clients]}
+        pids = [os.getpid()] + [d.proc.pid for d in daemons] + [c.pid for c in clients]
+        names = {pid: thread_names(pid) for pid in pids}
+        limit_cpu: dict[str, float] = {}  # this process's threads over the limit's chunks
         tput: dict[str, list[dict]] = {"limit": []} | {v["label"]: [] for v in variants} | {k: [] for k in FLOORS}
         lat: dict[str, list[dict]] = {"limit": []} | {v["label"]: [] for v in variants} | {k: [] for k in FLOORS}
         # CPU seconds per thread over the served chunks: {variant: {"daemon" | "client": {thread: s}}}
@@ -597,7 +621,9 @@ def main(argv: list[str] | None = None) -> int:
             order = order[r % len(order) :] + order[: r % len(order)]
             for who in order:
                 if who == "limit":
+                    before_limit = thread_cpu(os.getpid(), names[os.getpid()])
                     tput["limit"].append(limit.run(frames))
+                    add_into(limit_cpu, cpu_delta(before_limit, thread_cpu(os.getpid(), names[os.getpid()])))
                 elif who in FLOORS:
                     tput[who].append(floor_clients[who].ask("throughput", args.chunk))
                 else:
@@ -642,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency_p50_ms": pct(lim_lat, 50),
         "frames": sum(c["frames"] for c in tput["limit"]),
         "latency_frames": len(lim_lat),
+        "cpu_ms_per_frame": per_frame_cpu(limit_cpu, sum(c["frames"] for c in tput["limit"])),
     }
     # The bare floors answer at once: what gRPC Python and the client cost per frame, with no model.
     results["grpc_floor"] = {
@@ -662,16 +689,21 @@ def main(argv: list[str] | None = None) -> int:
             "ref": v["ref"],
             "env": {k: val for k, val in v["env"].items() if k != "PYTHONPATH"},
             "daemon_threads": v["threads"],
+            "daemon_args": list(v.get("args", ())),
             **served_ratios(tput["limit"], tput[label]),
             "served_frames": sum(c["frames"] for c in tput[label]),
+            # CPU time, not wall time: what a shared machine's load moves least. Served (daemon + client
+            # process, every thread) minus the limit's (this process's threads), per frame.
+            "cpu_overhead_ms_per_frame": sum(
+                sum(per_frame_cpu(threads, sum(c["frames"] + 1 for c in tput[label])).values())
+                for threads in cpu[label].values()
+            )
+            - sum(results["limit"]["cpu_ms_per_frame"].values()),
             "latency_frames": len(served_lat),
             "served_stages_ms": _median_stages(tput[label]),
             # What each thread spent on a CPU per frame served (the first answer of each chunk counts too).
             "cpu_ms_per_frame": {
-                side: {
-                    t: sec * 1e3 / (sum(c["frames"] + 1 for c in tput[label]))
-                    for t, sec in sorted(threads.items(), key=lambda kv: -kv[1])
-                }
+                side: per_frame_cpu(threads, sum(c["frames"] + 1 for c in tput[label]))
                 for side, threads in cpu[label].items()
             },
             "served_latency_p50_ms": pct(served_lat, 50),
@@ -746,11 +778,17 @@ def _uptime() -> str:
 def print_table(results: dict) -> None:
     lim = results["limit"]
     print(f"\nin-process limit {lim['ms_per_frame']:.2f} ms/frame, latency p50 {lim['latency_p50_ms']:.2f} ms")
-    print(f"{'variant':<8}{'served/limit':>13}{'(chunk med)':>12}{'overhead ms/fr':>15}{'added lat p50':>15}  env/ref")
+    lim_cpu = sum(lim["cpu_ms_per_frame"].values())
+    print(f"in-process limit CPU {lim_cpu:.2f} ms/frame (all of this process's threads)")
+    print(
+        f"{'variant':<8}{'served/limit':>13}{'(chunk med)':>12}{'overhead ms/fr':>15}{'added lat p50':>15}"
+        f"{'CPU overhead ms/fr':>20}  env/ref"
+    )
     for label, v in results["variants"].items():
         print(
             f"{label:<8}{v['served_over_limit']:>13.3f}{v['served_over_limit_chunk_median']:>12.3f}"
-            f"{v['overhead_ms_per_frame']:>15.3f}{v['added_latency_p50_ms']:>15.3f}  {v['env']} {v['ref']}"
+            f"{v['overhead_ms_per_frame']:>15.3f}{v['added_latency_p50_ms']:>15.3f}"
+            f"{v['cpu_overhead_ms_per_frame']:>20.3f}  {v['env']} {v['daemon_args']} {v['ref']}"
         )
     cl = results["client_library"]
     stages = " ".join(f"{k}={v:.3f}" for k, v in cl["stages_ms"].items())
@@ -771,8 +809,9 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     profile = {k: v for k, v in results.get("profile", {}).items() if isinstance(v, dict) and v}
-    ncols = 1 + len(profile)
-    fig, axes = plt.subplots(1, ncols, figsize=(6 + 6 * len(profile), 5), squeeze=False)
+    ncols = 2 + len(profile)
+    fig, axes = plt.subplots(1, ncols, figsize=(12 + 6 * len(profile), 5.5), squeeze=False)
+    cpu_by_thread(results, axes[0][1])
     ax = axes[0][0]
     # Per frame, back to back: what each stage takes, and the rest (gRPC, hand-offs, the client).
     bars: dict[str, dict[str, float]] = {}
@@ -805,23 +844,50 @@ def plot(results: dict, path: Path) -> None:
     ax.set_ylabel("ms per frame (back to back, medians)")
     ax.set_title("where a frame's time goes")
     ax.legend(fontsize=7)
-    for k, (side, threads) in enumerate(profile.items(), start=1):
+    for k, (side, threads) in enumerate(profile.items(), start=2):
         ax = axes[0][k]
         cats = list(dict.fromkeys(c for t in threads.values() for c in t))
         names = sorted(threads, key=lambda t: -sum(threads[t].values()))[:10]
-        total = sum(sum(t.values()) for t in threads.values()) / max(1, len(threads))
         for i, t in enumerate(names):
             bottom = 0.0
+            total = sum(threads[t].values())
             for j, c in enumerate(cats):
                 val = threads[t].get(c, 0) / total if total else 0
                 ax.bar(i, val, bottom=bottom, color=f"C{j}", label=c if i == 0 else None)
                 bottom += val
         ax.set_xticks(range(len(names)), names, fontsize=7, rotation=30, ha="right")
-        ax.set_ylabel("py-spy samples, share of one thread's")
+        ax.set_ylabel("share of the thread's py-spy samples")
         ax.set_title(f"py-spy per thread: {side}")
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def cpu_by_thread(results: dict, ax: Any) -> None:  # a matplotlib Axes
+    """Each variant's daemon and client: CPU ms per served frame, stacked by thread."""
+    bars = {
+        f"{label} {side}": t for label, v in results["variants"].items() for side, t in v["cpu_ms_per_frame"].items()
+    }
+    threads = list(dict.fromkeys(k for t in bars.values() for k in t))
+    seen: set[str] = set()
+    for i, t in enumerate(bars.values()):
+        bottom = 0.0
+        for j, name in enumerate(threads):
+            val = t.get(name, 0.0)
+            ax.bar(
+                i,
+                val,
+                bottom=bottom,
+                color=f"C{j % 10}",
+                hatch="//" if j >= 10 else None,
+                label=None if name in seen else name,
+            )
+            bottom += val
+            seen.add(name)
+    ax.set_xticks(range(len(bars)), list(bars), fontsize=7)
+    ax.set_ylabel("CPU ms per served frame (/proc schedstat)")
+    ax.set_title("CPU per frame, by thread (all threads, native ones too)")
+    ax.legend(fontsize=6)
 
 
 if __name__ == "__main__":
