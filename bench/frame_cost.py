@@ -120,6 +120,7 @@ def _throughput(client: Any, frames: list[bytes], model: str, precision: str) ->
     """Frames back to back; the rate from the first answer to the last (the stream's start left out)."""
     first = None
     answered, stages = 0, {"inference": [], "decode": [], "preprocess": [], "queue": [], "total": []}
+    stages |= {"batch": [], "inference_per_frame": []}  # a backlog runs as batches: the forward pass, shared
     for r in client.stream(frames, model, precision=precision, drop_policy="all"):
         assert r.prediction is not None, r
         if first is None:
@@ -127,8 +128,11 @@ def _throughput(client: Any, frames: list[bytes], model: str, precision: str) ->
             continue
         answered += 1
         t = r.prediction.timings
-        for k in stages:
+        for k in ("inference", "decode", "preprocess", "queue", "total"):
             stages[k].append(getattr(t, f"{k}_ms"))
+        batch = max(1, r.prediction.batch_size)
+        stages["batch"].append(batch)
+        stages["inference_per_frame"].append(t.inference_ms / batch)
     assert first is not None and answered == len(frames) - 1, "one answer per frame"
     return {"frames": answered, "seconds": time.perf_counter() - first, "stages": stages}
 
@@ -820,7 +824,7 @@ def plot(results: dict, path: Path) -> None:
     bars["limit (in process)"]["rest"] = lim["ms_per_frame"] - sum(bars["limit (in process)"].values())
     for label, v in results["variants"].items():
         s = v["served_stages_ms"]
-        b = {k: s[k] for k in ("decode", "preprocess", "inference")}
+        b = {"decode": s["decode"], "preprocess": s["preprocess"], "inference": s["inference_per_frame"]}
         b["rest"] = v["served_ms_per_frame"] - sum(b.values())
         bars[f"served {label}"] = b
     cl = results["client_library"]
@@ -846,7 +850,7 @@ def plot(results: dict, path: Path) -> None:
     ax.legend(fontsize=7)
     for k, (side, threads) in enumerate(profile.items(), start=2):
         ax = axes[0][k]
-        cats = list(dict.fromkeys(c for t in threads.values() for c in t))
+        cats = [name for name, _ in CATEGORIES] + ["python (other)"]  # one color per category in every panel
         names = sorted(threads, key=lambda t: -sum(threads[t].values()))[:10]
         for i, t in enumerate(names):
             bottom = 0.0

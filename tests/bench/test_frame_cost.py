@@ -83,6 +83,9 @@ def test_frame_cost_tiny(tmp_path: Path, squeezenet_int8: Any) -> None:
         assert v["overhead_ms_per_frame"] == pytest.approx(v["served_ms_per_frame"] - v["limit_ms_per_frame"])
         assert v["added_latency_p50_ms"] == pytest.approx(v["served_latency_p50_ms"] - r["limit"]["latency_p50_ms"])
         assert v["served_stages_ms"]["inference"] > 0 and v["served_stages_ms"]["decode"] > 0
+        # A backlog runs as batches: each frame's share of its forward pass is at most the pass.
+        assert v["served_stages_ms"]["batch"] >= 1
+        assert v["served_stages_ms"]["inference_per_frame"] <= v["served_stages_ms"]["inference"]
         # CPU per frame, every thread of both processes, minus the limit's: the inference thread ran.
         assert v["cpu_ms_per_frame"]["daemon"]["inference thread"] > 0
         assert v["cpu_overhead_ms_per_frame"] == pytest.approx(
