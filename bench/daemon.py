@@ -121,8 +121,9 @@ class DaemonProcess:
 class FloorProcess:
     """bench/grpc_floor.py: the same gRPC stream and threads as the daemon, no model."""
 
-    def __init__(self, threads: int) -> None:
-        cmd = [sys.executable, "-m", "bench.grpc_floor", "--port", "0", "--threads", str(threads)]
+    def __init__(self, threads: int, module: str = "bench.grpc_floor") -> None:
+        """``module``: bench.grpc_floor (sync, the daemon's layout) or bench.aio_floor (the asyncio prototype)."""
+        cmd = [sys.executable, "-m", module, "--port", "0", "--threads", str(threads)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)  # bench is a package there
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().split()

@@ -78,6 +78,9 @@ def test_serve_bench_tiny(tmp_path: Path, squeezenet_int8: Any) -> None:
     assert {"unix_shm_vs_tcp_jpeg_p50", "unix_raw_vs_tcp_jpeg_640x480_overhead_saved_ms"} <= set(ratios)
     assert ratios["added_above_floor_ms"] == pytest.approx(ratios["added_latency_p50_ms"] - ratios["grpc_floor_p50_ms"])
     stages = {r["mode"]: r["stages_ms"] for r in result["rows"] if r["precision"] == "int8"}
+    fps = {r["mode"]: r["fps"] for r in result["rows"] if r["precision"] == "int8"}
+    # Beside the ratio, the frontend's cost per frame: served ms/frame minus the limit's.
+    assert ratios["overhead_ms_per_frame"] == pytest.approx(1e3 / fps["c served"] - 1e3 / fps["b limit"])
     # Model time taken out of each frame first: the in-process limit now has an overhead stage too.
     assert ratios["added_latency_model_time_out_ms"] == pytest.approx(
         stages["c served latency"]["overhead"] - stages["b limit latency"]["overhead"]
