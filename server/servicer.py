@@ -222,6 +222,7 @@ def model_info(m: ServedModel) -> pb.ModelInfo:
         max_batch_size=m.scheduler.max_batch,
         batch_sizes=list(m.scheduler.batch_sizes),
         preprocess_on=m.preprocess_on,
+        resize_size=m.preprocessing.resize_size,
     )
     if m.fidelity:
         info.fidelity.CopyFrom(
