@@ -86,7 +86,7 @@ def test_a_damaged_jpeg_is_an_error_not_a_partly_grey_image() -> None:
     pre = Preprocessor(get_spec("squeezenet").preprocessing, device=torch.device("cpu"))
     with pytest.raises(InvalidFrame) as damaged:
         pre(JpegImage(bytes(data)))
-    assert "damaged or truncated: Corrupt JPEG data" in damaged.value.details
+    assert "(damaged or truncated): Corrupt JPEG data" in damaged.value.details
     with pytest.raises(InvalidFrame) as truncated:
         pre(JpegImage(bytes(jpeg(synthetic_frame(3, 640, 480))[:-100])))
     assert "could not be decoded" in truncated.value.details
