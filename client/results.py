@@ -128,6 +128,7 @@ class ModelInfo:
     batch_sizes: tuple[int, ...] = (1,)
     preprocess_on: str = ""
     fidelity: Fidelity | None = field(default=None)
+    resize_size: int = 0  # the daemon resizes frames' shorter side to this before its crop (0: not said)
 
     @classmethod
     def from_proto(cls, m: pb.ModelInfo) -> ModelInfo:
@@ -149,4 +150,5 @@ class ModelInfo:
             batch_sizes=tuple(m.batch_sizes),
             preprocess_on=m.preprocess_on,
             fidelity=fidelity,
+            resize_size=m.resize_size,
         )
