@@ -16,10 +16,25 @@ opened; 3 some frames failed (per-frame errors: a damaged file, a frame refused)
 
 from __future__ import annotations
 
-import argparse
-import json
+import itertools
 import os
 import sys
+
+
+def _quiet_grpc(argv: list[str]) -> None:
+    """gRPC's own log lines (a GOAWAY when the daemon restarts) only with --log-level debug.
+
+    gRPC reads GRPC_VERBOSITY once, when it is imported: so here, before the imports below.
+    """
+    debug = "--log-level=debug" in argv or any(a == "--log-level" and b == "debug" for a, b in itertools.pairwise(argv))
+    if not debug:
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+_quiet_grpc(sys.argv[1:])
+
+import argparse
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,11 +46,11 @@ import numpy as np
 from edgeinfer.client.api import DROP_POLICIES, RESIZE_MODES, EdgeClient
 from edgeinfer.client.errors import EdgeInferError, SourceError
 from edgeinfer.client.frames import ENCODINGS, Frame
-from edgeinfer.client.results import FrameResult, ModelInfo
+from edgeinfer.client.results import FrameResult, ModelInfo, percent
 from edgeinfer.client.sources import ImageFile, capture_frames, image_files
 from edgeinfer.media.sources import SourceError as MediaSourceError
 
-__all__ = ["Summary", "build_parser", "main", "percent"]
+__all__ = ["Summary", "build_parser", "main"]
 
 EXIT_OK, EXIT_STREAM_FAILED, EXIT_USAGE, EXIT_FRAMES_FAILED = 0, 1, 2, 3
 REAL_WEIGHTS_HINT = (
@@ -184,12 +199,6 @@ class Summary:
         )
 
 
-def percent(probability: float) -> str:
-    """A probability as a percentage with two significant digits: random weights give ~0.1%, not "0.00"."""
-    value = probability * 100
-    return f"{value:.0f}%" if value >= 10 else f"{value:.2g}%"
-
-
 def _line(result: FrameResult) -> str:
     head = f"#{result.sequence:<5d}"
     if result.prediction:
@@ -207,7 +216,6 @@ def _quiet_libraries(level: str) -> None:
     if level == "debug":
         return
     os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")  # read when cv2 is imported: covers videoio's open warnings
-    os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # read when gRPC starts: hides its GOAWAY/bind log lines
     if "cv2" in sys.modules:
         import cv2
 

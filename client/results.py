@@ -9,9 +9,15 @@ import grpc
 
 from edgeinfer.proto import edgeinfer_pb2 as pb
 
-__all__ = ["ClassScore", "Fidelity", "FrameResult", "ModelInfo", "Prediction", "Timings"]
+__all__ = ["ClassScore", "Fidelity", "FrameResult", "ModelInfo", "Prediction", "Timings", "percent"]
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def percent(probability: float) -> str:
+    """A probability as a percentage, two significant digits: random weights give ~0.1%, never "0.00"."""
+    value = probability * 100
+    return f"{value:.0f}%" if value >= 10 else f"{value:.2g}%"
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ __all__ = ["RECONNECT_CODES", "ResultStream", "StreamOptions", "prepare"]
 RECONNECT_CODES = (grpc.StatusCode.UNAVAILABLE,)
 _POLL_S = 0.1
 _BACKOFF_S = (0.1, 2.0)  # waits between reconnect attempts: first, and the most (doubling)
+_DRAIN_S = 0.02  # while waiting, how often a latest stream's captured frames are answered
 
 
 @dataclass
@@ -310,35 +311,47 @@ class ResultStream(Iterator[FrameResult]):
                 yield _dropped(entry.frame, f"the connection to the daemon was {why} ({error.code.name}); reconnecting")
 
     def _wait_for_daemon(self, since: float, wait: float, deadline: float | None) -> Iterator[FrameResult]:
-        """Wait until gRPC has the channel connected again; meanwhile a latest stream drops what its source delivers."""
+        """Pause ``wait`` seconds, then until gRPC has the channel connected again (it reconnects with its
+        own backoff); meanwhile a ``latest`` stream answers what its source delivers as dropped. Returns
+        the next pause: doubling, so that a daemon still loading (UNAVAILABLE on a ready channel) is not
+        asked in a tight loop."""
         o = self._options
         end = None if o.max_outage is None else since + o.max_outage
         if deadline is not None:
             end = deadline if end is None else min(end, deadline)
-        while True:
-            if end is not None and time.monotonic() >= end:
-                raise EdgeInferError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"the daemon at {self._target} has been unreachable for {time.monotonic() - since:.0f} s; gave up",
-                )
-            step = wait if end is None else max(0.01, min(wait, end - time.monotonic()))
-            ready = True
-            try:
-                grpc.channel_ready_future(self._channel).result(timeout=step)
-            except grpc.FutureTimeoutError:
-                ready = False
-            if o.drop_latest:
-                with self._lock:
-                    stale = list(self._pending)
-                    self._pending.clear()
-                    self._lock.notify_all()
-                for frame in stale:
-                    yield _dropped(frame, f"captured while the daemon at {self._target} was unreachable; reconnecting")
-            if ready:
-                # Ready, but the daemon may still be loading (UNAVAILABLE again): back off further next time.
-                time.sleep(min(wait, 0.05))
-                return min(2 * wait, _BACKOFF_S[1])
-            wait = min(2 * wait, _BACKOFF_S[1])
+        pause_until = time.monotonic() + wait
+        future = grpc.channel_ready_future(self._channel)
+        try:
+            while True:
+                if end is not None and time.monotonic() >= end:
+                    raise EdgeInferError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"the daemon at {self._target} has been unreachable for "
+                        f"{time.monotonic() - since:.0f} s; gave up",
+                    )
+                try:
+                    future.result(timeout=_DRAIN_S)
+                    ready = True
+                except grpc.FutureTimeoutError:
+                    ready = False
+                yield from self._drop_captured()
+                if ready:
+                    if time.monotonic() >= pause_until:
+                        return min(2 * wait, _BACKOFF_S[1])
+                    time.sleep(_DRAIN_S)  # a done future answers at once: do not spin
+        finally:
+            future.cancel()
+
+    def _drop_captured(self) -> Iterator[FrameResult]:
+        """A ``latest`` stream answers what its source captured while the daemon was away, as dropped."""
+        if not self._options.drop_latest:
+            return
+        with self._lock:
+            stale = list(self._pending)
+            self._pending.clear()
+            self._lock.notify_all()
+        for frame in stale:
+            yield _dropped(frame, f"captured while the daemon at {self._target} was unreachable; reconnecting")
 
     def _status(self, message: str) -> None:
         if self._options.on_status is not None:
