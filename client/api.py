@@ -18,12 +18,13 @@ from types import TracebackType
 import grpc
 import numpy as np
 
-from edgeinfer.client.errors import EdgeInferError
+from edgeinfer.client.errors import EdgeInferError, as_client_error
 from edgeinfer.client.frames import Encoder, Frame, as_frame
 from edgeinfer.client.results import ModelInfo, Prediction
 from edgeinfer.client.shm import DEFAULT_SLOTS
 from edgeinfer.client.streaming import ResultStream, StreamOptions, prepare
 from edgeinfer.media.sources import ImageFile
+from edgeinfer.media.sources import SourceError as MediaSourceError
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 
@@ -137,11 +138,13 @@ class EdgeClient:
             raise ValueError("encoding='shm' needs a stream (stream()); use 'raw' or 'jpeg' for classify()")
         _check_resize(resize)
         frame = as_frame(image, 0)  # type: ignore[arg-type]
+        resize_size = 0
         if resize == "auto" and isinstance(frame.image, (np.ndarray, ImageFile)):
             resize_size = self.model(model, precision=precision, timeout=timeout).resize_size
+        try:
             prepare(frame, resize_size, need_pixels=encoding != "jpeg")
-        elif isinstance(frame.image, ImageFile):
-            prepare(frame, 0, need_pixels=encoding != "jpeg")
+        except MediaSourceError as exc:
+            raise as_client_error(exc) from exc
         request = pb.ClassifyRequest(model=pb.ModelSelector(name=model, precision=precision), top_k=top_k)
         Encoder(encoding, quality).write(frame, request.image)
         return Prediction.from_proto(self._call(self._stub.Classify, request, timeout))

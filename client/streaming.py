@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from edgeinfer.client.errors import EdgeInferError, SourceError, as_client_error
+from edgeinfer.client.errors import EdgeInferError, as_client_error
 from edgeinfer.client.frames import Encoder, Frame, as_frame
 from edgeinfer.client.results import FrameResult
 from edgeinfer.client.shm import SharedMemoryFrames
 from edgeinfer.media.images import decode_image, is_jpeg, jpeg_needs_shrink, shrink
 from edgeinfer.media.sources import ImageFile
+from edgeinfer.media.sources import SourceError as MediaSourceError
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 
@@ -74,7 +75,7 @@ def prepare(frame: Frame, resize_size: int, *, need_pixels: bool) -> None:
 
     ``resize_size`` > 0 shrinks a larger frame to the daemon's resize size first (0: off).
     ``need_pixels``: the encoding sends pixels (raw/shm), so JPEG bytes are decoded too.
-    Raises :class:`SourceError` for a file that cannot be read or decoded.
+    Raises ``edgeinfer.media.SourceError`` for a file that cannot be read or decoded.
     """
     image = frame.image
     if isinstance(image, ImageFile):
@@ -170,8 +171,8 @@ class ResultStream(Iterator[FrameResult]):
                 entry.sent_at = time.perf_counter()
                 try:
                     prepare(frame, resize_size, need_pixels=need_pixels)
-                except SourceError as exc:
-                    entry.error = exc.details
+                except MediaSourceError as exc:  # an unreadable or damaged file: its own answer, never sent
+                    entry.error = str(exc)
                     continue
                 request = pb.StreamRequest()  # filled in place: see Encoder.write
                 request.frame.sequence = frame.sequence
