@@ -219,7 +219,7 @@ def _quiet_libraries(level: str) -> None:
     if "cv2" in sys.modules:
         import cv2
 
-        cv2.setLogLevel(0)  # 0: silent, for a cv2 imported before this ran
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # a cv2 imported before this ran
 
 
 def _source(args: argparse.Namespace, summary: Summary, say: Callable[[str], None]) -> Iterator[np.ndarray | ImageFile]:
@@ -234,7 +234,9 @@ def _source(args: argparse.Namespace, summary: Summary, say: Callable[[str], Non
     return image_files(args.images, fps=args.fps)
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout  # looked up now, not at import: redirect_stdout and pytest's capture work
+    err = err or sys.stderr
     summary = Summary()
     kept: dict[int, np.ndarray] = {}
     writer = None
