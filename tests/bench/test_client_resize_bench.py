@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_client_resize_bench_tiny(tmp_path: Path) -> None:
+    script = str(ROOT / "bench" / "client_resize.py")
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "client_resize.py"), "--tiny", "--out", str(tmp_path)]
-        + ["--repository", str(tmp_path / "repo")],
+        [sys.executable, script, "--tiny", "--out", str(tmp_path), "--repository", str(tmp_path / "repo")],
         capture_output=True,
         text=True,
         timeout=600,
