@@ -68,6 +68,7 @@ class EdgeClient:
         self.timeout = timeout
         self._channel = channel or grpc.insecure_channel(target, options=channel_options())
         self._stub = pb_grpc.EdgeInferenceStub(self._channel)
+        self._resize_sizes: dict[tuple[str, str], int] = {}  # (model, precision) -> its resize size, for classify()
 
     def __enter__(self) -> EdgeClient:
         return self
@@ -140,7 +141,10 @@ class EdgeClient:
         frame = as_frame(image, 0)  # type: ignore[arg-type]
         resize_size = 0
         if resize == "auto" and isinstance(frame.image, (np.ndarray, ImageFile)):
-            resize_size = self.model(model, precision=precision, timeout=timeout).resize_size
+            key = (model, precision)
+            if key not in self._resize_sizes:  # asked once per model, not once per image
+                self._resize_sizes[key] = self.model(model, precision=precision, timeout=timeout).resize_size
+            resize_size = self._resize_sizes[key]
         try:
             prepare(frame, resize_size, need_pixels=encoding != "jpeg")
         except MediaSourceError as exc:

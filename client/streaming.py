@@ -58,6 +58,40 @@ class StreamOptions:
 
 
 @dataclass
+class _Hand:
+    """The one-frame hand-over between the source's pump thread and the calls' request iterators."""
+
+    lock: threading.Condition = field(default_factory=threading.Condition)
+    pending: collections.deque[Frame] = field(default_factory=collections.deque)
+    ended: bool = False  # the source has no more frames (or failed: source_error)
+    stopped: bool = False  # the consumer is gone: the pump stops
+    source_error: list[BaseException] = field(default_factory=list)
+
+
+def _pump(hand: _Hand, frames: Iterable[object]) -> None:
+    source = iter(frames)
+    try:
+        for i, item in enumerate(source):
+            frame = as_frame(item, i)  # type: ignore[arg-type]
+            with hand.lock:
+                while hand.pending and not hand.stopped:
+                    hand.lock.wait(_POLL_S)
+                if hand.stopped:
+                    return
+                hand.pending.append(frame)
+                hand.lock.notify_all()
+    except BaseException as exc:  # handed to the consumer: raised there after the answers
+        hand.source_error.append(as_client_error(exc))
+    finally:
+        with hand.lock:
+            hand.ended = True
+            hand.lock.notify_all()
+        close = getattr(source, "close", None)
+        if close is not None and hand.stopped:
+            close()  # release the camera from the thread that holds it
+
+
+@dataclass
 class _Entry:
     frame: Frame
     sent_at: float | None = None
@@ -107,14 +141,11 @@ class ResultStream(Iterator[FrameResult]):
         self._target = target
         self._resize_size = model_info
         self._options = options
-        self._lock = threading.Condition()
-        self._pending: collections.deque[Frame] = collections.deque()
+        self._hand = _Hand()
         self._inflight: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
-        self._ended = False
-        self._stopped = False
-        self._source_error: list[BaseException] = []
-        self._frames = frames
-        self._pump = threading.Thread(target=self._run_pump, name="edgeinfer-frames", daemon=True)
+        # The pump holds the hand-over, not this object: a stream dropped unfinished is collected,
+        # and its generator's cleanup stops the pump and closes the source.
+        self._pump = threading.Thread(target=_pump, args=(self._hand, frames), name="edgeinfer-frames", daemon=True)
         self._results = self._run()
 
     def __iter__(self) -> ResultStream:
@@ -124,31 +155,16 @@ class ResultStream(Iterator[FrameResult]):
         return next(self._results)
 
     def close(self) -> None:
+        """Stop early: cancel the call, stop reading the source (a camera is released)."""
         self._results.close()
 
-    # -- the source ------------------------------------------------------------
+    def __enter__(self) -> ResultStream:
+        return self
 
-    def _run_pump(self) -> None:
-        source = iter(self._frames)
-        try:
-            for i, item in enumerate(source):
-                frame = as_frame(item, i)  # type: ignore[arg-type]
-                with self._lock:
-                    while self._pending and not self._stopped:
-                        self._lock.wait(_POLL_S)
-                    if self._stopped:
-                        return
-                    self._pending.append(frame)
-                    self._lock.notify_all()
-        except BaseException as exc:  # handed to the consumer: raised there after the answers
-            self._source_error.append(as_client_error(exc))
-        finally:
-            with self._lock:
-                self._ended = True
-                self._lock.notify_all()
-            close = getattr(source, "close", None)
-            if close is not None and self._stopped:
-                close()  # release the camera from the thread that holds it
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the source ------------------------------------------------------------
 
     # -- one call --------------------------------------------------------------
 
@@ -159,13 +175,13 @@ class ResultStream(Iterator[FrameResult]):
         need_pixels = self._options.encoder.encoding != "jpeg"
         try:
             while True:
-                with self._lock:
-                    while not self._pending and not self._ended and not call.done:
-                        self._lock.wait(_POLL_S)
-                    if call.done or not self._pending:
+                with self._hand.lock:
+                    while not self._hand.pending and not self._hand.ended and not call.done:
+                        self._hand.lock.wait(_POLL_S)
+                    if call.done or not self._hand.pending:
                         return  # lost (the consumer answers what was in flight), or the source ended
-                    frame = self._pending.popleft()
-                    self._lock.notify_all()
+                    frame = self._hand.pending.popleft()
+                    self._hand.lock.notify_all()
                     entry = self._inflight[frame.sequence] = _Entry(frame)  # type: ignore[index]
                 # Latency counts from here: shrinking and encoding are part of it.
                 entry.sent_at = time.perf_counter()
@@ -187,7 +203,7 @@ class ResultStream(Iterator[FrameResult]):
     def _take_answered_before(self, sequence: int | None) -> list[FrameResult]:
         """Frames answered here (prepare failed) that come before ``sequence`` (None: all that are left)."""
         out = []
-        with self._lock:
+        with self._hand.lock:
             while self._inflight:
                 seq, entry = next(iter(self._inflight.items()))
                 if seq == sequence or (entry.error is None and sequence is not None):
@@ -234,7 +250,7 @@ class ResultStream(Iterator[FrameResult]):
                             yield from self._take_answered_before(response.sequence)
                             if pool is not None:
                                 pool.answered()
-                            with self._lock:
+                            with self._hand.lock:
                                 entry = self._inflight.pop(response.sequence, None)
                             latency = None
                             if entry is not None and entry.sent_at is not None:
@@ -273,16 +289,16 @@ class ResultStream(Iterator[FrameResult]):
                     continue
                 # The call ended well: every frame sent got its answer.
                 yield from self._take_answered_before(None)
-                with self._lock:
-                    more = bool(self._pending) or not self._ended
+                with self._hand.lock:
+                    more = bool(self._hand.pending) or not self._hand.ended
                 if not more:
-                    if self._source_error:
-                        raise self._source_error[0]
+                    if self._hand.source_error:
+                        raise self._hand.source_error[0]
                     return
         finally:
-            with self._lock:
-                self._stopped = True
-                self._lock.notify_all()
+            with self._hand.lock:
+                self._hand.stopped = True
+                self._hand.lock.notify_all()
             if pool is not None:
                 pool.close()
 
@@ -290,17 +306,17 @@ class ResultStream(Iterator[FrameResult]):
         """A fresh shared-memory pool per call (a restarted daemon maps it anew), sized for the first frame."""
         if old is not None:
             old.close()
-        with self._lock:
-            while not self._pending and not self._ended:
-                self._lock.wait(_POLL_S)
-            first = self._pending[0] if self._pending else None
+        with self._hand.lock:
+            while not self._hand.pending and not self._hand.ended:
+                self._hand.lock.wait(_POLL_S)
+            first = self._hand.pending[0] if self._hand.pending else None
         if first is None or not isinstance(first.image, np.ndarray):
             return None
         image = shrink(first.image, resize_size) if resize_size else first.image
         return SharedMemoryFrames(max(image.nbytes, 1), self._options.shm_slots)
 
     def _lose_in_flight(self, call: _Call, error: EdgeInferError, connected: bool) -> Iterator[FrameResult]:
-        with self._lock:
+        with self._hand.lock:
             call.done = True
             lost = list(self._inflight.values())
             self._inflight.clear()
@@ -347,10 +363,10 @@ class ResultStream(Iterator[FrameResult]):
         """A ``latest`` stream answers what its source captured while the daemon was away, as dropped."""
         if not self._options.drop_latest:
             return
-        with self._lock:
-            stale = list(self._pending)
-            self._pending.clear()
-            self._lock.notify_all()
+        with self._hand.lock:
+            stale = list(self._hand.pending)
+            self._hand.pending.clear()
+            self._hand.lock.notify_all()
         for frame in stale:
             yield _dropped(frame, f"captured while the daemon at {self._target} was unreachable; reconnecting")
 

@@ -254,3 +254,21 @@ def test_the_client_raises_a_source_error_of_its_own_family(tmp_path: Path) -> N
             next(iter(source()))
         assert isinstance(failed.value, SourceError) and isinstance(failed.value, media_sources.SourceError)
         assert "does not exist" in str(failed.value) and failed.value.code.name == "FAILED_PRECONDITION"
+
+
+def test_leaving_a_stream_early_releases_its_source(client: EdgeClient) -> None:
+    closed = threading.Event()
+
+    def camera() -> Iterator[np.ndarray]:
+        try:
+            i = 0
+            while True:  # a camera never ends by itself
+                yield synthetic_frame(i % 5)
+                i += 1
+        finally:
+            closed.set()  # as capture_frames releases its VideoCapture
+
+    with client.stream(camera(), "squeezenet") as stream:
+        first = next(stream)
+    assert first.sequence == 0
+    assert closed.wait(10)
