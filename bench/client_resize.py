@@ -11,13 +11,14 @@ They go as a camera's BGR arrays: the client JPEG-encodes them (quality 90).
 Per size, in rounds that alternate the modes so the machine's noise hits all alike:
   limit   naive in-process limit: full-size JPEG decode + resize/crop/normalize +
           int8 SqueezeNet 1.0 + top-k, one frame after another in this process
-  auto    through an edgeserver process over loopback gRPC, one stream, client-side
+  auto    through an edgeserver process over loopback gRPC (same 2 cores as this client), one stream, client-side
           resize on (frames shrunk to the daemon's resize size, area interpolation)
   off     the same with client-side resize off (full-size JPEGs on the wire)
 For auto and off: served frames/s (back to back, policy all), latency with one frame
-in flight, bytes per frame on the wire, the daemon's CPU time per frame (from
-/proc), and top-1 / top-5 agreement between the two paths, against the int8
-quantizer's own agreement with fp32. Writes client_resize.json and client_resize.png.
+in flight, bytes per frame on the wire, the daemon's CPU time per frame (from /proc;
+it includes OpenMP threads spinning between frames) and its work per frame (decode +
+preprocess + model, its own timings), and top-1 / top-5 agreement between the two
+paths, against the int8 quantizer's own agreement with fp32. Writes client_resize.json and client_resize.png.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def served(target: str, frames: list[np.ndarray], resize: str, pid: int) -> tupl
     cpu0 = cpu_seconds(pid)
     with EdgeClient(target, timeout=60) as client:
         first = None
-        for r in client.stream(frames, MODEL, precision="int8", drop_policy="all", resize=resize):
+        for r in client.stream(frames, MODEL, precision="int8", drop_policy="all", resize=resize, quality=QUALITY):
             assert r.prediction is not None, r
             results.append(r)
             if first is None:
@@ -120,6 +121,16 @@ def latency(target: str, frames: list[np.ndarray], resize: str) -> list[float]:
     return out
 
 
+def _work_ms(r: FrameResult) -> float:
+    """What the daemon did for the frame: decode + resize/crop/normalize + model (its own timings).
+
+    /proc's CPU time also counts the inference threads spinning while they wait for the next frame
+    (OpenMP's wait policy), which grows with how slowly the client sends; this does not.
+    """
+    t = r.prediction.timings  # type: ignore[union-attr]
+    return t.decode_ms + t.preprocess_ms + t.inference_ms
+
+
 def agreement(a: list[FrameResult], b: list[FrameResult]) -> tuple[float, float]:
     top1 = [x.prediction.top1.index == y.prediction.top1.index for x, y in zip(a, b, strict=True)]  # type: ignore[union-attr]
     top5 = [
@@ -131,9 +142,9 @@ def agreement(a: list[FrameResult], b: list[FrameResult]) -> tuple[float, float]
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--frames", type=int, default=24, help="frames per round per mode (throughput)")
-    p.add_argument("--latency-frames", type=int, default=8, help="frames per round per mode, one in flight")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    p.add_argument("--frames", type=int, default=16, help="frames per round per mode (throughput)")
+    p.add_argument("--latency-frames", type=int, default=6, help="frames per round per mode, one in flight")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads, daemon and in-process alike")
     p.add_argument("--repository", type=Path, default=ROOT / "bench" / "results" / "model-repo")
     p.add_argument("--tiny", action="store_true", help="a few frames of everything (the test suite)")
@@ -155,7 +166,7 @@ def main() -> int:
         sets = {size: frames_at(size, args.frames) for size in SIZES}
         jpegs = {size: [jpeg(f) for f in frames] for size, frames in sets.items()}
         data: dict[str, dict[str, Any]] = {
-            f"{w}x{h}": {m: {"fps": [], "latency_ms": [], "cpu_ms": []} for m in MODES} for w, h in SIZES
+            f"{w}x{h}": {m: {"fps": [], "latency_ms": [], "cpu_ms": [], "work_ms": []} for m in MODES} for w, h in SIZES
         }
         answers: dict[str, dict[str, list[FrameResult]]] = {f"{w}x{h}": {"auto": [], "off": []} for w, h in SIZES}
         started = time.perf_counter()
@@ -174,6 +185,7 @@ def main() -> int:
                     s, cpu, results = served(target, sets[size], mode, daemon.proc.pid)
                     d["fps"].append(s.fps)
                     d["cpu_ms"].append(cpu * 1e3)
+                    d["work_ms"] += [_work_ms(r) for r in results]
                     answers[key][mode] += results
                     d["latency_ms"] += latency(target, sets[size][: args.latency_frames], mode)
                 log(f"round {rnd + 1}/{args.rounds} {key}: {time.perf_counter() - started:.0f} s")
@@ -201,6 +213,7 @@ def main() -> int:
                     "p95_ms": pct(d["latency_ms"], 95),
                     "bytes_per_frame": wire[mode],
                     "daemon_cpu_ms_per_frame": statistics.median(d["cpu_ms"]) if d["cpu_ms"] else None,
+                    "daemon_work_ms_per_frame": statistics.median(d["work_ms"]) if d["work_ms"] else None,
                 }
             )
         by = {r["mode"]: r for r in rows if r["size"] == key}
@@ -211,6 +224,7 @@ def main() -> int:
             "auto_over_off_fps": by["auto"]["fps"] / by["off"]["fps"],
             "bytes_off_over_auto": by["off"]["bytes_per_frame"] / by["auto"]["bytes_per_frame"],
             "daemon_cpu_off_over_auto": by["off"]["daemon_cpu_ms_per_frame"] / by["auto"]["daemon_cpu_ms_per_frame"],
+            "daemon_work_off_over_auto": by["off"]["daemon_work_ms_per_frame"] / by["auto"]["daemon_work_ms_per_frame"],
             "latency_p50_auto_minus_off_ms": by["auto"]["p50_ms"] - by["off"]["p50_ms"],
             "top1_agreement_auto_vs_off": top1,
             "top5_overlap_auto_vs_off": top5,
@@ -238,20 +252,23 @@ def main() -> int:
 
 def print_table(result: dict) -> None:
     print(
-        f"{'size':>10} {'mode':>6} {'frames/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'bytes/frame':>12} {'daemon CPU':>10}"
+        f"{'size':>10} {'mode':>6} {'frames/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'bytes/frame':>12} "
+        f"{'daemon CPU':>10} {'daemon work':>11}"
     )
     for r in result["rows"]:
-        cpu = r["daemon_cpu_ms_per_frame"]
+        cpu, work = r["daemon_cpu_ms_per_frame"], r["daemon_work_ms_per_frame"]
         print(
             f"{r['size']:>10} {r['mode']:>6} {r['fps']:9.1f} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} "
-            f"{r['bytes_per_frame']:12.0f} {'' if cpu is None else f'{cpu:7.2f} ms'}"
+            f"{r['bytes_per_frame']:12.0f} {'' if cpu is None else f'{cpu:7.2f} ms'} "
+            f"{'' if work is None else f'{work:8.2f} ms'}"
         )
     print("ratios (medians of interleaved rounds)")
     for size, s in result["summary"].items():
         print(
             f"  {size}: served auto/limit {s['served_auto_over_limit_fps']:.2f}x, off/limit "
             f"{s['served_off_over_limit_fps']:.2f}x; bytes off/auto {s['bytes_off_over_auto']:.1f}x; daemon CPU "
-            f"off/auto {s['daemon_cpu_off_over_auto']:.2f}x; top-1 agreement {s['top1_agreement_auto_vs_off']:.3f}, "
+            f"off/auto {s['daemon_cpu_off_over_auto']:.2f}x, work off/auto {s['daemon_work_off_over_auto']:.2f}x; "
+            f"top-1 agreement {s['top1_agreement_auto_vs_off']:.3f}, "
             f"top-5 overlap {s['top5_overlap_auto_vs_off']:.3f} ({s['frames_compared']} frames)"
         )
     if result["quantizer_fidelity"]:
@@ -272,7 +289,7 @@ def plot(result: dict, path: Path) -> None:
         [
             ("fps", "frames/s (limit: naive in-process)", MODES),
             ("bytes_per_frame", "bytes per frame on the wire", ("auto", "off")),
-            ("daemon_cpu_ms_per_frame", "daemon CPU ms per frame", ("auto", "off")),
+            ("daemon_work_ms_per_frame", "daemon work ms per frame (decode+preprocess+model)", ("auto", "off")),
         ]
     ):
         ax = axes[j]

@@ -34,6 +34,7 @@ def test_client_resize_bench_tiny(tmp_path: Path) -> None:
         assert r["fps"] > 0 and r["p50_ms"] > 0
         if r["mode"] != "limit":
             assert r["daemon_cpu_ms_per_frame"] is not None and r["daemon_cpu_ms_per_frame"] >= 0
+            assert r["daemon_work_ms_per_frame"] > 0
     for size in sizes:
         s = result["summary"][size]
         assert s["frames_compared"] == 4
