@@ -289,7 +289,7 @@ def plot(result: dict, path: Path) -> None:
         [
             ("fps", "frames/s (limit: naive in-process)", MODES),
             ("bytes_per_frame", "bytes per frame on the wire", ("auto", "off")),
-            ("daemon_work_ms_per_frame", "daemon work ms per frame (decode+preprocess+model)", ("auto", "off")),
+            ("daemon_work_ms_per_frame", "daemon work ms/frame (decode+prep+model)", ("auto", "off")),
         ]
     ):
         ax = axes[j]
