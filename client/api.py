@@ -17,27 +17,29 @@ yields answers as they arrive, one per frame, in frame order.
 
 from __future__ import annotations
 
-import itertools
 import json
-import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from types import TracebackType
 
 import grpc
 import numpy as np
 
-from edgeinfer.client.errors import EdgeInferError
+from edgeinfer.client.errors import EdgeInferError, as_client_error
 from edgeinfer.client.frames import Encoder, Frame, as_frame
-from edgeinfer.client.results import FrameResult, ModelInfo, Prediction
+from edgeinfer.client.results import ModelInfo, Prediction
 from edgeinfer.client.security import Credentials, Pem, describe_handshake_failure
-from edgeinfer.client.shm import DEFAULT_SLOTS, SharedMemoryFrames
+from edgeinfer.client.shm import DEFAULT_SLOTS
+from edgeinfer.client.streaming import ResultStream, StreamOptions, prepare
+from edgeinfer.media.sources import ImageFile
+from edgeinfer.media.sources import SourceError as MediaSourceError
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 
-__all__ = ["DROP_POLICIES", "LOAD_BALANCING", "EdgeClient", "channel_options"]
+__all__ = ["DROP_POLICIES", "LOAD_BALANCING", "RESIZE_MODES", "EdgeClient", "channel_options"]
 
 DROP_POLICIES = {"latest": pb.DROP_POLICY_LATEST, "all": pb.DROP_POLICY_ALL}
+RESIZE_MODES = ("auto", "off")
 
 # gRPC's default policy, pick_first, sends every call to the first address that
 # answers, so a name with three daemons behind it would load one. round_robin keeps
@@ -59,6 +61,11 @@ def channel_options(max_message_bytes: int = 16 << 20) -> list[tuple[str, int | 
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        # A daemon that restarts is back in seconds: gRPC's reconnect backoff (1 s doubling
+        # to 120 s by default) would leave a robot blind for minutes after a longer outage.
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.min_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 4_000),
     ]
 
 
@@ -102,6 +109,7 @@ class EdgeClient:
         )
         self._channel = channel or self._credentials.channel(target, channel_options())
         self._stub = pb_grpc.EdgeInferenceStub(self._channel)
+        self._resize_sizes: dict[tuple[str, str], int] = {}  # (model, precision) -> its resize size, for classify()
 
     def __enter__(self) -> EdgeClient:
         return self
@@ -124,9 +132,21 @@ class EdgeClient:
         request = pb.GetModelRequest(model=pb.ModelSelector(name=name, precision=precision))
         return ModelInfo.from_proto(self._call(self._stub.GetModel, request, timeout))
 
-    def wait_ready(self, model: str, *, precision: str = "", timeout: float = 60.0) -> ModelInfo:
-        """Block until the daemon serves ``model`` (it answers UNAVAILABLE while loading)."""
+    def wait_ready(
+        self,
+        model: str,
+        *,
+        precision: str = "",
+        timeout: float = 60.0,
+        on_wait: Callable[[EdgeInferError], None] | None = None,
+    ) -> ModelInfo:
+        """Block until the daemon serves ``model`` (it answers UNAVAILABLE while loading).
+
+        ``on_wait(error)`` is called once, at the first failed try, so a user hears at once
+        that the daemon is not there yet (not after ``timeout`` seconds of silence).
+        """
         deadline = time.monotonic() + timeout
+        told = False
         while True:
             remaining = deadline - time.monotonic()
             try:
@@ -135,23 +155,41 @@ class EdgeClient:
                 if exc.handshake or exc.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
                 if remaining <= 0:
-                    raise
+                    raise EdgeInferError(
+                        exc.code, f"the daemon at {self.target} was not ready within {timeout:g} s ({exc.details})"
+                    ) from None
+                if not told and on_wait is not None:
+                    on_wait(exc)
+                    told = True
             time.sleep(0.1)
 
     def classify(
         self,
-        image: np.ndarray | bytes | Frame,
+        image: np.ndarray | bytes | Frame | ImageFile,
         model: str = "squeezenet",
         *,
         top_k: int = 5,
         precision: str = "",
         encoding: str = "jpeg",
         quality: int = 90,
+        resize: str = "auto",
         timeout: float | None = None,
     ) -> Prediction:
+        """Top-k of one image. ``resize="auto"`` shrinks a larger image to the model's resize size first."""
         if encoding == "shm":
             raise ValueError("encoding='shm' needs a stream (stream()); use 'raw' or 'jpeg' for classify()")
-        frame = as_frame(image, 0)
+        _check_resize(resize)
+        frame = as_frame(image, 0)  # type: ignore[arg-type]
+        resize_size = 0
+        if resize == "auto" and isinstance(frame.image, (np.ndarray, ImageFile)):
+            key = (model, precision)
+            if key not in self._resize_sizes:  # asked once per model, not once per image
+                self._resize_sizes[key] = self.model(model, precision=precision, timeout=timeout).resize_size
+            resize_size = self._resize_sizes[key]
+        try:
+            prepare(frame, resize_size, need_pixels=encoding != "jpeg")
+        except MediaSourceError as exc:
+            raise as_client_error(exc) from exc
         request = pb.ClassifyRequest(model=pb.ModelSelector(name=model, precision=precision), top_k=top_k)
         Encoder(encoding, quality).write(frame, request.image)
         return Prediction.from_proto(self._call(self._stub.Classify, request, timeout))
@@ -175,7 +213,7 @@ class EdgeClient:
 
     def stream(
         self,
-        frames: Iterable[np.ndarray | bytes | Frame],
+        frames: Iterable[np.ndarray | bytes | Frame | ImageFile],
         model: str = "squeezenet",
         *,
         top_k: int = 5,
@@ -183,74 +221,61 @@ class EdgeClient:
         drop_policy: str = "latest",
         encoding: str = "jpeg",
         quality: int = 90,
+        resize: str = "auto",
+        reconnect: bool = True,
+        max_outage: float | None = 60.0,
+        on_status: Callable[[str], None] | None = None,
         timeout: float | None = None,
         shm_slots: int = DEFAULT_SLOTS,
-    ) -> Iterator[FrameResult]:
+    ) -> ResultStream:
         """Send ``frames`` and yield one :class:`FrameResult` per frame, in order.
 
+        ``frames``: BGR arrays, JPEG bytes, :class:`Frame`, or ``ImageFile`` (from
+        ``image_files``: a JPEG goes byte for byte, other formats are decoded; a file
+        that cannot be read or decoded is answered with a per-frame error).
         ``encoding``: "jpeg" (default), "raw" (uint8 pixels in the message), or
         "shm" for a daemon on this host (``unix:`` target or loopback): pixels go
         through ``shm_slots`` shared-memory slots sized for the first frame, and
         only a handle travels (see :mod:`edgeinfer.client.shm`).
+        ``resize="auto"``: a frame larger than the model needs is shrunk here to the
+        daemon's resize size (from GetModel; area interpolation, a JPEG file through
+        its decoder's DCT scaling) before it is encoded: the daemon's resize is then the
+        identity and far fewer bytes travel. "off": frames go at their own size.
+        ``reconnect=True``: when the daemon restarts or the connection drops, frames in
+        flight are answered ``dropped``, the stream waits for the daemon (up to
+        ``max_outage`` seconds; None: forever), re-sends its config and goes on;
+        ``on_status(message)`` hears about it, the returned stream counts ``reconnects``.
+        ``reconnect=False`` raises at the first loss.
         ``timeout`` bounds the whole stream (None: no deadline, as for a camera).
         A frame the daemon cannot use comes back as a result with an error; a
-        stream-level failure (unknown model, bad top_k) raises EdgeInferError.
+        stream-level failure (unknown model, bad top_k) raises EdgeInferError, as does a
+        frame source that fails (``SourceError``), after the frames before it are answered.
         """
         if drop_policy not in DROP_POLICIES:
             raise ValueError(f"drop_policy must be one of {sorted(DROP_POLICIES)}, got {drop_policy!r}")
-        encoder = Encoder(encoding, quality)
-        config = pb.StreamConfig(
-            model=pb.ModelSelector(name=model, precision=precision),
-            top_k=top_k,
-            drop_policy=DROP_POLICIES[drop_policy],
+        _check_resize(resize)
+        options = StreamOptions(
+            config=pb.StreamConfig(
+                model=pb.ModelSelector(name=model, precision=precision),
+                top_k=top_k,
+                drop_policy=DROP_POLICIES[drop_policy],
+            ),
+            encoder=Encoder(encoding, quality),
+            drop_latest=drop_policy == "latest",
+            resize=resize,
+            reconnect=reconnect,
+            max_outage=max_outage,
+            timeout=timeout,
+            shm_slots=shm_slots,
+            on_status=on_status,
         )
-        pool: SharedMemoryFrames | None = None
-        if encoding == "shm":  # slots sized for the first frame
-            source = iter(frames)
-            first = next(source, None)
-            frames = source if first is None else itertools.chain([first], source)
-            pixels = first.image if isinstance(first, Frame) else first
-            if isinstance(pixels, np.ndarray):
-                pool = SharedMemoryFrames(pixels.nbytes, shm_slots)
-                config.shared_memory.CopyFrom(pool.region)
-        sent_at: dict[int, float] = {}
-        failure: list[BaseException] = []
-        done = threading.Event()
 
-        def requests() -> Iterator[pb.StreamRequest]:
-            yield pb.StreamRequest(config=config)
-            try:
-                for i, item in enumerate(frames):
-                    if done.is_set():
-                        return
-                    frame = as_frame(item, i)
-                    assert frame.sequence is not None and frame.capture_time_ns is not None  # as_frame sets them
-                    # Latency counts from here: encoding (JPEG, or the copy into shared memory) is part of it.
-                    sent_at[frame.sequence] = time.perf_counter()
-                    request = pb.StreamRequest()  # filled in place: see Encoder.write
-                    request.frame.sequence = frame.sequence
-                    request.frame.capture_time_ns = frame.capture_time_ns
-                    if pool is None or not pool.write(frame.image, request.frame.image, bgr=frame.bgr):
-                        encoder.write(frame, request.frame.image)
-                    yield request
-            except Exception as exc:  # gRPC would swallow it and report CANCELLED
-                failure.append(exc)
-                raise
+        def resize_size() -> int:
+            return self.model(model, precision=precision).resize_size
 
-        call = self._stub.StreamClassify(requests(), timeout=timeout)
-        try:
-            for response in call:
-                if pool is not None:
-                    pool.answered()
-                start = sent_at.pop(response.sequence, None)
-                latency = (time.perf_counter() - start) * 1e3 if start is not None else None
-                yield FrameResult.from_proto(response, latency)
-        except grpc.RpcError as exc:
-            if failure:
-                raise failure[0] from None
-            raise self._error(exc) from None
-        finally:
-            done.set()
-            call.cancel()
-            if pool is not None:
-                pool.close()
+        return ResultStream(self._stub, self._channel, self.target, resize_size, frames, options, self._error)
+
+
+def _check_resize(resize: str) -> None:
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")

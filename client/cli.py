@@ -6,38 +6,97 @@
     edgeclient --server robot1:50051 --tls-ca ca.pem --token-file token --camera 0
 
 Per frame it prints one line (or one JSON object with --json); at the end a
-summary (frames sent, answered, dropped, errors, fps, latency p50/p95) to
-stdout, or to stderr with --json so stdout stays one JSON line per frame.
+summary (frames sent, answered, dropped, errors, reconnects, source gaps, fps,
+latency p50/p95) to stdout, or to stderr with --json so stdout stays one JSON
+line per frame. When the daemon restarts, the stream reconnects and goes on.
+
+Exit status: 0 every frame answered (predicted or dropped); 1 the daemon refused
+the stream or stayed unreachable; 2 a usage mistake or a source that cannot be
+opened; 3 some frames failed (per-frame errors: a damaged file, a frame refused).
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import sys
+
+
+def _quiet_grpc(argv: list[str]) -> None:
+    """gRPC's own log lines (a GOAWAY when the daemon restarts) only with --log-level debug.
+
+    gRPC reads GRPC_VERBOSITY once, when it is imported: so here, before the imports below.
+    """
+    debug = "--log-level=debug" in argv or any(a == "--log-level" and b == "debug" for a, b in itertools.pairwise(argv))
+    if not debug:
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+_quiet_grpc(sys.argv[1:])
+
 import argparse
 import json
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 import numpy as np
 
-from edgeinfer.client.api import DROP_POLICIES, EdgeClient
-from edgeinfer.client.errors import EdgeInferError
+from edgeinfer.client.api import DROP_POLICIES, RESIZE_MODES, EdgeClient
+from edgeinfer.client.errors import EdgeInferError, SourceError
 from edgeinfer.client.frames import ENCODINGS, Frame
-from edgeinfer.client.results import FrameResult
+from edgeinfer.client.results import FrameResult, ModelInfo, percent
 from edgeinfer.client.security import TOKEN_ENV, read_token_file
-from edgeinfer.media.sources import SourceError, capture_frames, image_frames
+from edgeinfer.client.sources import ImageFile, capture_frames, image_files
+from edgeinfer.media.sources import SourceError as MediaSourceError
 
 __all__ = ["Summary", "build_parser", "main"]
 
+EXIT_OK, EXIT_STREAM_FAILED, EXIT_USAGE, EXIT_FRAMES_FAILED = 0, 1, 2, 3
+REAL_WEIGHTS_HINT = (
+    "the labels are real ImageNet names but mean nothing; for real predictions start edgeserver with "
+    "--weights imagenet (or a state_dict path), or run the demo as WEIGHTS=imagenet scripts/demo.sh"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a mistake in one line (no usage block) and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, low: float, high: float | None = None, *, above: bool = False) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            x = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a {'whole ' if kind is int else ''}number, got {value!r}"
+            ) from None
+        if (
+            x != x
+            or x in (float("inf"), float("-inf"))
+            or x < low
+            or (above and x == low)
+            or (high is not None and x > high)
+        ):
+            bound = f"{low:g}..{high:g}" if high is not None else f"{'above' if above else 'at least'} {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return x
+
+    return parse
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgeclient", description=__doc__.splitlines()[0])
+    p = _Parser(prog="edgeclient", description=__doc__.splitlines()[0])
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--camera", type=int, metavar="INDEX", help="camera index (OpenCV VideoCapture)")
-    src.add_argument("--video", type=Path, metavar="PATH", help="video file, played at its own frame rate")
+    src.add_argument("--camera", type=_number(int, 0), metavar="INDEX", help="camera index (OpenCV VideoCapture)")
+    src.add_argument(
+        "--video", metavar="PATH|URL", help="video file (played at its own frame rate) or stream URL (rtsp://, http://)"
+    )
     src.add_argument("--images", type=Path, metavar="PATH", help="an image file or a folder of images")
     p.add_argument("--model", default="squeezenet", help="model name (default: squeezenet)")
     p.add_argument("--precision", default="", help="fp32, fp16 or int8 when the daemon serves several")
@@ -47,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="host:port or unix:/path (default: localhost:50051); several daemons, streams spread round-robin: "
         "dns:///name:port (every address of the name) or ipv4:host:port,host:port",
     )
-    p.add_argument("--top-k", type=int, default=5, help="classes per answer (default: 5)")
+    p.add_argument("--top-k", type=_number(int, 1, 1000), default=5, help="classes per answer, 1-1000 (default: 5)")
     p.add_argument(
         "--drop-policy",
         choices=sorted(DROP_POLICIES),
@@ -56,23 +115,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--fps",
-        type=float,
+        type=_number(float, 0),
         default=None,
         help="send at most this many frames/s (default: a video's own rate, a camera's, images unpaced); "
         "0: as fast as the stream allows",
     )
-    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--max-frames", type=_number(int, 1), default=None, help="stop after this many frames")
     p.add_argument(
         "--encoding",
         choices=ENCODINGS,
         default="jpeg",
         help="wire format: jpeg (default), raw pixels, or shm (raw pixels in shared memory; a daemon on this host)",
     )
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality 1-100 (default: 90)")
+    p.add_argument("--quality", type=_number(int, 1, 100), default=90, help="JPEG quality 1-100 (default: 90)")
+    p.add_argument(
+        "--client-resize",
+        choices=RESIZE_MODES,
+        default="auto",
+        help="auto (default): shrink frames larger than the model needs to the daemon's resize size before "
+        "encoding (far fewer bytes, same model input); off: send frames at their own size",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per frame on stdout")
     p.add_argument("--save", type=Path, metavar="OUT.mp4", help="write the frames with top-1 and latency drawn")
-    p.add_argument("--timeout", type=float, default=None, help="deadline for the whole stream, seconds")
-    p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the daemon to be ready")
+    p.add_argument(
+        "--timeout", type=_number(float, 0, above=True), default=None, help="deadline for the whole stream, seconds"
+    )
+    p.add_argument(
+        "--wait", type=_number(float, 0), default=30.0, help="seconds to wait for the daemon to be ready (default: 30)"
+    )
+    p.add_argument(
+        "--no-reconnect",
+        action="store_true",
+        help="fail at once when the connection to the daemon is lost (default: reconnect with backoff and go on)",
+    )
+    p.add_argument(
+        "--max-outage",
+        type=_number(float, 0),
+        default=60.0,
+        help="seconds to keep reconnecting to a lost daemon before giving up (default: 60; 0: forever)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="info (default): status lines (waiting, reconnecting) on stderr; warning/error: fewer; "
+        "debug: also OpenCV's and gRPC's own messages",
+    )
     tls = p.add_argument_group("security (a daemon with TLS or tokens)")
     tls.add_argument("--tls-ca", type=Path, metavar="PEM", help="connect with TLS, trusting this CA certificate")
     tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate, for mutual TLS")
@@ -97,6 +185,8 @@ class Summary:
     predicted: int = 0
     dropped: int = 0
     errors: int = 0
+    reconnects: int = 0
+    gaps: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     ended: float | None = None
@@ -126,23 +216,16 @@ class Summary:
         return (
             f"summary: sent {self.sent}, answered {self.answered} "
             f"(predicted {self.predicted}, dropped {self.dropped}, errors {self.errors}), "
+            f"reconnects {self.reconnects}, source gaps {self.gaps}, "
             f"{fps:.1f} predictions/s over {elapsed:.1f} s, {latency}"
         )
-
-
-def _source(args: argparse.Namespace) -> Iterator[np.ndarray]:
-    if args.camera is not None:
-        return capture_frames(args.camera, fps=args.fps)
-    if args.video is not None:
-        return capture_frames(args.video, fps=args.fps)
-    return image_frames(args.images, fps=args.fps)
 
 
 def _line(result: FrameResult) -> str:
     head = f"#{result.sequence:<5d}"
     if result.prediction:
         p = result.prediction
-        classes = " | ".join(f"{c.label} {c.probability:.3f}" for c in p.classes)
+        classes = " | ".join(f"{c.label} {percent(c.probability)}" for c in p.classes)
         latency = f"{result.latency_ms:7.1f} ms" if result.latency_ms is not None else "       ?"
         return f"{head} {latency}  {classes}"
     if result.dropped is not None:
@@ -150,24 +233,70 @@ def _line(result: FrameResult) -> str:
     return f"{head} error    {result.error_code.name if result.error_code else '?'}: {result.error}"
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def _quiet_libraries(level: str) -> None:
+    """OpenCV's and gRPC's own log lines only with --log-level debug: a user reads ours, once."""
+    if level == "debug":
+        return
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")  # read when cv2 is imported: covers videoio's open warnings
+    if "cv2" in sys.modules:
+        import cv2
+
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # a cv2 imported before this ran
+
+
+def _source(args: argparse.Namespace, summary: Summary, say: Callable[[str], None]) -> Iterator[np.ndarray | ImageFile]:
+    def gap(message: str) -> None:
+        summary.gaps += 1
+        say(message)
+
+    if args.camera is not None:
+        return capture_frames(args.camera, fps=args.fps, on_gap=gap)
+    if args.video is not None:
+        return capture_frames(args.video, fps=args.fps, on_gap=gap)
+    return image_files(args.images, fps=args.fps)
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout  # looked up now, not at import: redirect_stdout and pytest's capture work
+    err = err or sys.stderr
     summary = Summary()
     kept: dict[int, np.ndarray] = {}
     writer = None
+    chatty = args.log_level in ("debug", "info")
+
+    def say(message: str) -> None:
+        if chatty:
+            print(f"edgeclient: {message}", file=err, flush=True)
+
+    try:
+        # The source opens first: a missing camera is the first thing a user hears, daemon or not.
+        source = _source(args, summary, say)
+        first = next(source, None)
+    except SourceError as exc:
+        print(f"edgeclient: {exc.details}", file=err)
+        return EXIT_USAGE
+    if first is None:
+        print("edgeclient: the source delivered no frames", file=err)
+        return EXIT_USAGE
     if args.save:
         from edgeinfer.client.overlay import AnnotatedVideoWriter
 
         writer = AnnotatedVideoWriter(args.save, fps=args.fps or 30.0)
 
     def frames() -> Iterator[Frame]:
-        for i, image in enumerate(_source(args)):
-            if args.max_frames is not None and i >= args.max_frames:
+        items = [first]
+        i = 0
+        while True:
+            item = items.pop() if items else next(source, None)
+            if item is None or (args.max_frames is not None and i >= args.max_frames):
                 return
             if writer is not None:
-                kept[i] = image
+                kept[i] = _pixels(item)
             summary.sent += 1
-            yield Frame(image, sequence=i)
+            yield Frame(item, sequence=i)  # type: ignore[arg-type]
+            i += 1
 
+    status = EXIT_OK
     try:
         token = read_token_file(args.token_file) if args.token_file is not None else None
         client = EdgeClient(
@@ -180,10 +309,18 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
         )
     except ValueError as exc:  # a file that cannot be read, a token that would go out in plaintext
         print(f"edgeclient: {exc}", file=err)
-        return 2
+        if writer is not None:
+            writer.close()
+        return EXIT_USAGE
     try:
         with client:
-            client.wait_ready(args.model, precision=args.precision, timeout=args.wait)
+            info = client.wait_ready(
+                args.model,
+                precision=args.precision,
+                timeout=args.wait,
+                on_wait=lambda e: say(f"waiting for {args.server} ... ({e.code.name}: {e.details})"),
+            )
+            _warn_random_weights(info, err)
             summary.started = time.perf_counter()
             results = client.stream(
                 frames(),
@@ -193,35 +330,63 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
                 drop_policy=args.drop_policy,
                 encoding=args.encoding,
                 quality=args.quality,
+                resize=args.client_resize,
+                reconnect=not args.no_reconnect,
+                max_outage=args.max_outage or None,
+                on_status=say,
                 timeout=args.timeout,
             )
-            for result in results:
-                summary.add(result)
-                print(json.dumps(result.to_json()) if args.json else _line(result), file=out, flush=True)
-                if writer is not None:
-                    writer.write(kept.pop(result.sequence), result)
+            try:
+                for result in results:
+                    summary.add(result)
+                    print(json.dumps(result.to_json()) if args.json else _line(result), file=out, flush=True)
+                    if writer is not None:
+                        image = kept.pop(result.sequence, None)
+                        if image is not None:
+                            writer.write(image, result)
+            finally:
+                summary.reconnects = results.reconnects
+    except SourceError as exc:
+        print(f"edgeclient: {exc.details}", file=err)
+        status = EXIT_USAGE
     except EdgeInferError as exc:
         print(f"edgeclient: {exc.code.name}: {exc.details}", file=err)
-        return 1
-    except SourceError as exc:
-        print(f"edgeclient: {exc}", file=err)
-        return 2
+        status = EXIT_STREAM_FAILED
     except KeyboardInterrupt:
         pass
     finally:
         summary.ended = time.perf_counter()
         if writer is not None:
             writer.close()
-        print(summary.render(), file=err if args.json else out, flush=True)
-        if writer is not None:
+        if summary.sent:  # nothing sent: the error above says it all
+            print(summary.render(), file=err if args.json else out, flush=True)
+        if writer is not None and writer.frames:
             print(f"edgeclient: wrote {writer.frames} annotated frames to {args.save}", file=err)
-    return 0
+    if status == EXIT_OK and summary.errors:
+        return EXIT_FRAMES_FAILED
+    return status
+
+
+def _pixels(item: np.ndarray | ImageFile) -> np.ndarray:
+    """The frame to draw on for --save (an image file is decoded for it; a bad one becomes black)."""
+    if isinstance(item, np.ndarray):
+        return item
+    from edgeinfer.media.images import decode_image
+
+    try:
+        return decode_image(item.read(), name=str(item.path))
+    except MediaSourceError:  # the frame's own error line says why
+        return np.zeros((240, 320, 3), np.uint8)
+
+
+def _warn_random_weights(info: ModelInfo, err: TextIO) -> None:
+    if "random" in info.weights:
+        print(f"edgeclient: note: {info.name} runs with random weights ({info.weights}): {REAL_WEIGHTS_HINT}", file=err)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not 1 <= args.quality <= 100:
-        build_parser().error("--quality must be 1..100")
+    _quiet_libraries(args.log_level)
     return run(args)
 
 

@@ -1,10 +1,18 @@
-"""The client's one exception, translated from grpc.RpcError in one place."""
+"""The client's one exception family, translated from grpc.RpcError in one place.
+
+Everything the client raises is an :class:`EdgeInferError`: a failed call keeps its
+gRPC status; a frame source that fails (no camera, missing video) is a
+:class:`SourceError`, which is also ``edgeinfer.media.SourceError`` (the grpc-free
+error the sources raise), so either ``except`` catches it.
+"""
 
 from __future__ import annotations
 
 import grpc
 
-__all__ = ["EdgeInferError"]
+from edgeinfer.media.sources import SourceError as MediaSourceError
+
+__all__ = ["EdgeInferError", "SourceError", "as_client_error"]
 
 
 class EdgeInferError(Exception):
@@ -25,3 +33,25 @@ class EdgeInferError(Exception):
         code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
         details = exc.details() if hasattr(exc, "details") else str(exc)
         return cls(code or grpc.StatusCode.UNKNOWN, details or "")
+
+
+class SourceError(EdgeInferError, MediaSourceError):
+    """A camera, video, stream or image that cannot be opened or read.
+
+    No call failed, so ``code`` is FAILED_PRECONDITION: fix the source, then try again.
+    """
+
+    def __init__(self, details: str) -> None:
+        super().__init__(grpc.StatusCode.FAILED_PRECONDITION, details)
+
+    def __str__(self) -> str:
+        return self.details
+
+
+def as_client_error(exc: BaseException) -> BaseException:
+    """``exc`` as a member of the client's family when it is a source's error; else ``exc`` itself."""
+    if isinstance(exc, MediaSourceError) and not isinstance(exc, SourceError):
+        wrapped = SourceError(str(exc))
+        wrapped.__cause__ = exc
+        return wrapped
+    return exc

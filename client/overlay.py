@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeinfer.client.results import FrameResult
+from edgeinfer.client.results import FrameResult, percent
 from edgeinfer.media.cv import require_cv2
 
 __all__ = ["AnnotatedVideoWriter", "annotate", "caption"]
@@ -18,7 +18,7 @@ def caption(result: FrameResult) -> str:
     if result.prediction:
         top = result.prediction.top1
         latency = f" {result.latency_ms:.0f} ms" if result.latency_ms is not None else ""
-        return f"{top.label} {top.probability:.2f}{latency}"
+        return f"{top.label} {percent(top.probability)}{latency}"
     if result.dropped is not None:
         return "dropped"
     return f"error: {result.error_code.name if result.error_code else ''}"

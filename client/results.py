@@ -9,9 +9,15 @@ import grpc
 
 from edgeinfer.proto import edgeinfer_pb2 as pb
 
-__all__ = ["ClassScore", "Fidelity", "FrameResult", "ModelInfo", "Prediction", "Timings"]
+__all__ = ["ClassScore", "Fidelity", "FrameResult", "ModelInfo", "Prediction", "Timings", "percent"]
 
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def percent(probability: float) -> str:
+    """A probability as a percentage, two significant digits: random weights give ~0.1%, never "0.00"."""
+    value = probability * 100
+    return f"{value:.0f}%" if value >= 10 else f"{value:.2g}%"
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,7 @@ class ModelInfo:
     batch_sizes: tuple[int, ...] = (1,)
     preprocess_on: str = ""
     fidelity: Fidelity | None = field(default=None)
+    resize_size: int = 0  # the daemon resizes frames' shorter side to this before its crop (0: not said)
 
     @classmethod
     def from_proto(cls, m: pb.ModelInfo) -> ModelInfo:
@@ -149,4 +156,5 @@ class ModelInfo:
             batch_sizes=tuple(m.batch_sizes),
             preprocess_on=m.preprocess_on,
             fidelity=fidelity,
+            resize_size=m.resize_size,
         )

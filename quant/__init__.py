@@ -7,9 +7,12 @@ artifact = quantize("squeezenet", calib="clip.mp4", out=Path("model-repo"), weig
 print(artifact.report.table("squeezenet int8"))
 """
 
-from edgeinfer.quant.fidelity import FidelityReport
-from edgeinfer.quant.flows import FLOWS
-from edgeinfer.quant.quantize import DEFAULT_FLOW, Artifact, quantize
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
 
 __all__ = [
     "DEFAULT_FLOW",
@@ -18,3 +21,32 @@ __all__ = [
     "FidelityReport",
     "quantize",
 ]
+
+# Loaded on first use (PEP 562), so that `edgequant --help` answers without importing torch.
+_LAZY = {
+    "DEFAULT_FLOW": "edgeinfer.quant.quantize",
+    "Artifact": "edgeinfer.quant.quantize",
+    "quantize": "edgeinfer.quant.quantize",
+    "FLOWS": "edgeinfer.quant.flows",
+    "FidelityReport": "edgeinfer.quant.fidelity",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Importing the submodule edgeinfer.quant.quantize sets the package's `quantize` to
+        # that module; the name stays the function, as it was when this file imported it eagerly.
+        if name == "quantize" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

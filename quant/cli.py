@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("model-repo"), help="model repository (default: model-repo)")
     p.add_argument("--weights", default="imagenet", help="as edgeserver: 'imagenet', a state_dict PATH, or 'random'")
-    p.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default: 0)")
     p.add_argument("--engine", choices=["x86", "qnnpack"], default=None, help="default: x86 on x86-64, qnnpack on ARM")
     p.add_argument(
         "--flow", choices=["auto", "fx", "pt2e"], default="auto", help="default: the measured best per model"

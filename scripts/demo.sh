@@ -14,7 +14,11 @@ mkdir -p "$OUT"
 .venv/bin/python -m edgeinfer.media.sample "$OUT/sample.mp4" --frames 90 >/dev/null
 
 WEIGHTS=${WEIGHTS:-random}
-REPO="$OUT/model-repo"
+if [ "$WEIGHTS" = random ]; then
+  echo "demo: the model's weights are RANDOM (seed 0): its labels are real ImageNet names but mean nothing." >&2
+  echo "demo: for real predictions: WEIGHTS=imagenet scripts/demo.sh (needs the torchvision weights once, online)" >&2
+fi
+REPO="$OUT/model-repo-$(printf %s "$WEIGHTS" | tr -c 'A-Za-z0-9_-' _)"  # one per WEIGHTS: switching re-quantizes
 # (Re-)quantize unless an artifact is there that records its model file's SHA-256 (older ones do not,
 # and the daemon refuses them).
 if ! grep -qs '"sha256"' "$REPO"/squeezenet1_0/int8-*/edgeinfer.json; then

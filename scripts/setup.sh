@@ -31,6 +31,11 @@ if command -v dpkg-query >/dev/null; then
 fi
 
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# pip's notes that are not about this project stay quiet: running as root (containers, CI),
+# scripts outside PATH; set through the environment, which a pip too old to know them ignores.
+export PIP_ROOT_USER_ACTION=ignore PIP_NO_WARN_SCRIPT_LOCATION=1
+# ... and its warnings about this machine's package index configuration.
+pip_install() { "${PIP[@]}" "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 
 # The torch release the project is tested with. On x86-64 this is the CUDA build
 # (it runs on the CPU too); ARM boards get the CPU build of an older release.
@@ -40,7 +45,7 @@ case "$(uname -m)" in
 esac
 if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   echo "setup: installing ${TORCH[*]} (large; once)"
-  "${PIP[@]}" "${TORCH[@]}"
+  pip_install "${TORCH[@]}"
 fi
 echo "setup: installing edgeinfer[dev] (editable)"
-"${PIP[@]}" -e ".[dev]" 2> >(grep -v "^WARNING: Location" >&2)
+pip_install -e ".[dev]"

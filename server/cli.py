@@ -12,15 +12,19 @@ Heavy imports (torch) happen inside main(), after the arguments are parsed, so
 from __future__ import annotations
 
 import argparse
+import errno
 import faulthandler
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from edgeinfer.server.options import Precision, PreprocessOn, WeightsKind, choices
 from edgeinfer.server.security import (
@@ -37,6 +41,40 @@ __all__ = ["Exposure", "build_parser", "exposure", "main"]
 log = logging.getLogger("edgeinfer.server")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a mistake in one line (no usage block) and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+        if n < low or (high is not None and n > high):
+            span = f"{low}..{high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {n}")
+        return n
+
+    return parse
+
+
+def _float(low: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            x = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+        if not x >= low or x == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number of at least {low:g}, got {value}")
+        return x
+
+    return parse
+
+
 def _placement(text: str) -> str:
     """A --preprocess-on value; 'worker', the inference placement's first name, still works."""
     try:
@@ -46,7 +84,7 @@ def _placement(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="edgeserver",
         description="Stream camera frames through ImageNet classifiers over gRPC and answer with top-k.",
     )
@@ -69,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         default="imagenet",
         help=f"'{WeightsKind.IMAGENET}' (torch hub cache, else download), a state_dict PATH, or "
-        f"'{WeightsKind.RANDOM}' (with --seed)",
+        f"'{WeightsKind.RANDOM}' (seeded by --seed)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default: 0)")
+    p.add_argument("--seed", type=_int(0), default=0, help="seed for --weights random (default: 0)")
     p.add_argument("--repository", type=Path, default=Path("model-repo"), help="int8 artifacts folder")
     p.add_argument(
         "--host",
@@ -79,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to listen on (default: loopback only, 127.0.0.1 and ::1); any other (0.0.0.0, [::], "
         "a LAN address) needs --tls-cert/--tls-key, or --insecure",
     )
-    p.add_argument("--port", type=int, default=50051, help="TCP port (0 picks a free one; default: 50051)")
+    p.add_argument("--port", type=_int(0, 65535), default=50051, help="TCP port (0 picks a free one; default: 50051)")
     p.add_argument(
         "--unix-socket",
         type=Path,
@@ -113,31 +151,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--health-port",
-        type=int,
+        type=_int(1, 65535),
         default=None,
         help="also serve grpc.health.v1 alone, in plaintext, on --host at this port: for Kubernetes' gRPC probes, "
         "which cannot speak TLS (default: off)",
     )
     p.add_argument(
         "--threads",
-        type=int,
+        type=_int(1),
         default=os.cpu_count() or 1,
         help="torch intra-op threads for inference (default: all cores)",
     )
-    p.add_argument("--max-streams", type=int, default=16, help="concurrent streams (default: 16)")
+    p.add_argument("--max-streams", type=_int(1), default=16, help="concurrent streams (default: 16)")
     p.add_argument(
         "--max-frame-bytes",
-        type=int,
+        type=_int(1),
         default=8 << 20,
         help="largest frame accepted, JPEG or raw (default: 8 MiB); larger ones get RESOURCE_EXHAUSTED",
     )
     p.add_argument(
         "--max-shm-bytes",
-        type=int,
+        type=_int(0),
         default=256 << 20,
         help="largest shared-memory region a same-host stream may map (default: 256 MiB; 0: refuse shared memory)",
     )
-    p.add_argument("--max-batch", type=int, default=8, help="most frames batched across streams (default: 8)")
+    p.add_argument("--max-batch", type=_int(1, 1024), default=8, help="most frames batched across streams (default: 8)")
     p.add_argument(
         "--batch-sizes",
         type=_sizes,
@@ -157,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch-wait-ms",
-        type=float,
+        type=_float(0.0),
         default=0.0,
         help="longest a frame waits, from its arrival, for others to batch with (default: 0, never wait)",
     )
@@ -169,20 +207,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=_int(1, 64),
         default=1,
         help="daemon processes sharing --port (SO_REUSEPORT; each loads the models; the kernel spreads "
         "connections by a hash, so a few streams often land unevenly): past one process's Python ceiling "
         "on a GPU box with spare cores and many streams (default: 1)",
     )
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers for its processes
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: off)")
+    p.add_argument("--metrics-port", type=_int(0, 65535), default=0, help="Prometheus /metrics port (0: off)")
     p.add_argument(
         "--metrics-host",
         default="127.0.0.1",
         help="address /metrics listens on (default: 127.0.0.1; plain HTTP without authentication)",
     )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="the daemon's log messages on stderr at or above this level (default: info)",
+    )
     return p
 
 
@@ -191,7 +234,7 @@ def _sizes(value: str) -> list[int]:
         sizes = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes like 1,4,8, got {value!r}") from None
-    if not sizes or min(sizes) < 1:
+    if not sizes or min(sizes) < 1 or max(sizes) > 1024:
         raise argparse.ArgumentTypeError(f"batch sizes must be positive integers, got {value!r}")
     return sizes
 
@@ -229,9 +272,80 @@ def exposure(args: argparse.Namespace) -> Exposure:
     return Exposure(addresses, tls, tokens, exposed)
 
 
+def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """What argparse cannot see alone: model names, their precisions, the address. Before listening or loading."""
+    from edgeinfer.server.errors import EdgeInferError
+    from edgeinfer.server.registry import get_spec
+
+    for name, precision in _model_args(args.model, args.precision):
+        try:
+            get_spec(name)
+        except EdgeInferError as exc:
+            parser.error(f"argument --model: {exc.details}")
+        if precision not in choices(Precision):
+            known = "/".join(choices(Precision))
+            parser.error(f"argument --model: unknown precision {precision!r} in {name}:{precision}; use {known}")
+    if args.batch_sizes and max(args.batch_sizes) > args.max_batch:
+        parser.error(f"argument --batch-sizes: {max(args.batch_sizes)} is over --max-batch {args.max_batch}")
+    given = args.host or LOOPBACK
+    host = given.strip("[]")
+    if not host or any(c.isspace() for c in host):
+        parser.error(f"argument --host: {given!r} is not a host name or address")
+    if given not in ("[::]", "0.0.0.0", "::") and not given.startswith("["):
+        try:  # a name that does not resolve would only fail at bind, as "Failed to bind"
+            socket.getaddrinfo(host, None)
+        except (socket.gaierror, UnicodeError) as exc:
+            parser.error(f"argument --host: cannot resolve {given!r} ({exc})")
+    if args.worker_index is None:  # --workers' processes share the port on purpose
+        problem = _bind_problem(host, args.port)
+        if problem:
+            parser.error(f"cannot listen on {given}:{args.port}: {problem}")
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound now (a trial bind, as grpc binds: SO_REUSEADDR), or None.
+
+    Asked before torch is imported and models load, so a busy port is one line at once,
+    not grpc's own log line and a failure seconds later.
+    """
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"cannot resolve {host!r} ({exc})"
+    for family, kind, proto, _, address in infos[:1]:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return (
+                        f"port {port} is in use (another edgeserver? pick another --port, or --port 0 for a free one)"
+                    )
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    return (
+                        f"{host} is not an address of this host (--host: an address of this machine, or [::] for all)"
+                    )
+                return exc.strerror or str(exc)
+    return None
+
+
+def _listen_error(exc: BaseException, addresses: list[str]) -> str:
+    """grpc's bind failure as one line a person can act on."""
+    text = str(exc)
+    if "bind" in text.lower() or "address" in text.lower():
+        return (
+            f"cannot listen on {', '.join(addresses)}: the port is in use or the address is not this host's "
+            f"(another edgeserver? pick another --port, or --port 0 for a free one)"
+        )
+    return f"cannot listen on {', '.join(addresses)}: {text.splitlines()[0] if text else type(exc).__name__}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check(args, parser)
     worker = args.worker_index is not None
     try:
         security = exposure(args)
@@ -270,19 +384,23 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     def listen() -> Daemon:
-        d = Daemon(
-            security.addresses,
-            max_streams=args.max_streams,
-            max_frame_bytes=args.max_frame_bytes,
-            max_shm_bytes=args.max_shm_bytes,
-            reuse_port=worker,
-            health_addresses=[tcp_address(args.host or LOOPBACK, args.health_port)]
-            if args.health_port is not None
-            else (),
-            tls=security.tls,
-            tokens=security.tokens,
-            insecure=args.insecure,
-        ).start()
+        try:
+            d = Daemon(
+                security.addresses,
+                max_streams=args.max_streams,
+                max_frame_bytes=args.max_frame_bytes,
+                max_shm_bytes=args.max_shm_bytes,
+                reuse_port=worker,
+                health_addresses=[tcp_address(args.host or LOOPBACK, args.health_port)]
+                if args.health_port is not None
+                else (),
+                tls=security.tls,
+                tokens=security.tokens,
+                insecure=args.insecure,
+            ).start()
+        except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+            print(f"edgeserver: error: {_listen_error(exc, security.addresses)}", file=sys.stderr)
+            sys.exit(2)
         print(f"edgeserver: listening on {', '.join(d.listening)}{'' if worker else ' (loading models)'}", flush=True)
         return d
 

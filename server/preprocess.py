@@ -14,6 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import InterpolationMode
@@ -21,6 +22,11 @@ from torchvision.transforms.v2 import functional as F
 
 from edgeinfer.server.errors import InvalidFrame, LimitExceeded
 from edgeinfer.server.registry import Preprocessing
+
+try:  # libjpeg-turbo that reports damage: see Preprocessor._decode_jpeg
+    import simplejpeg
+except ImportError:  # pragma: no cover - depends on the install
+    simplejpeg = None
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on
 # every decode call. They are still the libjpeg-turbo/nvjpeg decoders DESIGN.md
@@ -129,6 +135,16 @@ class Preprocessor:
     def _decode_jpeg(self, data: bytes) -> torch.Tensor:
         if not data.startswith(b"\xff\xd8"):
             raise InvalidFrame("image.jpeg does not start with a JPEG SOI marker (FF D8); is it a JPEG?")
+        if self.device.type != "cuda" and simplejpeg is not None:
+            # libjpeg-turbo, strict: a warning ("Corrupt JPEG data: premature end of data segment")
+            # means the decoder filled damaged blocks with grey, and torchvision's decode_jpeg only
+            # prints it to stderr and returns the partly grey image. A damaged frame is an error,
+            # never a prediction. Same pixels as torchvision's decoder (both islow IDCT).
+            try:
+                hwc = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+            except ValueError as exc:
+                raise InvalidFrame(f"image.jpeg could not be decoded (damaged or truncated): {exc}") from exc
+            return torch.from_numpy(np.asarray(hwc)).permute(2, 0, 1)  # channels-last view, as raw frames
         encoded = torch.frombuffer(data, dtype=torch.uint8)  # read in place; the decoder only reads
         try:
             if self.device.type == "cuda":

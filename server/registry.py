@@ -18,7 +18,15 @@ from torchvision.models import WeightsEnum
 
 from edgeinfer.server.errors import ModelNotFound
 
-__all__ = ["ModelSpec", "Preprocessing", "get_spec", "list_models", "register_model", "strip_training_heads"]
+__all__ = [
+    "ModelSpec",
+    "Preprocessing",
+    "get_spec",
+    "known_models",
+    "list_models",
+    "register_model",
+    "strip_training_heads",
+]
 
 
 @dataclass(frozen=True)
@@ -114,11 +122,18 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return _MODELS[key]
     except KeyError:
-        raise ModelNotFound(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+        raise ModelNotFound(f"unknown model {name!r}; known models: {known_models()}") from None
 
 
 def list_models() -> list[str]:
     return sorted(_MODELS)
+
+
+def known_models() -> str:
+    """The models and their aliases, as an error message lists them: "squeezenet1_0 (squeezenet), ..."."""
+    return ", ".join(
+        f"{name} ({', '.join(_MODELS[name].aliases)})" if _MODELS[name].aliases else name for name in list_models()
+    )
 
 
 # --- the seed models --------------------------------------------------------------

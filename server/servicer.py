@@ -240,6 +240,7 @@ def model_info(m: ServedModel) -> pb.ModelInfo:
         batch_sizes=list(m.scheduler.batch_sizes),
         # The wire keeps its first name for the inference thread: clients compare against it.
         preprocess_on="worker" if m.preprocess_on is PreprocessOn.INFERENCE else m.preprocess_on.value,
+        resize_size=m.preprocessing.resize_size,
     )
     if m.fidelity:
         info.fidelity.CopyFrom(

@@ -82,3 +82,83 @@ def test_edgeserver_config_errors_exit_2_with_a_reason(args: list[str], message:
     out = subprocess.run([_exe("edgeserver"), "--port", "0", *args], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert message in out.stderr
+
+
+def _one_line_exit_2(code: object, stderr: str, stdout: str = "") -> str:
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr  # one line, no usage block, no gRPC log line
+    assert "listening" not in stdout  # checked before listening and before loading
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "70000"], "argument --port: must be 0..65535, got 70000"),
+        (["--port", "http"], "argument --port: expected a whole number, got 'http'"),
+        (["--threads", "0"], "argument --threads: must be at least 1, got 0"),
+        (["--max-streams", "-3"], "argument --max-streams: must be at least 1"),
+        (["--max-frame-bytes", "0"], "argument --max-frame-bytes: must be at least 1"),
+        (["--max-batch", "2.5"], "argument --max-batch: expected a whole number"),
+        (["--batch-wait-ms", "-1"], "argument --batch-wait-ms: must be a finite number of at least 0"),
+        (["--batch-sizes", "0,4"], "argument --batch-sizes: batch sizes must be positive"),
+        (["--batch-sizes", "4,16"], "argument --batch-sizes: 16 is over --max-batch 8"),
+        (["--workers", "0"], "argument --workers: must be 1..64"),
+        (["--seed", "-1"], "argument --seed: must be at least 0"),
+        (["--metrics-port", "99999"], "argument --metrics-port: must be 0..65535"),
+        (["--host", "no-such-host.invalid", "--port", "0"], "cannot resolve 'no-such-host.invalid'"),
+        (["--host", "192.0.2.1", "--port", "0"], "192.0.2.1 is not an address of this host"),
+        (["--model", "alexnet", "--port", "0"], "known models: inception_v3 (inception, inceptionv3), resnet50"),
+        (["--model", "squeezenet:int4", "--port", "0"], "unknown precision 'int4'"),
+    ],
+)
+def test_edgeserver_mistakes_are_one_line_and_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edgeinfer.server.cli import main
+
+    argv = ["--weights", "random", *args] + ([] if "--model" in args else ["--model", "squeezenet"])
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    out = capsys.readouterr()
+    line = _one_line_exit_2(exited.value.code, out.err, out.out)
+    assert line.startswith("edgeserver: error: ") and message in line, line
+
+
+def test_edgeserver_on_a_busy_port_says_so_in_one_line() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cmd = [_exe("edgeserver"), "--model", "squeezenet", "--weights", "random", "--host", "127.0.0.1"]
+        out = subprocess.run([*cmd, "--port", str(port)], capture_output=True, text=True, timeout=120)
+    line = _one_line_exit_2(out.returncode, out.stderr, out.stdout)
+    assert f"port {port} is in use" in line and "--port 0 for a free one" in line
+
+
+def test_help_texts_agree_with_defaults() -> None:
+    from edgeinfer.quant.cli import build_parser as quant_parser
+    from edgeinfer.server.cli import build_parser as server_parser
+
+    server_help = " ".join(server_parser().format_help().split())
+    assert "seed for --weights random (default: 0)" in server_help and "(needs --seed)" not in server_help
+    assert "--log-level {debug,info,warning,error} the daemon's log messages" in server_help
+    quant_help = " ".join(quant_parser().format_help().split())
+    assert "seed for --weights random (default: 0)" in quant_help
+
+
+def test_edgequant_help_imports_no_torch() -> None:
+    code = (
+        "import sys; from edgeinfer.quant.cli import build_parser; build_parser().format_help(); "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "from edgeinfer.quant import quantize, FidelityReport; import edgeinfer.quant.quantize; "
+        "import edgeinfer.quant as q; assert callable(q.quantize) and q.quantize.__name__ == 'quantize'; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    out = subprocess.run([_exe("edgequant"), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--calib" in out.stdout

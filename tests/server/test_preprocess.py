@@ -75,3 +75,18 @@ def test_grayscale_jpeg_is_expanded_to_rgb(pre: Preprocessor) -> None:
 def test_bad_frames_are_refused_with_a_reason(pre: Preprocessor, image: object, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         pre(image)  # type: ignore[arg-type]
+
+
+def test_a_damaged_jpeg_is_an_error_not_a_partly_grey_image() -> None:
+    # libjpeg decodes a JPEG whose middle is damaged with only a warning ("Corrupt JPEG data:
+    # premature end of data segment") and fills the rest grey; such a frame must not be classified.
+    data = bytearray(jpeg(synthetic_frame(3, 640, 480)))
+    middle = len(data) // 2
+    data[middle : middle + 50] = bytes(50)
+    pre = Preprocessor(get_spec("squeezenet").preprocessing, device=torch.device("cpu"))
+    with pytest.raises(InvalidFrame) as damaged:
+        pre(JpegImage(bytes(data)))
+    assert "(damaged or truncated): Corrupt JPEG data" in damaged.value.details
+    with pytest.raises(InvalidFrame) as truncated:
+        pre(JpegImage(bytes(jpeg(synthetic_frame(3, 640, 480))[:-100])))
+    assert "could not be decoded" in truncated.value.details

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-import edgeinfer.client.api as client_api
+import edgeinfer.client.streaming as client_streaming
 from edgeinfer.client import EdgeClient, Frame
 from edgeinfer.client.shm import SharedMemoryFrames
 from edgeinfer.proto import edgeinfer_pb2 as pb
@@ -34,7 +34,7 @@ def pools(monkeypatch: pytest.MonkeyPatch) -> list[SharedMemoryFrames]:
             super().__init__(*args, **kwargs)  # type: ignore[arg-type]
             made.append(self)
 
-    monkeypatch.setattr(client_api, "SharedMemoryFrames", Recording)
+    monkeypatch.setattr(client_streaming, "SharedMemoryFrames", Recording)  # the pool each stream (call) makes
     return made
 
 

@@ -1,0 +1,89 @@
+"""Decoding image files strictly, and shrinking frames the way the daemon's resize would.
+
+A damaged JPEG must never reach a model: libjpeg decodes one with only a warning on
+stderr and grey where the data ran out. simplejpeg (libjpeg-turbo, in the ``[camera]``
+extra) raises on those warnings instead, and decodes at a reduced size with the JPEG's
+own DCT scaling (1/8 steps), which costs a fraction of a full decode. Without it,
+OpenCV decodes, and a JPEG without its end marker is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgeinfer.media.cv import require_cv2
+from edgeinfer.media.sources import SourceError
+
+__all__ = ["decode_image", "is_jpeg", "jpeg_needs_shrink", "resized_shape", "shrink"]
+
+try:
+    import simplejpeg
+except ImportError:  # pragma: no cover - depends on the install
+    simplejpeg = None
+
+
+def is_jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff"
+
+
+def resized_shape(height: int, width: int, resize_size: int) -> tuple[int, int] | None:
+    """(h, w) the daemon's resize gives (shorter side to ``resize_size``), or None when it would not shrink.
+
+    Rounded as torchvision's ``resize(img, [size])`` rounds, so that the daemon's resize
+    of a frame shrunk here is the identity.
+    """
+    short, long = min(height, width), max(height, width)
+    if resize_size <= 0 or short <= resize_size:
+        return None
+    new_long = int(resize_size * long / short)
+    return (resize_size, new_long) if height <= width else (new_long, resize_size)
+
+
+def shrink(image: np.ndarray, resize_size: int) -> np.ndarray:
+    """``image`` with its shorter side brought down to ``resize_size`` (area interpolation); as is if smaller."""
+    shape = resized_shape(image.shape[0], image.shape[1], resize_size)
+    if shape is None:
+        return image
+    cv2 = require_cv2()
+    return cv2.resize(image, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+
+
+def jpeg_needs_shrink(data: bytes, resize_size: int) -> bool:
+    """Whether this JPEG is larger than ``resize_size`` (read from its header; False when that cannot be told)."""
+    if not resize_size or simplejpeg is None:
+        return False
+    try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return False  # the daemon decodes it and says what is wrong
+    return resized_shape(height, width, resize_size) is not None
+
+
+def decode_image(data: bytes, *, name: str = "image", resize_size: int = 0) -> np.ndarray:
+    """BGR pixels of an encoded image, shrunk to ``resize_size`` when it is larger (0: full size).
+
+    Raises :class:`SourceError` for bytes that are not an image or a JPEG that is damaged.
+    """
+    if is_jpeg(data) and simplejpeg is not None:
+        return shrink(_decode_jpeg_strict(data, name, resize_size), resize_size)
+    if is_jpeg(data) and not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+        raise SourceError(f"{name} is a truncated JPEG (no end-of-image marker)")
+    cv2 = require_cv2()
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise SourceError(f"{name} is not an image OpenCV can decode")
+    return shrink(image, resize_size)
+
+
+def _decode_jpeg_strict(data: bytes, name: str, resize_size: int) -> np.ndarray:
+    try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        kwargs: dict[str, Any] = {}
+        shape = resized_shape(height, width, resize_size) if resize_size else None
+        if shape is not None:  # DCT scaling: the smallest 1/8 step still at least the target size
+            kwargs = {"min_height": shape[0], "min_width": shape[1]}
+        return simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True, **kwargs)
+    except ValueError as exc:
+        raise SourceError(f"{name} is a damaged JPEG: {exc}") from exc

@@ -1,0 +1,158 @@
+"""Image folders as a robot finds them: JPEGs sent byte for byte, bad files answered alone, the run goes on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from edgeinfer.client import EdgeClient, Encoder, Frame, ImageFile
+from edgeinfer.client.streaming import prepare
+from edgeinfer.media.images import decode_image, jpeg_needs_shrink, resized_shape
+from edgeinfer.media.sources import SourceError
+from helpers import jpeg, synthetic_frame
+
+
+def damaged(data: bytes) -> bytes:
+    """A JPEG with 50 bytes of its middle zeroed: libjpeg decodes it with a warning and grey blocks."""
+    out = bytearray(data)
+    middle = len(out) // 2
+    out[middle : middle + 50] = bytes(50)
+    return bytes(out)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Good and bad files among each other, in name order (small: the daemon validates; large: the client)."""
+    (tmp_path / "a_good.jpg").write_bytes(jpeg(synthetic_frame(0)))
+    (tmp_path / "b_truncated.jpg").write_bytes(jpeg(synthetic_frame(1))[:-200])
+    (tmp_path / "c_good.png").write_bytes(cv2.imencode(".png", synthetic_frame(2))[1].tobytes())
+    (tmp_path / "d_damaged.jpg").write_bytes(damaged(jpeg(synthetic_frame(3))))
+    (tmp_path / "e_notes.png").write_text("these are not pixels")
+    (tmp_path / "f_damaged_large.jpg").write_bytes(damaged(jpeg(synthetic_frame(5, 640, 480))))
+    (tmp_path / "g_folder.jpg").mkdir()  # cannot be read as a file
+    (tmp_path / "h_good_large.jpg").write_bytes(jpeg(synthetic_frame(7, 640, 480)))
+    (tmp_path / "readme.txt").write_text("not an image suffix: skipped")
+    return tmp_path
+
+
+EXPECTED = [
+    ("prediction", None),
+    ("error", "could not be decoded"),  # the daemon: truncated
+    ("prediction", None),
+    ("error", "Corrupt JPEG data"),  # the daemon: damaged, never classified grey
+    ("error", "e_notes.png is not an image"),  # the client: not decodable
+    ("error", "f_damaged_large.jpg is a damaged JPEG"),  # the client: decoded (shrunk) strictly
+    ("error", "cannot read"),  # the client: a folder named .jpg
+    ("prediction", None),
+]
+
+
+def edgeclient(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = str(Path(sys.executable).with_name("edgeclient"))
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_a_folder_with_bad_files_answers_each_and_goes_on_json(target: str, folder: Path) -> None:
+    out = edgeclient("--server", target, "--images", str(folder), "--drop-policy", "all", "--json")
+    assert out.returncode == 3, out.stderr  # some frames failed
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["sequence"] for r in records] == list(range(len(EXPECTED)))
+    for record, (kind, message) in zip(records, EXPECTED, strict=True):
+        assert record["kind"] == kind, record
+        if message:
+            assert record["code"] == "INVALID_ARGUMENT" and message in record["message"], record
+    assert "sent 8, answered 8 (predicted 3, dropped 0, errors 5)" in out.stderr
+    assert "Traceback" not in out.stderr and "Corrupt JPEG" not in out.stderr  # no libjpeg/OpenCV noise
+
+
+def test_a_folder_with_bad_files_text_lines(target: str, folder: Path) -> None:
+    out = edgeclient("--server", target, "--images", str(folder), "--drop-policy", "all")
+    assert out.returncode == 3, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == len(EXPECTED) + 1 and lines[-1].startswith("summary: sent 8")
+    for line, (kind, message) in zip(lines, EXPECTED, strict=False):
+        if kind == "error":
+            assert " error    INVALID_ARGUMENT: " in line and message in line, line
+        else:
+            assert line.split()[2] == "ms" and "%" in line, line  # probabilities as percentages
+
+
+def test_jpeg_files_go_byte_for_byte_and_others_are_decoded(folder: Path) -> None:
+    good = folder / "a_good.jpg"
+    frame = Frame(ImageFile(good))
+    prepare(frame, 256, need_pixels=False)  # 320x240: smaller than the model's resize, nothing to shrink
+    assert frame.image == good.read_bytes()
+    png = Frame(ImageFile(folder / "c_good.png"))
+    prepare(png, 0, need_pixels=False)
+    assert isinstance(png.image, np.ndarray) and np.array_equal(png.image, synthetic_frame(2))
+    raw = Frame(ImageFile(good))
+    prepare(raw, 0, need_pixels=True)  # raw/shm encodings send pixels
+    assert isinstance(raw.image, np.ndarray) and raw.image.shape == (240, 320, 3)
+
+
+def test_a_large_jpeg_is_shrunk_through_dct_scaling(folder: Path) -> None:
+    data = (folder / "h_good_large.jpg").read_bytes()
+    assert jpeg_needs_shrink(data, 256) and not jpeg_needs_shrink(data, 480)
+    frame = Frame(ImageFile(folder / "h_good_large.jpg"))
+    prepare(frame, 256, need_pixels=False)
+    assert isinstance(frame.image, np.ndarray) and frame.image.shape == (256, 341, 3)
+    full = cv2.resize(decode_image(data), (341, 256), interpolation=cv2.INTER_AREA)
+    assert np.abs(frame.image.astype(int) - full.astype(int)).mean() < 2.0  # DCT-scaled, then area: the same picture
+
+
+def test_decode_image_refuses_damage(folder: Path) -> None:
+    with pytest.raises(SourceError, match="damaged JPEG"):
+        decode_image((folder / "d_damaged.jpg").read_bytes(), name="d")
+    with pytest.raises(SourceError, match="damaged JPEG"):
+        decode_image((folder / "b_truncated.jpg").read_bytes(), name="b")
+    with pytest.raises(SourceError, match="not an image"):
+        decode_image(b"hello", name="x")
+
+
+def test_resized_shape_is_what_torchvision_resize_gives() -> None:
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    for h, w in [(480, 640), (720, 1280), (1080, 1920), (427, 640), (640, 427), (333, 500), (257, 1000)]:
+        shape = resized_shape(h, w, 256)
+        assert shape is not None
+        assert tuple(F.resize(torch.zeros(3, h, w, dtype=torch.uint8), [256]).shape[1:]) == shape
+        # ... and the daemon's resize of a frame shrunk to it is the identity
+        shrunk = torch.randint(0, 255, (3, *shape), dtype=torch.uint8)
+        assert torch.equal(F.resize(shrunk, [256], antialias=True), shrunk)
+    assert resized_shape(240, 320, 256) is None and resized_shape(256, 400, 256) is None
+
+
+def test_model_info_says_the_resize_size(client: EdgeClient) -> None:
+    info = client.model("squeezenet")
+    assert info.resize_size == 256 and info.input_size == (224, 224)
+
+
+def test_client_resize_gives_the_same_answers_with_fewer_bytes(
+    client: EdgeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frames = [cv2.resize(synthetic_frame(i), (1280, 720), interpolation=cv2.INTER_CUBIC) for i in range(4)]
+    sizes: dict[str, list[int]] = {"auto": [], "off": []}
+    answers = {}
+    original = Encoder.write
+    for mode in ("auto", "off"):
+
+        def recording(self: Encoder, frame: Frame, into: Any, mode: str = mode) -> None:
+            original(self, frame, into)
+            sizes[mode].append(len(into.jpeg))  # the bytes on the wire
+
+        monkeypatch.setattr(Encoder, "write", recording)
+        answers[mode] = list(client.stream(frames, "squeezenet", drop_policy="all", resize=mode))
+    assert all(r.prediction for r in answers["auto"] + answers["off"])
+    assert sum(sizes["off"]) > 4 * sum(sizes["auto"])
+    for a, b in zip(answers["auto"], answers["off"], strict=True):
+        top5_a = {c.index for c in a.prediction.classes}  # type: ignore[union-attr]
+        top5_b = {c.index for c in b.prediction.classes}  # type: ignore[union-attr]
+        assert len(top5_a & top5_b) >= 3
