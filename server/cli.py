@@ -345,13 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
-    _check(args, parser)
     worker = args.worker_index is not None
-    try:
+    try:  # who may connect first: it needs no model code
         security = exposure(args)
     except SecurityConfigError as exc:
         print(f"edgeserver: error: {exc}", file=sys.stderr)
         return 2
+    _check(args, parser)
     if security.plaintext_exposed and not worker:  # said once, by the supervisor of --workers
         print(
             f"edgeserver: --insecure: serving {', '.join(security.plaintext_exposed)} in plaintext: anyone on that "

@@ -43,9 +43,6 @@ STOP_S = 15.0  # a worker's drain (cli.DRAIN_S twice) and then some, before it i
 
 
 def run_workers(argv: list[str], args: argparse.Namespace) -> int:
-    if args.workers < 1:
-        print("edgeserver: error: --workers must be at least 1", file=sys.stderr)
-        return 2
     if args.unix_socket:
         print(
             "edgeserver: error: a Unix socket has one listener, so --unix-socket cannot be shared by "

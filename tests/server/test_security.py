@@ -244,15 +244,16 @@ def test_insecure_serves_plaintext_says_so_once_and_metrics_stay_on_loopback(
     )
     (tmp_path / "tokens").write_text(TOKEN + "\n")
     (tmp_path / "tokens").chmod(0o600)
-    argv = ["--model", "alexnet", "--host", "0.0.0.0", "--port", "0", "--insecure", "--metrics-port", "9999"]
-    assert main([*argv, "--token-file", str(tmp_path / "tokens")]) == 2  # the unknown model, after listening
+    argv = ["--model", "squeezenet", "--weights", "/nonexistent.pth", "--host", "0.0.0.0", "--port", "0"]
+    argv += ["--insecure", "--metrics-port", "9999"]
+    assert main([*argv, "--token-file", str(tmp_path / "tokens")]) == 2  # the missing weights, after listening
     out, err = capsys.readouterr()
     notes = [line for line in out.splitlines() if "--insecure" in line]
     assert notes == [
         "edgeserver: --insecure: serving 0.0.0.0:0 in plaintext: anyone on that network can read frames and "
         "answers and bearer tokens"
     ]
-    assert "unknown model 'alexnet'" in err
+    assert "/nonexistent.pth does not exist" in err
     assert _FakeDaemon.created[-1]["addresses"] == ["0.0.0.0:0"] and _FakeDaemon.created[-1]["insecure"] is True
     assert metrics == [(9999, "127.0.0.1")]  # /metrics: loopback unless --metrics-host says otherwise
     assert build_parser().parse_args([*argv, "--metrics-host", "0.0.0.0"]).metrics_host == "0.0.0.0"

@@ -133,7 +133,7 @@ def test_a_worker_that_dies_stops_the_daemon_with_its_status() -> None:
     ("args", "message"),
     [
         (["--workers", "2", "--unix-socket", "/tmp/edge-workers.sock"], "--unix-socket cannot be shared by --workers"),
-        (["--workers", "0"], "--workers must be at least 1"),
+        (["--workers", "0"], "argument --workers: must be 1..64, got 0"),
         (["--workers", "2", "--precision", "fp16"], "[worker 0] edgeserver: error: fp16 is served on CUDA only"),
     ],
 )
