@@ -226,7 +226,7 @@ def library_cost(frames: list[bytes]) -> dict:
     client._stub = stub  # type: ignore[assignment]
     t0 = time.perf_counter()
     n = 0
-    for r in client.stream(frames, MODEL, precision="int8", drop_policy="all"):
+    for r in client.stream(frames, MODEL, precision="int8", drop_policy="all", resize="off"):
         assert r.prediction is not None and len(r.prediction.classes) == 5
         n += 1
     total = time.perf_counter() - t0

@@ -271,7 +271,12 @@ class EdgeClient:
         )
 
         def resize_size() -> int:
-            return self.model(model, precision=precision).resize_size
+            try:
+                return self.model(model, precision=precision).resize_size
+            except EdgeInferError as exc:  # a server without GetModel (a bare gRPC peer): frames go as they are
+                if exc.code == grpc.StatusCode.UNIMPLEMENTED:
+                    return 0
+                raise
 
         return ResultStream(self._stub, self._channel, self.target, resize_size, frames, options, self._error)
 

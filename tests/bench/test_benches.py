@@ -240,6 +240,7 @@ def test_grpc_floor_holds_each_frame_and_answers_in_order() -> None:
     assert not any(t.name == "floor-infer" for t in threading.enumerate())
 
 
+@pytest.mark.slow
 def test_v2_vs_v1_tiny_measures_every_mode_on_the_same_daemon(target: str, tmp_path: Path) -> None:
     """bench/v2_vs_v1.py --tiny against the session's daemon: every mode answered its frames, ratios are computed."""
     bench = bench_module("v2_vs_v1")

@@ -105,6 +105,7 @@ README_EXAMPLE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # the whole example, clip included
 def test_the_readme_example_runs_as_written(target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     code = README_EXAMPLE.replace("localhost:50051", target)  # the test daemon's port, nothing else changed

@@ -37,6 +37,10 @@ def _missing_toolchain() -> str | None:
     return None
 
 
+# Building the client takes tens of seconds: left out of the inner loop (scripts/test.sh --fast).
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="session")
 def edge_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Configure and build once per session, unoptimised (it is the contract under test, not speed)."""

@@ -108,8 +108,9 @@ def _one_line_exit_2(code: object, stderr: str, stdout: str = "") -> str:
         (["--workers", "0"], "argument --workers: must be 1..64"),
         (["--seed", "-1"], "argument --seed: must be at least 0"),
         (["--metrics-port", "99999"], "argument --metrics-port: must be 0..65535"),
-        (["--host", "no-such-host.invalid", "--port", "0"], "cannot resolve 'no-such-host.invalid'"),
-        (["--host", "192.0.2.1", "--port", "0"], "192.0.2.1 is not an address of this host"),
+        # --insecure: past the plaintext refusal, to the address's own checks
+        (["--host", "no-such-host.invalid", "--insecure", "--port", "0"], "cannot resolve 'no-such-host.invalid'"),
+        (["--host", "192.0.2.1", "--insecure", "--port", "0"], "192.0.2.1 is not an address of this host"),
         (["--model", "alexnet", "--port", "0"], "known models: inception_v3 (inception, inceptionv3), resnet50"),
         (["--model", "squeezenet:int4", "--port", "0"], "unknown precision 'int4'"),
     ],
@@ -127,6 +128,7 @@ def test_edgeserver_mistakes_are_one_line_and_exit_2(
     assert line.startswith("edgeserver: error: ") and message in line, line
 
 
+@pytest.mark.slow  # an edgeserver process
 def test_edgeserver_on_a_busy_port_says_so_in_one_line() -> None:
     import socket
 

@@ -24,7 +24,7 @@ def test_metadata_comes_from_torchvision() -> None:
 
 
 def test_unknown_model_names_the_known_ones() -> None:
-    with pytest.raises(ModelNotFound, match="known models: inception_v3, resnet50"):
+    with pytest.raises(ModelNotFound, match="known models: inception_v3 \\(inception, inceptionv3\\), resnet50"):
         get_spec("alexnet")
 
 
