@@ -7,7 +7,6 @@ import io
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -76,33 +75,14 @@ def test_probabilities_never_read_zero() -> None:
 
 
 # The README's Python example, as a newcomer pastes it (a machine without a camera included).
-README_EXAMPLE = textwrap.dedent(
-    """
-    from edgeinfer.client import EdgeClient, EdgeInferError, SourceError, capture_frames
-    from edgeinfer.media.sample import synthetic_frame, write_sample_clip
+def _readme_example() -> str:
+    """The README's Python example, as printed there (the first ```python block after "Call it from Python")."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index("```python\n", text.index("**Call it from Python.**")) + len("```python\n")
+    return text[start : text.index("```\n", start)]
 
-    write_sample_clip("clip.mp4", frames=30)  # a generated clip: no camera needed
 
-    with EdgeClient("localhost:50051", timeout=5) as client:
-        print([m.name for m in client.models()])
-        top = client.classify(synthetic_frame(0), model="squeezenet", top_k=5)  # HxWx3 BGR uint8 or JPEG bytes
-        print(top.top1.label, top.top1.probability)
-
-        stream = client.stream(capture_frames("clip.mp4"), model="squeezenet", drop_policy="all")
-        for r in stream:  # one answer per frame, in order; rides through daemon restarts
-            if r.prediction:
-                print(r.sequence, r.prediction.top1.label, r.latency_ms)
-            else:
-                print(r.sequence, r.kind, r.dropped or r.error)
-        print("reconnects:", stream.reconnects)
-
-        try:
-            for r in client.stream(capture_frames(0), model="squeezenet"):  # camera 0
-                print(r.sequence, r.kind)
-        except SourceError as exc:  # no camera: a clear EdgeInferError subclass
-            print("camera:", exc)
-    """
-)
+README_EXAMPLE = _readme_example()
 
 
 @pytest.mark.slow  # the whole example, clip included
