@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import torch
 
-from bench.stats import Samples, log
+from bench.stats import Samples, log, run_concurrently
 from edgeinfer.client import EdgeClient, FrameResult
 from edgeinfer.client.api import channel_options
 from edgeinfer.server.inference_thread import cpu_thread
@@ -110,13 +110,7 @@ def concurrent_streams(target: str, name: str, precision: str, frames: list, n: 
                     s.latencies_ms.append(r.latency_ms or 0.0)
                     s.stage("batch", float(r.prediction.batch_size if r.prediction else 0))
 
-    threads = [threading.Thread(target=one) for _ in range(n)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    s.seconds = time.perf_counter() - t0
+    s.seconds = run_concurrently(one, n)
     return s
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import statistics
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,3 +73,24 @@ def merge(into: Samples, s: Samples) -> None:
     into.latencies_ms += s.latencies_ms
     for k, v in s.stages.items():
         into.stages.setdefault(k, []).extend(v)
+
+
+def run_concurrently(one: Callable[[], None], n: int) -> float:
+    """Run ``one`` in ``n`` threads at once; the seconds until all ended. A thread's exception is re-raised here."""
+    errors: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            one()
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded) for _ in range(n)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - t0

@@ -34,7 +34,6 @@ import queue
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as tc
 
+from bench.stats import run_concurrently
 from edgeinfer.client import EdgeClient
 from edgeinfer.client.frames import Encoder, Frame
 from edgeinfer.media.sample import synthetic_frame
@@ -202,26 +202,11 @@ def concurrently(
 ) -> Samples:
     """``n`` streams at once, each with its own client; throughput over the whole run."""
     parts: list[Samples] = []
-    errors: list[BaseException] = []
-
-    def one() -> None:
-        try:
-            parts.append(run(target, model, frames, deadline))
-        except BaseException as exc:  # re-raised below, in the caller's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one) for _ in range(n)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    seconds = run_concurrently(lambda: parts.append(run(target, model, frames, deadline)), n)
     total = Samples()
     for p in parts:
         total.add(p)
-    total.seconds = time.perf_counter() - t0
+    total.seconds = seconds
     return total
 
 
