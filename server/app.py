@@ -3,7 +3,8 @@
 ``Daemon`` is kept apart from the command line (grpc's examples do the same
 with ``create_server``) so tests start a real server on ``localhost:0``.
 Start-up order: listen, report NOT_SERVING, load models, report SERVING. On
-shutdown: report NOT_SERVING, refuse new streams, let open ones finish.
+shutdown: report NOT_SERVING, refuse new streams, answer every frame already
+read, end the streams.
 """
 
 from __future__ import annotations
@@ -22,14 +23,23 @@ from grpc_reflection.v1alpha import reflection
 
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
+from edgeinfer.server.defaults import (
+    DEFAULT_CONFIG_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SIDE,
+)
+from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.loading import ModelTable, ServedModel
+from edgeinfer.server.malformed import MalformedRequestInterceptor
 from edgeinfer.server.servicer import EdgeInferenceServicer
 
-__all__ = ["SERVICE_NAME", "Daemon", "server_options"]
+__all__ = ["MESSAGE_OVERHEAD", "SERVICE_NAME", "Daemon", "server_options"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeInference"].full_name
+MESSAGE_OVERHEAD = 64 << 10  # a frame message's fields besides its image bytes, with room to spare
 _daemons = itertools.count(1)  # names each daemon's handler threads apart: grpc-handler-1_0, ...
 
 
@@ -37,10 +47,10 @@ def server_options(max_frame_bytes: int, reuse_port: bool = False) -> list[tuple
     """Every channel option the daemon sets, each named once and explained."""
     return [
         # Frames over --max-frame-bytes are answered with a per-frame
-        # RESOURCE_EXHAUSTED and the stream goes on; gRPC's own limit sits well
-        # above it so that only absurd messages end the stream itself.
-        ("grpc.max_receive_message_length", 2 * max_frame_bytes + (1 << 20)),
-        ("grpc.max_send_message_length", 4 << 20),
+        # RESOURCE_EXHAUSTED and the stream goes on; gRPC's own limit sits just
+        # above it (room for the message's other fields), so that a message far
+        # over it ends the stream before gRPC has buffered it (issue 16).
+        ("grpc.max_receive_message_length", max_frame_bytes + MESSAGE_OVERHEAD),
         # Robots lose Wi-Fi: let clients ping every 10 s to keep NAT entries and
         # detect dead peers, without the server answering with GOAWAY.
         ("grpc.keepalive_permit_without_calls", 1),
@@ -62,17 +72,36 @@ class Daemon:
         max_streams: int = 16,
         max_frame_bytes: int = 8 << 20,
         max_shm_bytes: int = 256 << 20,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_side: int = DEFAULT_MAX_SIDE,
+        config_timeout: float = DEFAULT_CONFIG_TIMEOUT_S,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
         reuse_port: bool = False,
     ) -> None:
         self.table = ModelTable()
-        self.servicer = EdgeInferenceServicer(self.table, max_streams=max_streams, max_shm_bytes=max_shm_bytes)
-        # A stream holds one handler thread for its life; unary calls and health
-        # checks need a few more, so they never wait behind streams.
+        self.limits = FrameLimits(max_frame_bytes=max_frame_bytes, max_pixels=max_pixels, max_side=max_side)
+        self.servicer = EdgeInferenceServicer(
+            self.table,
+            max_streams=max_streams,
+            max_shm_bytes=max_shm_bytes,
+            limits=self.limits,
+            config_timeout=config_timeout,
+            idle_timeout=idle_timeout,
+        )
+        # A stream holds one handler thread for its life, from the moment it opens
+        # (config or not: server/stream_guard.py counts it then, and refuses one over
+        # --max-streams at once); unary calls and health checks need a few more, so
+        # they never wait behind streams.
         self._handler_prefix = f"grpc-handler-{next(_daemons)}"
         self._pool = ThreadPoolExecutor(max_workers=max_streams + 8, thread_name_prefix=self._handler_prefix)
         self.server = grpc.server(
             self._pool,
-            interceptors=[ExceptionToStatusInterceptor(status_on_unknown_exception=grpc.StatusCode.INTERNAL)],
+            # Outermost first: the second turns bytes that do not parse into an error the first maps to
+            # INVALID_ARGUMENT (gRPC itself would answer INTERNAL).
+            interceptors=[
+                ExceptionToStatusInterceptor(status_on_unknown_exception=grpc.StatusCode.INTERNAL),
+                MalformedRequestInterceptor(),
+            ],
             options=server_options(max_frame_bytes, reuse_port),
         )
         pb_grpc.add_EdgeInferenceServicer_to_server(self.servicer, self.server)
@@ -114,10 +143,14 @@ class Daemon:
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float | None = 5.0) -> None:
-        """Drain: NOT_SERVING, refuse new calls, give open streams ``grace`` seconds."""
-        self.servicer.draining = True
+        """Drain: NOT_SERVING, refuse new calls; open streams answer the frames they have read, then end.
+
+        Streams still open ``grace`` seconds on (an answer the client does not take) are cancelled.
+        """
+        self.servicer.drain()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        self.servicer.guard.stop()
         self.table.stop()
         self._pool.shutdown(wait=False)
 

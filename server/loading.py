@@ -20,6 +20,7 @@ import torch
 from edgeinfer.server.artifacts import load_int8_runner
 from edgeinfer.server.batcher import BatchScheduler, InferenceThread, batch_ladder, cpu_thread, profile_batch_sizes
 from edgeinfer.server.errors import InvalidRequest, ModelNotFound, NotReady
+from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.preprocess import Preprocessor
 from edgeinfer.server.registry import ModelSpec, Preprocessing, get_spec
 from edgeinfer.server.runner import ModelRunner, NonFiniteScores
@@ -94,6 +95,7 @@ def load_model(
     weights: WeightsSource | None = None,
     repository: Path | None = None,
     max_frame_bytes: int = 8 << 20,
+    limits: FrameLimits | None = None,
     max_batch: int = 8,
     max_wait_ms: float = 0.0,
     batch_sizes: Sequence[int] | None = None,
@@ -107,6 +109,8 @@ def load_model(
     on the CPU, the sizes measured here to be cheaper per frame than single
     frames (:func:`profile_batch_sizes`; all sizes without ``warmup``); on CUDA,
     the powers of two, each warmed up (cuDNN autotunes once per input shape).
+    ``limits``: the frame limits its preprocessor holds each frame to (default: ``max_frame_bytes``
+    and the default pixel limits).
     ``cuda_graphs``: on CUDA, replay each of those sizes as a CUDA graph
     (:meth:`ModelRunner.capture_graphs`).
     """
@@ -143,7 +147,9 @@ def load_model(
         placement = preprocess_on
         if placement == "auto":
             placement = "worker" if device.type == "cpu" else "stream"
-        preprocessor = Preprocessor(preprocessing, device=device, dtype=runner.dtype, max_frame_bytes=max_frame_bytes)
+        preprocessor = Preprocessor(
+            preprocessing, device=device, dtype=runner.dtype, max_frame_bytes=max_frame_bytes, limits=limits
+        )
         if sizes is None and device.type == "cuda":
             sizes = batch_ladder(most)
         if warmup:

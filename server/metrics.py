@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["ACTIVE_STREAMS", "FRAMES", "FRAME_LATENCY"]
+__all__ = ["ACTIVE_STREAMS", "FRAMES", "FRAME_LATENCY", "STREAMS_TIMED_OUT"]
 
 FRAMES = Counter(
     "edgeinfer_frames_total",
@@ -19,3 +19,8 @@ FRAME_LATENCY = Histogram(
 )
 # "livesum": with --workers the supervisor's /metrics adds up the live workers' streams.
 ACTIVE_STREAMS = Gauge("edgeinfer_active_streams", "Streams open now.", multiprocess_mode="livesum")
+STREAMS_TIMED_OUT = Counter(
+    "edgeinfer_streams_timed_out_total",
+    "Streams ended for sending no config in time (reason=config) or for doing nothing (reason=idle).",
+    ["reason"],
+)
