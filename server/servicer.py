@@ -111,9 +111,12 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
             context.add_callback(session.abort)
             start.put((session, region, model))
             for outcome in session.results():
+                stream.sending = True
                 try:
                     yield _stream_response(outcome, model)
                 finally:  # once gRPC has sent the answer: the metrics stay off the frame's path
+                    stream.sending = False
+                    stream.answers_out += 1
                     stream.touch()
                     _record(model, outcome)
         finally:
@@ -212,6 +215,7 @@ def _pump(
                 session.fail(InvalidRequest("only the first message of a stream may be a StreamConfig"))
                 return
             frame = request.frame
+            stream.frames_in += 1
             try:  # every limit is checked here, before the frame is queued
                 image: FrameImage | EdgeInferError = image_from_proto(
                     frame.image, region, limits=limits, resize_size=model.preprocessing.resize_size

@@ -167,20 +167,22 @@ def peer_uid(peer: str) -> int | None:
     peer's end is the one whose local port is the peer's port. A Unix-socket peer
     carries no port, and gRPC Python does not expose SO_PEERCRED: None.
     """
-    m = re.fullmatch(r"ipv([46]):(?:\[(.*)\]|([\d.]+)):(\d+)", peer)
+    m = re.fullmatch(r"ipv[46]:(?:\[.*\]|[\d.]+):(\d+)", peer)
     if m is None:
         return None
-    port = f"{int(m.group(4)):04X}"
-    table = "/proc/net/tcp" if m.group(1) == "4" else "/proc/net/tcp6"
-    try:
-        with open(table) as f:
-            next(f)
-            for line in f:
-                fields = line.split()
-                if fields[1].endswith(":" + port) and fields[3] == "01":  # the peer's end, ESTABLISHED
-                    return int(fields[7])
-    except (OSError, IndexError, ValueError, StopIteration):
-        return None
+    port = f":{int(m.group(1)):04X}"
+    # Either table, whatever the peer string says: gRPC clients connect from dual-stack
+    # sockets, listed in tcp6 with a v4-mapped address even when the daemon sees IPv4.
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[1].endswith(port) and fields[3] == "01":  # the peer's end, ESTABLISHED
+                        return int(fields[7])
+        except (OSError, IndexError, ValueError, StopIteration):
+            continue
     return None
 
 

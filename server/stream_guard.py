@@ -41,7 +41,7 @@ _CANCEL_AFTER_S = 2.0  # an idle stream still open this long after its error is 
 class GuardedStream:
     """One open stream as the guard sees it."""
 
-    __slots__ = ("cancel_at", "context", "last_active", "peer", "session")
+    __slots__ = ("answers_out", "cancel_at", "context", "frames_in", "last_active", "peer", "sending", "session")
 
     def __init__(self, context: grpc.ServicerContext) -> None:
         self.context = context
@@ -49,10 +49,21 @@ class GuardedStream:
         self.session: StreamSession | None = None  # set once the config is accepted
         self.last_active = time.monotonic()
         self.cancel_at = 0.0
+        self.frames_in = 0  # frames read
+        self.answers_out = 0  # answers sent (gRPC took them)
+        self.sending = False  # the handler is in a send, which only the client can complete
 
     def touch(self) -> None:
         """A message came in or an answer went out."""
         self.last_active = time.monotonic()
+
+    @property
+    def idle_by_client(self) -> bool:
+        """Nothing is owed to the client, or the client does not take what is: the wait is the client's doing.
+
+        A stream whose frames wait for a busy model is not idle, however long the model takes.
+        """
+        return self.sending or self.answers_out >= self.frames_in
 
 
 class StreamGuard:
@@ -138,7 +149,7 @@ class StreamGuard:
                         session.abort()
                         stream.context.cancel()  # its handler sits in a send the client never takes
                     continue
-                if now - stream.last_active > self.idle_timeout:
+                if now - stream.last_active > self.idle_timeout and stream.idle_by_client:
                     stream.cancel_at = now + _CANCEL_AFTER_S
                     self._count("idle", stream)
                     session.fail(
