@@ -144,8 +144,7 @@ class FrameLimits:
         return height, width
 
     def check_raw(self, height: int, width: int, shorter: int | None = None, what: str = "raw frame") -> None:
-        """A raw or shared-memory frame's declared size. Its bytes are checked apart: an inline frame's
-        against --max-frame-bytes, a shared-memory one's against its region (it travels outside gRPC)."""
+        """A raw or shared-memory frame's declared size (its bytes are checked apart, against --max-frame-bytes)."""
         self.check_size(height, width, what)
         if shorter:
             self.check_resize(height, width, shorter, what)

@@ -264,6 +264,7 @@ def image_from_proto(
             )
         bgr = _bgr(shm.pixel_format)
         limits.check_raw(shm.height, shm.width, resize_size, "shared-memory frame")
+        limits.check_bytes(shm.height * shm.width * 3)  # before the copy out of the region allocates them
         return region.image(shm.offset, shm.height, shm.width, bgr=bgr)
     raise InvalidFrame("frame has no image: set image.jpeg, image.raw or image.shared_memory")
 
