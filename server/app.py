@@ -32,13 +32,14 @@ from edgeinfer.server.defaults import (
 from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.loading import ModelTable, ServedModel
 from edgeinfer.server.malformed import MalformedRequestInterceptor
-from edgeinfer.server.servicer import EdgeInferenceServicer
+from edgeinfer.server.servicer import MAX_CLASSIFY_CALLS, EdgeInferenceServicer
 
-__all__ = ["MESSAGE_OVERHEAD", "SERVICE_NAME", "Daemon", "server_options"]
+__all__ = ["HANDLER_SPARE", "MESSAGE_OVERHEAD", "SERVICE_NAME", "Daemon", "server_options"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeInference"].full_name
+HANDLER_SPARE = 4  # handler threads no stream or Classify call can take: health, metadata, reflection
 MESSAGE_OVERHEAD = 64 << 10  # a frame message's fields besides its image bytes, with room to spare
 _daemons = itertools.count(1)  # names each daemon's handler threads apart: grpc-handler-1_0, ...
 
@@ -93,7 +94,11 @@ class Daemon:
         # --max-streams at once); unary calls and health checks need a few more, so
         # they never wait behind streams.
         self._handler_prefix = f"grpc-handler-{next(_daemons)}"
-        self._pool = ThreadPoolExecutor(max_workers=max_streams + 8, thread_name_prefix=self._handler_prefix)
+        # Classify calls are capped too (MAX_CLASSIFY_CALLS), so that however many a client
+        # sends at once, HANDLER_SPARE threads stay free for health checks and metadata.
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_streams + MAX_CLASSIFY_CALLS + HANDLER_SPARE, thread_name_prefix=self._handler_prefix
+        )
         self.server = grpc.server(
             self._pool,
             # Outermost first: the second turns bytes that do not parse into an error the first maps to

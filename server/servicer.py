@@ -18,7 +18,7 @@ from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 from edgeinfer.server import metrics
 from edgeinfer.server.defaults import DEFAULT_CONFIG_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
-from edgeinfer.server.errors import EdgeInferError, InvalidFrame, InvalidRequest, NotLocal, NotReady
+from edgeinfer.server.errors import EdgeInferError, InvalidFrame, InvalidRequest, LimitExceeded, NotLocal, NotReady
 from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.loading import ModelTable, ServedModel
 from edgeinfer.server.preprocess import FrameImage, JpegImage, RawImage
@@ -32,10 +32,12 @@ from edgeinfer.server.session import (
 from edgeinfer.server.shm import SharedMemoryRegion, check_local, peer_uid
 from edgeinfer.server.stream_guard import GuardedStream, StreamGuard
 
-__all__ = ["EdgeInferenceServicer"]
+__all__ = ["MAX_CLASSIFY_CALLS", "EdgeInferenceServicer"]
 
 log = logging.getLogger(__name__)
 
+# Classify calls running at once; each holds a handler thread while its frame waits for the model.
+MAX_CLASSIFY_CALLS = 8
 _PIXEL_FORMATS = frozenset(pb.PixelFormat.values())
 _POLICIES = {
     pb.DROP_POLICY_UNSPECIFIED: DropPolicy.LATEST,
@@ -61,6 +63,7 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         self.limits = limits or FrameLimits()
         self.guard = StreamGuard(max_streams=max_streams, config_timeout=config_timeout, idle_timeout=idle_timeout)
         self.draining = False
+        self._classify_calls = threading.BoundedSemaphore(MAX_CLASSIFY_CALLS)
 
     @property
     def open_streams(self) -> int:
@@ -150,7 +153,15 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
     def Classify(self, request: pb.ClassifyRequest, context: grpc.ServicerContext) -> pb.Prediction:
         model = self._resolve(request.model)
         image = image_from_proto(request.image, limits=self.limits, resize_size=model.preprocessing.resize_size)
-        outcome = classify_one(model, image, request.top_k, timeout=_time_left(context))
+        if not self._classify_calls.acquire(blocking=False):
+            raise LimitExceeded(
+                f"{MAX_CLASSIFY_CALLS} Classify calls are already running in this daemon; retry, or send many "
+                f"frames over one StreamClassify stream"
+            )
+        try:
+            outcome = classify_one(model, image, request.top_k, timeout=_time_left(context))
+        finally:
+            self._classify_calls.release()
         _record(model, outcome)
         return _fill_prediction(pb.Prediction(), outcome, model)
 

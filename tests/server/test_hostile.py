@@ -281,6 +281,49 @@ def test_config_less_streams_cannot_starve_health_or_unary_calls_and_time_out(
     _wait_open(daemon, 1)  # the normal stream
 
 
+def test_classify_calls_waiting_on_a_stuck_model_cannot_take_the_health_checks_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgeinfer.server.servicer import MAX_CLASSIFY_CALLS
+    from fakes import SlowRunner, fake_model
+
+    runner = SlowRunner()
+    runner.gate.clear()  # the model takes each frame and sits on it
+    d = Daemon(["127.0.0.1:0"], max_streams=1).start()
+    d.add_model(fake_model(runner))
+    d.mark_ready()
+    request = pb.ClassifyRequest(model=pb.ModelSelector(name="squeezenet"), top_k=1, image=pb.Image(jpeg=GOOD))
+    calls = MAX_CLASSIFY_CALLS + 4
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{d.port}") as ch, ThreadPoolExecutor(calls) as pool:
+            stub = pb_grpc.EdgeInferenceStub(ch)
+
+            def classify() -> str:
+                try:
+                    return stub.Classify(request, timeout=30).classes[0].label
+                except grpc.RpcError as exc:
+                    return exc.code().name
+
+            futures = [pool.submit(classify) for _ in range(calls)]
+            deadline = time.monotonic() + 20
+            while sum(f.done() for f in futures) < calls - MAX_CLASSIFY_CALLS:  # refused at once
+                assert time.monotonic() < deadline, "the calls over the limit were not refused"
+                time.sleep(0.01)
+            refused = [f.result() for f in futures if f.done()]
+            # Every allowed call sits in the model, and yet:
+            health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            models = stub.ListModels(pb.ListModelsRequest(), timeout=5)
+            runner.gate.set()
+            answers = [f.result(timeout=30) for f in futures]
+    finally:
+        runner.gate.set()
+        d.stop(grace=1)
+    assert refused == ["RESOURCE_EXHAUSTED"] * (calls - MAX_CLASSIFY_CALLS)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING and len(models.models) == 1
+    answered = [a for a in answers if a != "RESOURCE_EXHAUSTED"]
+    assert len(answered) == MAX_CLASSIFY_CALLS and all(answered)  # each with its label
+
+
 def test_an_idle_stream_is_ended_and_counted(
     daemon: Daemon, normal: NormalStream, stub: pb_grpc.EdgeInferenceStub
 ) -> None:
