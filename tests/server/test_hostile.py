@@ -347,6 +347,36 @@ def test_an_idle_stream_is_ended_and_counted(
     _wait_open(daemon, 1)  # the normal stream
 
 
+def test_a_client_that_stops_reading_its_answers_loses_its_stream_not_a_thread(
+    daemon: Daemon, normal: NormalStream, target: str
+) -> None:
+    """Answers of 1000 classes (~25 KB each) fill a 64 KB flow-control window after a few frames: the
+    handler then sits in a send that only the client can complete, until the guard cancels the call."""
+    idle = daemon.servicer.guard.timed_out["idle"]
+    gate = threading.Event()
+    config = pb.StreamRequest(
+        config=pb.StreamConfig(model=pb.ModelSelector(name="squeezenet"), top_k=1000, drop_policy=pb.DROP_POLICY_ALL)
+    )
+    frames = [_frame(i, pb.Image(jpeg=GOOD)) for i in range(12)]
+    # No BDP probing: the window stays at its initial 64 KB, as a slow client's would.
+    with grpc.insecure_channel(target, options=[("grpc.http2.bdp_probe", 0)]) as ch:
+        call = pb_grpc.EdgeInferenceStub(ch).StreamClassify(_stalled(gate, [config, *frames]), timeout=60)
+        try:
+            _wait_open(daemon, 2)
+            deadline = time.monotonic() + IDLE_TIMEOUT_S + 15
+            while daemon.servicer.open_streams > 1:  # released with nothing read by the client
+                assert time.monotonic() < deadline, "a stream whose client stopped reading held its handler"
+                time.sleep(0.05)
+            normal.keeps_answering()
+        finally:
+            gate.set()
+        with pytest.raises(grpc.RpcError) as ended:
+            list(call)
+    # CANCELLED, not the idle error: the handler was in that send, and only a cancel could free it.
+    assert ended.value.code() == grpc.StatusCode.CANCELLED
+    assert daemon.servicer.guard.timed_out["idle"] - idle == 1
+
+
 def test_a_stream_stuck_in_a_send_is_cancelled_after_its_idle_error() -> None:
     """A client that stops reading leaves its handler in a send only the client can finish."""
     from edgeinfer.server.stream_guard import StreamGuard
