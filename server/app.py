@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_interceptor import ExceptionToStatusInterceptor
 from grpc_reflection.v1alpha import reflection
 
 from edgeinfer.proto import edgeinfer_pb2 as pb
@@ -31,7 +30,7 @@ from edgeinfer.server.defaults import (
 )
 from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.loading import ModelTable, ServedModel
-from edgeinfer.server.malformed import MalformedRequestInterceptor
+from edgeinfer.server.malformed import MalformedRequestInterceptor, StatusInterceptor
 from edgeinfer.server.servicer import MAX_CLASSIFY_CALLS, EdgeInferenceServicer
 
 __all__ = ["HANDLER_SPARE", "MESSAGE_OVERHEAD", "SERVICE_NAME", "Daemon", "server_options"]
@@ -103,10 +102,7 @@ class Daemon:
             self._pool,
             # Outermost first: the second turns bytes that do not parse into an error the first maps to
             # INVALID_ARGUMENT (gRPC itself would answer INTERNAL).
-            interceptors=[
-                ExceptionToStatusInterceptor(status_on_unknown_exception=grpc.StatusCode.INTERNAL),
-                MalformedRequestInterceptor(),
-            ],
+            interceptors=[StatusInterceptor(), MalformedRequestInterceptor()],
             options=server_options(max_frame_bytes, reuse_port),
         )
         pb_grpc.add_EdgeInferenceServicer_to_server(self.servicer, self.server)

@@ -8,20 +8,55 @@ call is answered INVALID_ARGUMENT with one line naming the message it expected.
 In a stream, the marker raises :class:`InvalidRequest` where the handler reads
 it, so the answers to the frames before it still go out.
 
-Install it after ``ExceptionToStatusInterceptor`` (closer to the handlers), which
+Install it after :class:`StatusInterceptor` (closer to the handlers), which
 turns that error into the call's status.
+
+:class:`StatusInterceptor` is grpc-interceptor's ``ExceptionToStatusInterceptor``
+with the status details clipped to one line of at most ``MAX_DETAILS``
+characters. Errors quote what the client sent (a model name, a key); a 100 KB
+name quoted in a status goes over gRPC's 16 KB metadata limit, and the client's
+transport then tears down the whole connection with GOAWAY, every other call on
+it included.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
+from grpc_interceptor import ExceptionToStatusInterceptor
+from grpc_interceptor.exceptions import GrpcException
 
 from edgeinfer.server.errors import InvalidRequest
 
-__all__ = ["Malformed", "MalformedRequestInterceptor", "tolerant"]
+__all__ = ["MAX_DETAILS", "Malformed", "MalformedRequestInterceptor", "StatusInterceptor", "clip_details", "tolerant"]
+
+MAX_DETAILS = 1000  # characters of a status's details; UTF-8 keeps that well under gRPC's 8 KB soft limit
+
+
+def clip_details(details: str) -> str:
+    """One line, at most MAX_DETAILS characters."""
+    line = details.replace("\r", " ").replace("\n", " ")
+    if len(line) <= MAX_DETAILS:
+        return line
+    return f"{line[: MAX_DETAILS - 40]}... ({len(line)} characters in all)"
+
+
+class StatusInterceptor(ExceptionToStatusInterceptor):
+    """Domain errors to their status (server/errors.py), anything else to INTERNAL; details clipped."""
+
+    def __init__(self) -> None:
+        super().__init__(status_on_unknown_exception=grpc.StatusCode.INTERNAL)
+
+    def handle_exception(
+        self, ex: Exception, request_or_iterator: Any, context: grpc.ServicerContext, method_name: str
+    ) -> NoReturn:
+        if isinstance(ex, GrpcException):
+            context.abort(ex.status_code, clip_details(ex.details))
+        elif not context.code():
+            context.abort(grpc.StatusCode.INTERNAL, clip_details(repr(ex)))
+        raise ex
 
 
 class Malformed:

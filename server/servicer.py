@@ -21,6 +21,7 @@ from edgeinfer.server.defaults import DEFAULT_CONFIG_TIMEOUT_S, DEFAULT_IDLE_TIM
 from edgeinfer.server.errors import EdgeInferError, InvalidFrame, InvalidRequest, LimitExceeded, NotLocal, NotReady
 from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.loading import ModelTable, ServedModel
+from edgeinfer.server.malformed import clip_details
 from edgeinfer.server.preprocess import FrameImage, JpegImage, RawImage
 from edgeinfer.server.session import (
     DropPolicy,
@@ -315,7 +316,7 @@ def _stream_response(outcome: FrameOutcome, model: ServedModel) -> pb.StreamResp
     response = pb.StreamResponse(sequence=outcome.sequence, capture_time_ns=outcome.capture_time_ns)
     if outcome.error is not None:
         response.error.code = outcome.error.status_code.value[0]
-        response.error.message = outcome.error.details
+        response.error.message = clip_details(outcome.error.details)
     elif outcome.dropped is not None:
         response.dropped.reason = outcome.dropped
     else:

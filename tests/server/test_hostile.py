@@ -573,6 +573,37 @@ def test_a_garbage_message_in_a_stream_ends_it_after_the_answers_before_it(
     assert undefined.value.code() == INVALID and "drop_policy 7 is not a DropPolicy" in undefined.value.details()
 
 
+def test_a_status_quoting_a_huge_client_string_is_clipped_and_the_connection_survives(
+    normal: NormalStream, stub: pb_grpc.EdgeInferenceStub
+) -> None:
+    from edgeinfer.server.malformed import MAX_DETAILS
+
+    huge = "x" * 100_000  # quoted whole, a status over gRPC's 16 KB metadata limit: GOAWAY for the connection
+    gate = threading.Event()
+    live = stub.StreamClassify(_stalled(gate, [_config(), _frame(0, pb.Image(jpeg=GOOD))]), timeout=30)
+    first = next(live)  # a stream on the same connection as the calls below
+    ends = []
+    for request in (
+        pb.GetModelRequest(model=pb.ModelSelector(name=huge)),
+        pb.GetModelRequest(model=pb.ModelSelector(name="squeezenet", precision=huge)),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetModel(request, timeout=10)
+        ends.append(info.value)
+    with pytest.raises(grpc.RpcError) as info:
+        list(
+            stub.StreamClassify(iter([_config(shared_memory=pb.SharedMemoryRegion(key=huge, byte_size=1))]), timeout=10)
+        )
+    ends.append(info.value)
+    gate.set()
+    rest = list(live)  # the stream went on and ended as its client ended it
+    normal.keeps_answering()
+    assert [e.code() for e in ends] == [grpc.StatusCode.NOT_FOUND, grpc.StatusCode.NOT_FOUND, INVALID]
+    assert all(len(e.details()) <= MAX_DETAILS and _one_line(e.details()) for e in ends)
+    assert "characters in all" in ends[0].details()
+    assert first.WhichOneof("result") == "prediction" and rest == []
+
+
 # -- drain ----------------------------------------------------------------------------------
 
 
