@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import math
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Plain constants, no torch: --help stays instant.
@@ -78,26 +80,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-pixels",
-        type=int,
+        type=_at_least_one,
         default=DEFAULT_MAX_PIXELS,
         help=f"most pixels a frame may declare, read from its header before decoding (default: {DEFAULT_MAX_PIXELS}"
         ", 4096x3072: a 4K camera or a 12 MP sensor); more is a per-frame INVALID_ARGUMENT",
     )
     p.add_argument(
         "--max-side",
-        type=int,
+        type=_at_least_one,
         default=DEFAULT_MAX_SIDE,
         help=f"longest side a frame may declare, in pixels (default: {DEFAULT_MAX_SIDE})",
     )
     p.add_argument(
         "--config-timeout",
-        type=float,
+        type=_seconds(allow_zero=False),
         default=DEFAULT_CONFIG_TIMEOUT_S,
         help=f"seconds a new stream has to send its config before it is ended (default: {DEFAULT_CONFIG_TIMEOUT_S:g})",
     )
     p.add_argument(
         "--idle-timeout",
-        type=float,
+        type=_seconds(allow_zero=True),
         default=DEFAULT_IDLE_TIMEOUT_S,
         help="seconds a stream may neither send a frame nor take an answer before it is ended "
         f"(default: {DEFAULT_IDLE_TIMEOUT_S:g}; 0: never)",
@@ -149,6 +151,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: off)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
+
+
+def _at_least_one(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _seconds(*, allow_zero: bool) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            s = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
+        if not math.isfinite(s) or s < 0 or (s == 0 and not allow_zero) or s > 86_400:
+            low = "0 (off) or more" if allow_zero else "more than 0"
+            raise argparse.ArgumentTypeError(f"must be {low}, and at most 86400 seconds; got {value}")
+        return s
+
+    return parse
 
 
 def _sizes(value: str) -> list[int]:

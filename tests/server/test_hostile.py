@@ -754,3 +754,27 @@ def test_the_daemon_is_whole_after_the_fuzz(daemon: Daemon, normal: NormalStream
     _wait_open(daemon, 1)  # the normal stream
     assert np.isfinite(results[0].prediction.top1.probability)
     normal.keeps_answering()
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (["--max-pixels", "0"], "--max-pixels: must be at least 1"),
+        (["--max-side", "x"], "--max-side: expected a whole number"),
+        (["--config-timeout", "0"], "--config-timeout: must be more than 0"),
+        (["--idle-timeout", "-1"], "--idle-timeout: must be 0 (off) or more"),
+        (["--idle-timeout", "nan"], "--idle-timeout: must be 0 (off) or more"),
+    ],
+)
+def test_the_limit_and_timeout_flags_refuse_bad_values_in_one_line(
+    capsys: pytest.CaptureFixture[str], args: list[str], text: str
+) -> None:
+    from edgeinfer.server.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["--model", "squeezenet", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and text in err[-1]
+    defaults = build_parser().parse_args(["--model", "squeezenet"])
+    assert (defaults.max_pixels, defaults.max_side) == (4096 * 3072, 8192)
+    assert (defaults.config_timeout, defaults.idle_timeout) == (10.0, 120.0)
