@@ -112,8 +112,11 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
             if config.HasField("shared_memory"):
                 region = self._shared_memory(config, context.peer())
             stream.session = session
+            if self.draining:  # began after drain() had gathered the open streams
+                session.fail(NotReady("the daemon is shutting down; reconnect to another replica or retry later"))
             context.add_callback(session.abort)
             start.put((session, region, model))
+            region = None  # the reader's now: it closes it when it stops reading
             for outcome in session.results():
                 stream.sending = True
                 try:
@@ -213,6 +216,21 @@ def _read_stream(
 
 
 def _pump(
+    requests: Iterator[pb.StreamRequest],
+    stream: GuardedStream,
+    session: StreamSession,
+    region: SharedMemoryRegion | None,
+    model: ServedModel,
+    limits: FrameLimits,
+) -> None:
+    try:
+        _read_frames(requests, stream, session, region, model, limits)
+    finally:
+        if region is not None:
+            region.close()
+
+
+def _read_frames(
     requests: Iterator[pb.StreamRequest],
     stream: GuardedStream,
     session: StreamSession,
