@@ -51,6 +51,7 @@ def server_options(max_frame_bytes: int, reuse_port: bool = False) -> list[tuple
         # above it (room for the message's other fields), so that a message far
         # over it ends the stream before gRPC has buffered it (issue 16).
         ("grpc.max_receive_message_length", max_frame_bytes + MESSAGE_OVERHEAD),
+        ("grpc.max_send_message_length", 4 << 20),
         # Robots lose Wi-Fi: let clients ping every 10 s to keep NAT entries and
         # detect dead peers, without the server answering with GOAWAY.
         ("grpc.keepalive_permit_without_calls", 1),
