@@ -101,7 +101,7 @@ class NormalStream:
             deadline = time.monotonic() + 60
             while len(self.results) < sent and time.monotonic() < deadline and not self._stop.is_set():
                 time.sleep(0.005)
-            time.sleep(0.05)
+            time.sleep(0.15)  # a camera at a few frames per second: the battery stays cheap
 
     def _run(self) -> None:
         try:
