@@ -503,12 +503,16 @@ def test_a_region_shrunk_replaced_and_restored_under_live_frames_never_crashes(
     ]
     region = pb.SharedMemoryRegion(key="/" + shm_path.name, byte_size=size)
     meddler = threading.Thread(target=meddle, daemon=True)
-    meddler.start()
+    answers = []
     try:
-        answers = list(stub.StreamClassify(iter([_config(shared_memory=region), *frames]), timeout=60))
+        for answer in stub.StreamClassify(iter([_config(shared_memory=region), *frames]), timeout=60):
+            answers.append(answer)
+            if len(answers) == 1:  # the stream is open (its config checked the object's size): now meddle
+                meddler.start()
     finally:
         stop.set()
-        meddler.join()
+        if meddler.is_alive():
+            meddler.join()
     normal.keeps_answering()
     assert [a.sequence for a in answers] == list(range(24))
     kinds = {a.WhichOneof("result") for a in answers}
