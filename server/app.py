@@ -3,7 +3,8 @@
 ``Daemon`` is kept apart from the command line (grpc's examples do the same
 with ``create_server``) so tests start a real server on ``localhost:0``.
 Start-up order: listen, report NOT_SERVING, load models, report SERVING. On
-shutdown: report NOT_SERVING, refuse new streams, let open ones finish.
+shutdown: report NOT_SERVING, refuse new streams, answer every frame already
+read, end the streams.
 Who may connect (loopback by default, TLS, tokens) is :mod:`edgeinfer.server.security`.
 """
 
@@ -18,13 +19,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_interceptor import ExceptionToStatusInterceptor
 from grpc_reflection.v1alpha import reflection
 
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
+from edgeinfer.server.defaults import (
+    DEFAULT_CONFIG_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SIDE,
+)
 from edgeinfer.server.kserve_servicer import KSERVE_SERVICE_NAME, KServeServicer, add_kserve_to_server
+from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.loading import ModelTable, ServedModel
+from edgeinfer.server.malformed import MalformedRequestInterceptor, StatusInterceptor
 from edgeinfer.server.security import (
     LOOPBACK,
     BearerTokenInterceptor,
@@ -33,13 +41,15 @@ from edgeinfer.server.security import (
     Tokens,
     check_exposure,
 )
-from edgeinfer.server.servicer import EdgeInferenceServicer
+from edgeinfer.server.servicer import MAX_CLASSIFY_CALLS, EdgeInferenceServicer
 
-__all__ = ["SERVICE_NAME", "Daemon", "server_options"]
+__all__ = ["HANDLER_SPARE", "MESSAGE_OVERHEAD", "SERVICE_NAME", "Daemon", "server_options"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeInference"].full_name
+HANDLER_SPARE = 4  # handler threads no stream or Classify call can take: health, metadata, reflection
+MESSAGE_OVERHEAD = 64 << 10  # a frame message's fields besides its image bytes, with room to spare
 _daemons = itertools.count(1)  # names each daemon's handler threads apart: grpc-handler-1_0, ...
 
 
@@ -47,9 +57,10 @@ def server_options(max_frame_bytes: int, reuse_port: bool = False) -> list[tuple
     """Every channel option the daemon sets, each named once and explained."""
     return [
         # Frames over --max-frame-bytes are answered with a per-frame
-        # RESOURCE_EXHAUSTED and the stream goes on; gRPC's own limit sits well
-        # above it so that only absurd messages end the stream itself.
-        ("grpc.max_receive_message_length", 2 * max_frame_bytes + (1 << 20)),
+        # RESOURCE_EXHAUSTED and the stream goes on; gRPC's own limit sits just
+        # above it (room for the message's other fields), so that a message far
+        # over it ends the stream before gRPC has buffered it (issue 16).
+        ("grpc.max_receive_message_length", max_frame_bytes + MESSAGE_OVERHEAD),
         ("grpc.max_send_message_length", 4 << 20),
         # Robots lose Wi-Fi: let clients ping every 10 s to keep NAT entries and
         # detect dead peers, without the server answering with GOAWAY.
@@ -72,6 +83,10 @@ class Daemon:
         max_streams: int = 16,
         max_frame_bytes: int = 8 << 20,
         max_shm_bytes: int = 256 << 20,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_side: int = DEFAULT_MAX_SIDE,
+        config_timeout: float = DEFAULT_CONFIG_TIMEOUT_S,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
         reuse_port: bool = False,
         health_addresses: Sequence[str] = (),
         tls: ServerTls | None = None,
@@ -92,15 +107,29 @@ class Daemon:
         self.tls = tls
         self.tokens = tokens
         self.table = ModelTable()
-        self.servicer = EdgeInferenceServicer(self.table, max_streams=max_streams, max_shm_bytes=max_shm_bytes)
-        # A stream holds one handler thread for its life; unary calls and health
-        # checks need a few more, so they never wait behind streams.
+        self.limits = FrameLimits(max_frame_bytes=max_frame_bytes, max_pixels=max_pixels, max_side=max_side)
+        self.servicer = EdgeInferenceServicer(
+            self.table,
+            max_streams=max_streams,
+            max_shm_bytes=max_shm_bytes,
+            limits=self.limits,
+            config_timeout=config_timeout,
+            idle_timeout=idle_timeout,
+        )
+        # A stream holds one handler thread for its life, from the moment it opens
+        # (config or not: server/stream_guard.py counts it then, and refuses one over
+        # --max-streams at once); unary calls and health checks need a few more, so
+        # they never wait behind streams.
         self._handler_prefix = f"grpc-handler-{next(_daemons)}"
-        self._pool = ThreadPoolExecutor(max_workers=max_streams + 8, thread_name_prefix=self._handler_prefix)
-        interceptors: list[grpc.ServerInterceptor] = [
-            ExceptionToStatusInterceptor(status_on_unknown_exception=grpc.StatusCode.INTERNAL)
-        ]
-        if tokens is not None:  # first: a refused call runs nothing else
+        # Classify calls are capped too (MAX_CLASSIFY_CALLS), so that however many a client
+        # sends at once, HANDLER_SPARE threads stay free for health checks and metadata.
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_streams + MAX_CLASSIFY_CALLS + HANDLER_SPARE, thread_name_prefix=self._handler_prefix
+        )
+        # Outermost first: a refused token runs nothing else; then bytes that do not parse become an
+        # error the status interceptor maps to INVALID_ARGUMENT (gRPC itself would answer INTERNAL).
+        interceptors: list[grpc.ServerInterceptor] = [StatusInterceptor(), MalformedRequestInterceptor()]
+        if tokens is not None:
             interceptors.insert(0, BearerTokenInterceptor(tokens))
         self.server = grpc.server(
             self._pool,
@@ -177,14 +206,18 @@ class Daemon:
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace: float | None = 5.0) -> None:
-        """Drain: NOT_SERVING, refuse new calls, give open streams ``grace`` seconds."""
-        self.servicer.draining = True
+        """Drain: NOT_SERVING, refuse new calls; open streams answer the frames they have read, then end.
+
+        Streams still open ``grace`` seconds on (an answer the client does not take) are cancelled.
+        """
+        self.servicer.drain()
         self.health.enter_graceful_shutdown()
         # The health port stops with the rest: until then probes read NOT_SERVING, and no new streams arrive.
         health_stopped = self.health_server.stop(grace) if self.health_server is not None else None
         self.server.stop(grace).wait()
         if health_stopped is not None:
             health_stopped.wait()
+        self.servicer.guard.stop()
         self.table.stop()
         self._pool.shutdown(wait=False)
 

@@ -15,6 +15,7 @@ import argparse
 import errno
 import faulthandler
 import logging
+import math
 import os
 import signal
 import socket
@@ -26,6 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+# Plain constants, no torch: --help stays instant.
+from edgeinfer.server.defaults import (
+    DEFAULT_CONFIG_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SIDE,
+)
 from edgeinfer.server.options import Precision, PreprocessOn, WeightsKind, choices
 from edgeinfer.server.security import (
     LOOPBACK,
@@ -170,6 +178,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest frame accepted, JPEG or raw (default: 8 MiB); larger ones get RESOURCE_EXHAUSTED",
     )
     p.add_argument(
+        "--max-pixels",
+        type=_int(1),
+        default=DEFAULT_MAX_PIXELS,
+        help=f"most pixels a frame may declare, read from its header before decoding (default: {DEFAULT_MAX_PIXELS}"
+        ", 4096x3072: a 4K camera or a 12 MP sensor); more is a per-frame INVALID_ARGUMENT",
+    )
+    p.add_argument(
+        "--max-side",
+        type=_int(1),
+        default=DEFAULT_MAX_SIDE,
+        help=f"longest side a frame may declare, in pixels (default: {DEFAULT_MAX_SIDE})",
+    )
+    p.add_argument(
+        "--config-timeout",
+        type=_seconds(allow_zero=False),
+        default=DEFAULT_CONFIG_TIMEOUT_S,
+        help=f"seconds a new stream has to send its config before it is ended (default: {DEFAULT_CONFIG_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=_seconds(allow_zero=True),
+        default=DEFAULT_IDLE_TIMEOUT_S,
+        help="seconds a stream may neither send a frame nor take an answer before it is ended "
+        f"(default: {DEFAULT_IDLE_TIMEOUT_S:g}; 0: never)",
+    )
+    p.add_argument(
         "--max-shm-bytes",
         type=_int(0),
         default=256 << 20,
@@ -227,6 +261,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="the daemon's log messages on stderr at or above this level (default: info)",
     )
     return p
+
+
+def _seconds(*, allow_zero: bool) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            s = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
+        if not math.isfinite(s) or s < 0 or (s == 0 and not allow_zero) or s > 86_400:
+            low = "0 (off) or more" if allow_zero else "more than 0"
+            raise argparse.ArgumentTypeError(f"must be {low}, and at most 86400 seconds; got {value}")
+        return s
+
+    return parse
 
 
 def _sizes(value: str) -> list[int]:
@@ -374,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgeinfer.server.app import Daemon
     from edgeinfer.server.errors import EdgeInferError
+    from edgeinfer.server.limits import FrameLimits
     from edgeinfer.server.loading import load_model
     from edgeinfer.server.weights import WeightsSource
 
@@ -390,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
                 max_streams=args.max_streams,
                 max_frame_bytes=args.max_frame_bytes,
                 max_shm_bytes=args.max_shm_bytes,
+                max_pixels=args.max_pixels,
+                max_side=args.max_side,
+                config_timeout=args.config_timeout,
+                idle_timeout=args.idle_timeout,
                 reuse_port=worker,
                 health_addresses=[tcp_address(args.host or LOOPBACK, args.health_port)]
                 if args.health_port is not None
@@ -430,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                 weights=weights,
                 repository=args.repository,
                 max_frame_bytes=args.max_frame_bytes,
+                limits=FrameLimits(args.max_frame_bytes, args.max_pixels, args.max_side),
                 max_batch=args.max_batch,
                 max_wait_ms=args.batch_wait_ms,
                 batch_sizes=args.batch_sizes,
@@ -464,6 +518,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"edgeserver: SERVING after {time.perf_counter() - started:.1f} s; Ctrl-C to stop", flush=True)
     _wait_for_signal(stop)
     print("edgeserver: draining", flush=True)
+    # The drain's hard deadline: whatever hangs (a model that never returns, a thread
+    # that will not join at exit), the process is gone this long after the signal. A
+    # second SIGTERM or Ctrl-C ends it at once.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: _exit_now("a second signal during the drain"))
+    deadline = threading.Timer(HARD_DEADLINE_S, _exit_now, (f"the drain passed its {HARD_DEADLINE_S:g} s deadline",))
+    deadline.daemon = True
+    deadline.start()
     daemon.stop(grace=DRAIN_S)
     busy = daemon.busy_handlers(timeout=DRAIN_S)
     if busy:  # a call blocked for good (a model that never returns) would keep the process alive
@@ -488,7 +550,14 @@ def _wait_for_signal(stop: threading.Event) -> None:
         pass
 
 
+def _exit_now(why: str) -> None:
+    print(f"edgeserver: exiting now: {why}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
+
+
 DRAIN_S = 5.0  # on SIGTERM open calls get this long to finish, and stuck handlers as long again
+HARD_DEADLINE_S = 3 * DRAIN_S  # then the process exits whatever still runs (models stopping included)
 
 
 if __name__ == "__main__":

@@ -169,7 +169,8 @@ class KServeServicer(v2_grpc.GRPCInferenceServiceServicer):
     ) -> Iterator[v2.ModelStreamInferResponse]:
         if self.edge.draining:
             raise NotReady("the daemon is shutting down; reconnect to another replica or retry later")
-        self.edge.open_stream()
+        # One of the daemon's --max-streams slots, shared with edgeinfer.v1 streams.
+        guarded = self.edge.guard.admit(context)
         stream = _Stream(self._resolve)
         try:
             context.add_callback(stream.abort)
@@ -177,7 +178,7 @@ class KServeServicer(v2_grpc.GRPCInferenceServiceServicer):
             yield from stream.answers()
         finally:
             stream.abort()
-            self.edge.close_stream()
+            self.edge.guard.release(guarded)
 
 
 @dataclass

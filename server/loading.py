@@ -22,6 +22,7 @@ from edgeinfer.server.artifacts import load_int8_runner
 from edgeinfer.server.batcher import BatchScheduler
 from edgeinfer.server.errors import InvalidRequest, ModelNotFound, NotReady
 from edgeinfer.server.inference_thread import InferenceThread, cpu_thread
+from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.options import Precision, PreprocessOn, choices
 from edgeinfer.server.preprocess import Preprocessor
 from edgeinfer.server.profiling import batch_ladder, profile_batch_sizes
@@ -163,6 +164,7 @@ def load_model(
     weights: WeightsSource | None = None,
     repository: Path | None = None,
     max_frame_bytes: int = 8 << 20,
+    limits: FrameLimits | None = None,
     max_batch: int = 8,
     max_wait_ms: float = 0.0,
     batch_sizes: Sequence[int] | None = None,
@@ -175,6 +177,8 @@ def load_model(
     ``batch_sizes``: the sizes the scheduler may run (up to ``max_batch``); None chooses
     them (:func:`choose_batch_sizes`). ``cuda_graphs``: on CUDA, replay each of those sizes
     as a CUDA graph (:meth:`ModelRunner.capture_graphs`).
+    ``limits``: the frame limits its preprocessor holds each frame to (default: ``max_frame_bytes``
+    and the default pixel limits).
     """
     try:
         placement = PreprocessOn(preprocess_on)
@@ -228,7 +232,7 @@ def load_model(
             f"; CUDA graphs for {list(built.runner.graph_sizes)}" if cuda_graphs else "",
         )
         preprocessor = Preprocessor(
-            built.preprocessing, device=device, dtype=built.runner.dtype, max_frame_bytes=max_frame_bytes
+            built.preprocessing, device=device, dtype=built.runner.dtype, max_frame_bytes=max_frame_bytes, limits=limits
         )
         return ServedModel(
             name=spec.name,

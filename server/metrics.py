@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["ACTIVE_STREAMS", "FRAMES", "FRAME_LATENCY", "UNAUTHENTICATED"]
+__all__ = ["ACTIVE_STREAMS", "FRAMES", "FRAME_LATENCY", "STREAMS_TIMED_OUT", "UNAUTHENTICATED"]
 
 FRAMES = Counter(
     "edgeinfer_frames_total",
@@ -21,4 +21,9 @@ FRAME_LATENCY = Histogram(
 ACTIVE_STREAMS = Gauge("edgeinfer_active_streams", "Streams open now.", multiprocess_mode="livesum")
 UNAUTHENTICATED = Counter(
     "edgeinfer_unauthenticated_calls_total", "Calls refused for a missing or wrong bearer token (--token-file)."
+)
+STREAMS_TIMED_OUT = Counter(
+    "edgeinfer_streams_timed_out_total",
+    "Streams ended for sending no config in time (reason=config) or for doing nothing (reason=idle).",
+    ["reason"],
 )

@@ -3,8 +3,9 @@
 JPEG decode is torchvision.io (libjpeg-turbo on the CPU, nvjpeg on CUDA); raw
 frames are wrapped without a copy. Resize, crop and normalize are tensor ops on
 uint8 until the last step, which scales and normalizes in one fused pass.
-Nothing here knows about gRPC: bad input raises :class:`InvalidFrame` or
-:class:`LimitExceeded`.
+Every frame's declared size is held against its :class:`FrameLimits` before
+the decoder or the resize allocates anything (server/limits.py). Nothing here
+knows about gRPC: bad input raises :class:`InvalidFrame` or :class:`LimitExceeded`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from edgeinfer.server.errors import InvalidFrame, LimitExceeded
+from edgeinfer.server.errors import InvalidFrame
+from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.registry import Preprocessing
 
 try:  # libjpeg-turbo that reports damage: see Preprocessor._decode_jpeg
@@ -76,11 +78,13 @@ class Preprocessor:
         device: torch.device,
         dtype: torch.dtype = torch.float32,
         max_frame_bytes: int = 8 << 20,
+        limits: FrameLimits | None = None,
     ) -> None:
         self.config = config
         self.device = device
         self.dtype = dtype
-        self.max_frame_bytes = max_frame_bytes
+        self.limits = limits or FrameLimits(max_frame_bytes=max_frame_bytes)
+        self.max_frame_bytes = self.limits.max_frame_bytes
         std = torch.tensor(config.std, dtype=torch.float32).view(3, 1, 1)
         mean = torch.tensor(config.mean, dtype=torch.float32).view(3, 1, 1)
         # (x / 255 - mean) / std == x * scale + shift
@@ -116,20 +120,14 @@ class Preprocessor:
         t2 = time.perf_counter()
         return PreprocessedFrame(tensor, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
 
-    def _check_size(self, n: int) -> None:
-        if n == 0:
-            raise InvalidFrame("frame has no image data: set image.jpeg or image.raw")
-        if n > self.max_frame_bytes:
-            raise LimitExceeded(
-                f"frame of {n} bytes is over this daemon's limit of {self.max_frame_bytes} bytes "
-                f"(--max-frame-bytes); send a smaller image or a JPEG"
-            )
-
     def decode(self, image: FrameImage) -> torch.Tensor:
         """uint8 3 x H x W on the target device: RGB, or BGR for a raw BGR frame (swapped after the crop)."""
-        self._check_size(len(image.data))
         if isinstance(image, JpegImage):
+            # The declared size, from the header, before libjpeg allocates the whole output.
+            self.limits.check_jpeg(image.data, self.config.resize_size)
             return self._decode_jpeg(image.data)
+        self.limits.check_bytes(len(image.data))
+        self.limits.check_raw(image.height, image.width, self.config.resize_size)
         return self._unpack_raw(image)
 
     def _decode_jpeg(self, data: bytes) -> torch.Tensor:
@@ -155,8 +153,6 @@ class Preprocessor:
 
     def _unpack_raw(self, image: RawImage) -> torch.Tensor:
         h, w = image.height, image.width
-        if h == 0 or w == 0:
-            raise InvalidFrame(f"raw frame must have a height and a width, got {h}x{w}")
         expected = h * w * 3
         if len(image.data) != expected:
             raise InvalidFrame(

@@ -8,6 +8,7 @@ interceptor; per-frame errors are answered in-band by the session.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Iterator
 
@@ -16,8 +17,11 @@ import grpc
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 from edgeinfer.server import metrics, statistics
-from edgeinfer.server.errors import InvalidFrame, InvalidRequest, LimitExceeded, NotLocal, NotReady
+from edgeinfer.server.defaults import DEFAULT_CONFIG_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
+from edgeinfer.server.errors import EdgeInferError, InvalidFrame, InvalidRequest, LimitExceeded, NotLocal, NotReady
+from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.loading import ModelTable, ServedModel
+from edgeinfer.server.malformed import clip_details
 from edgeinfer.server.options import PreprocessOn
 from edgeinfer.server.preprocess import FrameImage, JpegImage, RawImage
 from edgeinfer.server.session import (
@@ -27,12 +31,16 @@ from edgeinfer.server.session import (
     StreamSession,
     classify_one,
 )
-from edgeinfer.server.shm import SharedMemoryRegion, check_local
+from edgeinfer.server.shm import SharedMemoryRegion, check_local, peer_uid
+from edgeinfer.server.stream_guard import GuardedStream, StreamGuard
 
-__all__ = ["EdgeInferenceServicer"]
+__all__ = ["MAX_CLASSIFY_CALLS", "EdgeInferenceServicer"]
 
 log = logging.getLogger(__name__)
 
+# Classify calls running at once; each holds a handler thread while its frame waits for the model.
+MAX_CLASSIFY_CALLS = 8
+_PIXEL_FORMATS = frozenset(pb.PixelFormat.values())
 _POLICIES = {
     pb.DROP_POLICY_UNSPECIFIED: DropPolicy.LATEST,
     pb.DROP_POLICY_LATEST: DropPolicy.LATEST,
@@ -41,86 +49,129 @@ _POLICIES = {
 
 
 class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
-    def __init__(self, table: ModelTable, *, max_streams: int, max_shm_bytes: int = 256 << 20) -> None:
+    def __init__(
+        self,
+        table: ModelTable,
+        *,
+        max_streams: int,
+        max_shm_bytes: int = 256 << 20,
+        limits: FrameLimits | None = None,
+        config_timeout: float = DEFAULT_CONFIG_TIMEOUT_S,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+    ) -> None:
         self.table = table
         self.max_streams = max_streams
         self.max_shm_bytes = max_shm_bytes
-        self._streams = 0
-        self._streams_opened = 0
-        self._lock = threading.Lock()
+        self.limits = limits or FrameLimits()
+        self.guard = StreamGuard(max_streams=max_streams, config_timeout=config_timeout, idle_timeout=idle_timeout)
         self.draining = False
+        self._classify_calls = threading.BoundedSemaphore(MAX_CLASSIFY_CALLS)
+
+    @property
+    def open_streams(self) -> int:
+        """Streams open now, those still waiting for their config included."""
+        return self.guard.open
+
+    @property
+    def streams_opened(self) -> int:
+        """Streams admitted since start, closed ones included (fleets and tests count with it)."""
+        return self.guard.opened
 
     # -- streams -----------------------------------------------------------------
 
     def StreamClassify(
         self, request_iterator: Iterator[pb.StreamRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.StreamResponse]:
-        first = next(request_iterator, None)
-        if first is None:
-            return
-        if first.WhichOneof("request") != "config":
-            raise InvalidRequest("the first message of a stream must be a StreamConfig (model, top_k, drop policy)")
-        config = first.config
-        model = self._resolve(config.model)
-        session = StreamSession(model, top_k=config.top_k, policy=_POLICIES[config.drop_policy])
-        region = self._shared_memory(config, context.peer()) if config.HasField("shared_memory") else None
-        self.open_stream()
+        if self.draining:
+            raise NotReady("the daemon is shutting down; reconnect to another replica or retry later")
+        # Counted from here, before its config: a half-open stream holds a handler thread too.
+        stream = self.guard.admit(context)
+        # The first message is read by the stream's reader thread, so that a client that
+        # never sends it holds this handler only until --config-timeout.
+        first: queue.SimpleQueue[object] = queue.SimpleQueue()
+        start: queue.SimpleQueue[tuple[StreamSession, SharedMemoryRegion | None, ServedModel] | None] = (
+            queue.SimpleQueue()
+        )
+        session: StreamSession | None = None
+        region: SharedMemoryRegion | None = None
         try:
+            threading.Thread(
+                target=_read_stream,
+                args=(request_iterator, stream, first, start, self.limits),
+                name="stream-reader",
+                daemon=True,
+            ).start()
+            try:
+                request = first.get(timeout=self.guard.config_timeout)
+            except queue.Empty:
+                raise self.guard.config_timed_out(stream) from None
+            if request is None:  # the peer left, or half-closed before any message
+                return
+            if isinstance(request, EdgeInferError):
+                raise request
+            assert isinstance(request, pb.StreamRequest)
+            if request.WhichOneof("request") != "config":
+                raise InvalidRequest("the first message of a stream must be a StreamConfig (model, top_k, drop policy)")
+            config = request.config
+            model = self._resolve(config.model)
+            session = StreamSession(model, top_k=config.top_k, policy=_policy(config.drop_policy))
+            if config.HasField("shared_memory"):
+                region = self._shared_memory(config, context.peer())
+            stream.session = session
+            if self.draining:  # began after drain() had gathered the open streams
+                session.fail(NotReady("the daemon is shutting down; reconnect to another replica or retry later"))
             context.add_callback(session.abort)
-            reader = threading.Thread(
-                target=_pump, args=(request_iterator, session, region), name="stream-reader", daemon=True
-            )
-            reader.start()
+            start.put((session, region, model))
+            region = None  # the reader's now: it closes it when it stops reading
             for outcome in session.results():
+                stream.sending = True
                 try:
                     yield _stream_response(outcome, model)
                 finally:  # once gRPC has sent the answer: the metrics stay off the frame's path
+                    stream.sending = False
+                    stream.answers_out += 1
+                    stream.touch()
                     _record(model, outcome)
         finally:
-            session.abort()
-            self.close_stream()
-            log.info("stream on %s closed: %s", model.name, session.counts)
+            start.put(None)  # a reader still waiting for the go ends
+            if session is not None:
+                session.abort()
+                log.info("stream on %s closed: %s", session.model.name, session.counts)
+            if region is not None:
+                region.close()
+            self.guard.release(stream)
 
     def _shared_memory(self, config: pb.StreamConfig, peer: str) -> SharedMemoryRegion:
         if self.max_shm_bytes == 0:
             raise NotLocal("this daemon does not accept shared-memory frames (--max-shm-bytes 0); send image.raw")
         check_local(peer)
         shm = config.shared_memory
-        return SharedMemoryRegion.open(shm.key, shm.byte_size, max_bytes=self.max_shm_bytes)
+        return SharedMemoryRegion.open(shm.key, shm.byte_size, max_bytes=self.max_shm_bytes, owner_uid=peer_uid(peer))
 
-    def open_stream(self) -> None:
-        """Take one of the daemon's --max-streams slots (the KServe v2 streams share them)."""
-        with self._lock:
-            if self._streams >= self.max_streams:
-                raise LimitExceeded(
-                    f"this daemon already serves {self._streams} streams (--max-streams {self.max_streams}); "
-                    f"close one or start the daemon with a higher --max-streams"
-                )
-            self._streams += 1
-            self._streams_opened += 1
-            metrics.ACTIVE_STREAMS.set(self._streams)
-
-    @property
-    def open_streams(self) -> int:
-        """Streams this servicer serves now (read-only; tests and fleets count with it)."""
-        return self._streams
-
-    @property
-    def streams_opened(self) -> int:
-        """Streams accepted since start, closed ones included."""
-        return self._streams_opened
-
-    def close_stream(self) -> None:
-        with self._lock:
-            self._streams -= 1
-            metrics.ACTIVE_STREAMS.set(self._streams)
+    def drain(self) -> int:
+        """Shutdown: refuse new calls; every open stream ends after the answers to the frames it has read."""
+        self.draining = True
+        return self.guard.drain(
+            NotReady(
+                "the daemon is shutting down: every frame it read before was answered, later ones were not read; "
+                "reconnect to another replica or retry later"
+            )
+        )
 
     # -- unary -------------------------------------------------------------------
 
     def Classify(self, request: pb.ClassifyRequest, context: grpc.ServicerContext) -> pb.Prediction:
         model = self._resolve(request.model)
-        image = image_from_proto(request.image)
-        outcome = classify_one(model, image, request.top_k, timeout=_time_left(context))
+        image = image_from_proto(request.image, limits=self.limits, resize_size=model.preprocessing.resize_size)
+        if not self._classify_calls.acquire(blocking=False):
+            raise LimitExceeded(
+                f"{MAX_CLASSIFY_CALLS} Classify calls are already running in this daemon; retry, or send many "
+                f"frames over one StreamClassify stream"
+            )
+        try:
+            outcome = classify_one(model, image, request.top_k, timeout=_time_left(context))
+        finally:
+            self._classify_calls.release()
         _record(model, outcome)
         return _fill_prediction(pb.Prediction(), outcome, model)
 
@@ -136,48 +187,130 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         return self.table.resolve(selector.name, selector.precision)
 
 
+def _policy(value: int) -> DropPolicy:
+    policy = _POLICIES.get(value)
+    if policy is None:
+        raise InvalidRequest(f"drop_policy {value} is not a DropPolicy: 0 (unspecified: latest), 1 (latest) or 2 (all)")
+    return policy
+
+
 def _time_left(context: grpc.ServicerContext) -> float | None:
     """Seconds left before the call's deadline; None for a call without one (gRPC reports ~9.2e18 s then)."""
     left = context.time_remaining()
     return None if left is None or left >= threading.TIMEOUT_MAX else left
 
 
-def _pump(requests: Iterator[pb.StreamRequest], session: StreamSession, region: SharedMemoryRegion | None) -> None:
-    """Reader thread of one stream: frames in until the peer half-closes."""
+def _read_stream(
+    requests: Iterator[pb.StreamRequest],
+    stream: GuardedStream,
+    first: queue.SimpleQueue[object],
+    start: queue.SimpleQueue[tuple[StreamSession, SharedMemoryRegion | None, ServedModel] | None],
+    limits: FrameLimits,
+) -> None:
+    """Reader thread of one stream: the config for the handler, then frames until the peer half-closes."""
+    try:
+        request: object = next(requests, None)
+    except EdgeInferError as exc:  # not a StreamRequest at all (server/malformed.py)
+        request = exc
+    except Exception:  # the RPC was cancelled or broke
+        request = None
+    stream.touch()
+    first.put(request)
+    started = start.get()
+    if started is not None:
+        _pump(requests, stream, *started, limits)
+
+
+def _pump(
+    requests: Iterator[pb.StreamRequest],
+    stream: GuardedStream,
+    session: StreamSession,
+    region: SharedMemoryRegion | None,
+    model: ServedModel,
+    limits: FrameLimits,
+) -> None:
+    try:
+        _read_frames(requests, stream, session, region, model, limits)
+    finally:
+        if region is not None:
+            region.close()
+
+
+def _read_frames(
+    requests: Iterator[pb.StreamRequest],
+    stream: GuardedStream,
+    session: StreamSession,
+    region: SharedMemoryRegion | None,
+    model: ServedModel,
+    limits: FrameLimits,
+) -> None:
     try:
         for request in requests:
+            stream.touch()
             if request.WhichOneof("request") != "frame":
                 session.fail(InvalidRequest("only the first message of a stream may be a StreamConfig"))
                 return
             frame = request.frame
-            try:
-                image: FrameImage | InvalidFrame = image_from_proto(frame.image, region)
-            except InvalidFrame as exc:  # answered in-band: the stream goes on
+            stream.frames_in += 1
+            try:  # every limit is checked here, before the frame is queued
+                image: FrameImage | EdgeInferError = image_from_proto(
+                    frame.image, region, limits=limits, resize_size=model.preprocessing.resize_size
+                )
+            except EdgeInferError as exc:  # answered in-band: the stream goes on
                 image = exc
             if not session.submit(FrameIn(frame.sequence, frame.capture_time_ns, image)):
                 return
+    except EdgeInferError as exc:  # a message that is not a StreamRequest: answered after the frames before it
+        session.fail(exc)
+        return
     except Exception:  # the RPC was cancelled or broke: nobody is left to answer
         session.abort()
         return
     session.finish()
 
 
-def image_from_proto(image: pb.Image, region: SharedMemoryRegion | None = None) -> FrameImage:
-    """The frame's pixels as the preprocessor takes them; InvalidFrame when it has none usable."""
+def image_from_proto(
+    image: pb.Image,
+    region: SharedMemoryRegion | None = None,
+    *,
+    limits: FrameLimits | None = None,
+    resize_size: int | None = None,
+) -> FrameImage:
+    """The frame's pixels as the preprocessor takes them; InvalidFrame when it has none usable.
+
+    Each limit is checked from what the frame declares before anything of its size is
+    allocated: a JPEG's header, a raw or shared-memory frame's fields.
+    """
+    limits = limits or FrameLimits()
     kind = image.WhichOneof("data")
     if kind == "jpeg":
+        limits.check_jpeg(image.jpeg, resize_size)
         return JpegImage(image.jpeg)
     if kind == "raw":
         raw = image.raw
-        return RawImage(raw.height, raw.width, raw.data, bgr=raw.pixel_format == pb.PIXEL_FORMAT_BGR)
+        bgr = _bgr(raw.pixel_format)
+        limits.check_bytes(len(raw.data))
+        limits.check_raw(raw.height, raw.width, resize_size)
+        return RawImage(raw.height, raw.width, raw.data, bgr=bgr)
     if kind == "shared_memory":
         shm = image.shared_memory
         if region is None:
             raise InvalidFrame(
                 "image.shared_memory needs a stream opened with StreamConfig.shared_memory; send image.raw"
             )
-        return region.image(shm.offset, shm.height, shm.width, bgr=shm.pixel_format == pb.PIXEL_FORMAT_BGR)
+        bgr = _bgr(shm.pixel_format)
+        limits.check_raw(shm.height, shm.width, resize_size, "shared-memory frame")
+        limits.check_bytes(shm.height * shm.width * 3)  # before the copy out of the region allocates them
+        return region.image(shm.offset, shm.height, shm.width, bgr=bgr)
     raise InvalidFrame("frame has no image: set image.jpeg, image.raw or image.shared_memory")
+
+
+def _bgr(pixel_format: int) -> bool:
+    if pixel_format not in _PIXEL_FORMATS:
+        raise InvalidFrame(
+            f"pixel_format {pixel_format} is not a PixelFormat: 0 (unspecified: RGB), 1 (RGB) or 2 (BGR)"
+        )
+    return pixel_format == pb.PIXEL_FORMAT_BGR
 
 
 def _fill_prediction(out: pb.Prediction, outcome: FrameOutcome, model: ServedModel) -> pb.Prediction:
@@ -207,7 +340,7 @@ def _stream_response(outcome: FrameOutcome, model: ServedModel) -> pb.StreamResp
     response = pb.StreamResponse(sequence=outcome.sequence, capture_time_ns=outcome.capture_time_ns)
     if outcome.error is not None:
         response.error.code = outcome.error.status_code.value[0]
-        response.error.message = outcome.error.details
+        response.error.message = clip_details(outcome.error.details)
     elif outcome.dropped is not None:
         response.dropped.reason = outcome.dropped
     else:

@@ -128,6 +128,7 @@ def _predicted(frame: FrameIn, result: JobResult, model: ServedModel, received: 
 
 
 _END = object()
+_NO_IMAGE = InvalidRequest("no image kept")  # what a frame in line holds instead of its pixels
 
 
 class StreamSession:
@@ -135,8 +136,14 @@ class StreamSession:
         self.model = model
         self.top_k = check_top_k(top_k, model)
         self.policy = policy
-        # Each frame's slot (and the frame) in frame order, then _END or a stream-level error.
+        # Each frame's slot (and its sequence and time, never its pixels: a slow reader's
+        # answered frames must not keep their images) in frame order, then _END or a
+        # stream-level error.
         self._order: queue.SimpleQueue[tuple[_Slot, FrameIn] | object] = queue.SimpleQueue()
+        # Held while a frame or the end is put in line: nothing is queued after the end,
+        # so every frame in line is answered before the stream's last word.
+        self._gate = threading.Lock()
+        self._ended = False
         self._window = threading.BoundedSemaphore(WINDOW[policy])
         self._lock = threading.Lock()
         self._waiting: tuple[Job, _Slot, FrameIn] | None = None
@@ -158,21 +165,25 @@ class StreamSession:
             return False
         received = time.perf_counter()
         slot = _Slot()
-        self._order.put((slot, frame))
+        meta = FrameIn(frame.sequence, frame.capture_time_ns, _NO_IMAGE)  # what the answer keeps: no pixels
+        with self._gate:
+            if self._ended:  # the stream is ending (a drain, an error): this frame is not read
+                return False
+            self._order.put((slot, meta))
         if isinstance(frame.image, EdgeInferError):
-            slot.settle(self._error(frame, frame.image))
+            slot.settle(self._error(meta, frame.image))
             return True
 
         def answered(answer: JobResult | BaseException) -> None:  # on the inference thread
             if isinstance(answer, BaseException):
-                slot.settle(self._error(frame, _frame_error(answer, frame)))
+                slot.settle(self._error(meta, _frame_error(answer, meta)))
             else:
-                slot.settle(_predicted(frame, answer, self.model, received))
+                slot.settle(_predicted(meta, answer, self.model, received))
 
         try:
             job = frame_job(self.model, frame.image, self.top_k, answered)
         except Exception as exc:
-            slot.settle(self._error(frame, _frame_error(exc, frame)))
+            slot.settle(self._error(meta, _frame_error(exc, meta)))
             return True
         with self._lock:
             if self.policy is DropPolicy.LATEST and self._waiting is not None:
@@ -187,16 +198,23 @@ class StreamSession:
                     )
             else:
                 self.model.scheduler.submit(job)
-            self._waiting = (job, slot, frame)
+            self._waiting = (job, slot, meta)
         return True
 
     def finish(self) -> None:
         """No more frames: results() ends after the last answer."""
-        self._order.put(_END)
+        self._end(_END)
 
     def fail(self, exc: EdgeInferError) -> None:
-        """A stream-level error: results() raises it after the answers before it."""
-        self._order.put(exc)
+        """A stream-level error: results() raises it after the answers before it; later frames are not read."""
+        self._end(exc)
+
+    def _end(self, last: object) -> None:
+        with self._gate:
+            if self._ended:
+                return
+            self._ended = True
+            self._order.put(last)
 
     def abort(self) -> None:
         """The peer is gone: stop queued work, end results() and unblock the reader."""

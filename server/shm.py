@@ -3,10 +3,10 @@
 A client on the daemon's host puts raw frames in a POSIX shared-memory object
 (``/dev/shm/<key>``, what Python's ``multiprocessing.shared_memory`` and
 ``shm_open`` create), names it in the stream's config, and sends each frame as
-an offset and a shape. The daemon maps the object read-only for the stream's
-life and reads the pixels in place: the preprocessing's resize reads straight
-from the client's memory, with no copy and no JPEG. This is Triton's
-system-shared-memory idea, scoped to one stream so that nothing outlives it.
+an offset and a shape. The daemon opens the object read-only for the stream's
+life and copies each frame out of it when the frame arrives: no pixels through
+gRPC, no JPEG. This is Triton's system-shared-memory idea, scoped to one stream
+so that nothing outlives it.
 
 Contract (edgeinfer.proto): the client leaves a frame's bytes alone until that
 frame's answer has arrived; every frame gets exactly one answer, so the answer
@@ -17,16 +17,17 @@ Linux only (``/dev/shm``), which is what the robot boards run.
 
 from __future__ import annotations
 
-import mmap
+import errno
 import os
 import re
+import stat
 import weakref
 from pathlib import Path
 
 from edgeinfer.server.errors import InvalidFrame, InvalidRequest, LimitExceeded, NotLocal, SharedMemoryNotFound
 from edgeinfer.server.preprocess import RawImage
 
-__all__ = ["SHM_ROOT", "SharedMemoryRegion", "check_local", "is_local_peer"]
+__all__ = ["SHM_ROOT", "SharedMemoryRegion", "check_local", "is_local_peer", "peer_uid"]
 
 SHM_ROOT = Path("/dev/shm")
 # What shm_open accepts as one object name (a leading "/" and no other): no paths, no "..".
@@ -40,16 +41,28 @@ def is_local_peer(peer: str) -> bool:
 
 
 class SharedMemoryRegion:
-    """One client's shared-memory object, mapped read-only for one stream."""
+    """One client's shared-memory object, opened read-only for one stream.
 
-    def __init__(self, key: str, fd: int, buffer: memoryview) -> None:
+    The client owns the object and may shrink it, replace it or swap its name for
+    something else at any moment. So only a regular file is opened, never through a
+    link and never blocking (a FIFO would block an open for reading; a device could
+    do anything), and frames are copied out with ``preadv`` rather than read from a
+    map: a mapped page past the end of a shrunk object kills the reading process
+    with SIGBUS, where ``preadv`` returns short and the frame gets INVALID_ARGUMENT.
+    The copy costs what reading the frame once costs (bench/shm_read.py).
+    """
+
+    def __init__(self, key: str, fd: int, byte_size: int) -> None:
         self.key = key
         self._fd = fd
-        self._buffer = buffer
-        weakref.finalize(self, os.close, fd)
+        self._byte_size = byte_size
+        self._closer = weakref.finalize(self, os.close, fd)
 
     @classmethod
-    def open(cls, key: str, byte_size: int, *, max_bytes: int, root: Path = SHM_ROOT) -> SharedMemoryRegion:
+    def open(
+        cls, key: str, byte_size: int, *, max_bytes: int, root: Path = SHM_ROOT, owner_uid: int | None = None
+    ) -> SharedMemoryRegion:
+        """``owner_uid``: the client's user id when it is known; an object of another user is refused."""
         if not _KEY.fullmatch(key):
             raise InvalidRequest(
                 f"shared_memory.key {key!r} is not a POSIX shared-memory name: one name such as "
@@ -64,49 +77,113 @@ class SharedMemoryRegion:
             )
         path = root / key.lstrip("/")
         try:
-            fd = os.open(path, os.O_RDONLY)
+            # Look before opening: opening a device or a FIFO can itself do something. The
+            # fstat below checks again what was opened, should the name change in between.
+            _check_regular(key, os.lstat(path).st_mode)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise SharedMemoryNotFound(
                 f"no shared-memory object {key!r} on the daemon's host ({path} does not exist); "
                 f"create it before opening the stream and keep it until the stream ends"
             ) from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise InvalidRequest(
+                    f"shared-memory object {key!r} is a symbolic link; name the object itself"
+                ) from None
             raise SharedMemoryNotFound(f"cannot open shared-memory object {key!r}: {exc.strerror}") from None
         try:
-            size = os.fstat(fd).st_size
-            if size < byte_size:
+            st = os.fstat(fd)
+            _check_regular(key, st.st_mode)
+            if owner_uid is not None and st.st_uid != owner_uid:
                 raise InvalidRequest(
-                    f"shared-memory object {key!r} has {size} bytes, fewer than shared_memory.byte_size {byte_size}"
+                    f"shared-memory object {key!r} belongs to user {st.st_uid}, not to this stream's client "
+                    f"(user {owner_uid}); create the object as the user that opens the stream"
                 )
-            mapped = mmap.mmap(fd, byte_size, prot=mmap.PROT_READ)
+            if st.st_size < byte_size:
+                raise InvalidRequest(
+                    f"shared-memory object {key!r} has {st.st_size} bytes, "
+                    f"fewer than shared_memory.byte_size {byte_size}"
+                )
         except BaseException:
             os.close(fd)
             raise
-        # Frames are memoryview slices of the map; the map closes when the last one is gone.
-        return cls(key, fd, memoryview(mapped))
+        return cls(key, fd, byte_size)
 
     @property
     def byte_size(self) -> int:
-        return len(self._buffer)
+        return self._byte_size
+
+    def close(self) -> None:
+        self._closer()
 
     def image(self, offset: int, height: int, width: int, *, bgr: bool) -> RawImage:
-        """A raw frame that reads the region in place (no copy)."""
+        """A raw frame copied out of the region (the client may change the object at any time)."""
         if height == 0 or width == 0:
             raise InvalidFrame(f"shared-memory frame must have a height and a width, got {height}x{width}")
-        end = offset + height * width * 3
-        if end > self.byte_size:
+        n = height * width * 3
+        end = offset + n
+        if end > self._byte_size:
             raise InvalidFrame(
                 f"shared-memory frame {height}x{width}x3 at offset {offset} ends at byte {end}, past the end of "
-                f"region {self.key!r} ({self.byte_size} bytes)"
+                f"region {self.key!r} ({self._byte_size} bytes)"
             )
-        # Reading a mapped page past the end of a shrunk object kills the process (SIGBUS);
-        # a client that truncates its object gets an error instead (one fstat, ~1 us).
-        if (size := os.fstat(self._fd).st_size) < end:
+        data = bytearray(n)
+        try:
+            got = os.preadv(self._fd, [data], offset)
+        except OSError as exc:
+            raise InvalidFrame(f"shared-memory object {self.key!r} could not be read: {exc.strerror}") from None
+        if got != n:
             raise InvalidFrame(
-                f"shared-memory object {self.key!r} shrank to {size} bytes while mapped; "
-                f"keep it at its size until the stream ends"
+                f"shared-memory object {self.key!r} shrank to {os.fstat(self._fd).st_size} bytes while the stream "
+                f"was open (frame ends at byte {end}); keep it at its size until the stream ends"
             )
-        return RawImage(height, width, self._buffer[offset:end], bgr=bgr)
+        return RawImage(height, width, data, bgr=bgr)
+
+
+def _check_regular(key: str, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = (
+            "symbolic link"
+            if stat.S_ISLNK(mode)
+            else "directory"
+            if stat.S_ISDIR(mode)
+            else "FIFO"
+            if stat.S_ISFIFO(mode)
+            else "socket"
+            if stat.S_ISSOCK(mode)
+            else "device"
+        )
+        raise InvalidRequest(
+            f"shared-memory object {key!r} is a {kind}, not a shared-memory object; "
+            f"create it with shm_open or multiprocessing.shared_memory"
+        )
+
+
+def peer_uid(peer: str) -> int | None:
+    """The user id of a loopback TCP peer (``context.peer()``), from the kernel's socket table; None if unknown.
+
+    Both ends of a loopback connection are in this host's /proc/net/tcp{,6}: the
+    peer's end is the one whose local port is the peer's port. A Unix-socket peer
+    carries no port, and gRPC Python does not expose SO_PEERCRED: None.
+    """
+    m = re.fullmatch(r"ipv[46]:(?:\[.*\]|[\d.]+):(\d+)", peer)
+    if m is None:
+        return None
+    port = f":{int(m.group(1)):04X}"
+    # Either table, whatever the peer string says: gRPC clients connect from dual-stack
+    # sockets, listed in tcp6 with a v4-mapped address even when the daemon sees IPv4.
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[1].endswith(port) and fields[3] == "01":  # the peer's end, ESTABLISHED
+                        return int(fields[7])
+        except (OSError, IndexError, ValueError, StopIteration):
+            continue
+    return None
 
 
 def check_local(peer: str) -> None:

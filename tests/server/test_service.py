@@ -269,9 +269,9 @@ def test_a_client_that_walks_away_releases_its_stream(daemon: Daemon, target: st
             if r.kind == "prediction" or len(kinds) == 500:
                 break
         assert kinds[-1] == "prediction" and set(kinds[:-1]) <= {"dropped"}
-        assert daemon.servicer._streams >= 1
+        assert daemon.servicer.open_streams >= 1
         stream.close()  # cancels the RPC mid-stream
     deadline = time.monotonic() + 10
-    while daemon.servicer._streams and time.monotonic() < deadline:
+    while daemon.servicer.open_streams and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert daemon.servicer._streams == 0
+    assert daemon.servicer.open_streams == 0
