@@ -1,7 +1,7 @@
 """Client-side resize: what shrinking frames on the client saves, on real photos. One run, interleaved.
 
-    python bench/client_resize.py                       # 640x480, 1280x720, 1920x1080; about 2-3 minutes
-    python bench/client_resize.py --tiny --out /tmp/b   # what the test suite runs
+    python -m bench.client_resize                       # 640x480, 1280x720, 1920x1080; about 2-3 minutes
+    python -m bench.client_resize --tiny --out /tmp/b   # what the test suite runs
 
 Frames: the two photos scikit-learn ships (china.jpg, flower.jpg, 640x427; no download),
 scaled up (bicubic) and cropped to each size, four crops each: real photo content at
@@ -38,12 +38,14 @@ import cv2
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from serve_bench import DaemonProcess, InProcess, Samples, ensure_int8, log, pct  # noqa: E402  (bench/ is not a package)
+from bench.daemon import DaemonProcess
+from bench.modes import InProcess
+from bench.serve_bench import ensure_int8
+from bench.stats import Samples, log, pct
+from edgeinfer.client import EdgeClient, FrameResult
+from edgeinfer.media.images import shrink
 
-from edgeinfer.client import EdgeClient, FrameResult  # noqa: E402
-from edgeinfer.media.images import shrink  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MODEL = "squeezenet1_0"
 SIZES = ((640, 480), (1280, 720), (1920, 1080))

@@ -17,15 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_client_resize_bench_tiny(tmp_path: Path) -> None:
-    script = str(ROOT / "bench" / "client_resize.py")
-    out = subprocess.run(
-        [sys.executable, script, "--tiny", "--out", str(tmp_path), "--repository", str(tmp_path / "repo")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    cmd = [sys.executable, "-m", "bench.client_resize", "--tiny", "--out", str(tmp_path)]
+    cmd += ["--repository", str(tmp_path / "repo")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "ratios" in out.stdout and "bytes off/auto" in out.stdout
     result = json.loads((tmp_path / "client_resize.json").read_text())
     assert result["resize_size"] == 256
     sizes = ["640x480", "1280x720", "1920x1080"]
