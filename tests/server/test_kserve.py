@@ -168,10 +168,12 @@ def test_raw_pixels_in_either_order_match_edgeinfer_v1_raw(
 
 
 def test_batched_requests_answer_each_frame_like_a_single_one(triton: tc.InferenceServerClient) -> None:
-    singles = [triton.infer(MODEL, [pixel_input(f)], parameters=BGR).as_numpy("PROBABILITIES") for f in FRAMES]
+    # A request is one gRPC message: all its frames together fit in --max-frame-bytes (512 KiB here).
+    small = [f[:200, :200].copy() for f in FRAMES]
+    singles = [triton.infer(MODEL, [pixel_input(f)], parameters=BGR).as_numpy("PROBABILITIES") for f in small]
     before = triton.get_inference_statistics(MODEL).model_stats[0].inference_count
 
-    batch = triton.infer(MODEL, [pixel_input(np.stack(FRAMES))], parameters=BGR).as_numpy("PROBABILITIES")
+    batch = triton.infer(MODEL, [pixel_input(np.stack(small))], parameters=BGR).as_numpy("PROBABILITIES")
     assert batch.shape == (3, 1000)
     for row, single in zip(batch, singles, strict=True):
         assert int(np.argmax(row)) == int(np.argmax(single))
@@ -301,8 +303,8 @@ def test_typed_contents_work_like_raw_contents(stub: v2_grpc.GRPCInferenceServic
             "unknown output 'LOGITS'",
         ),
         (lambda: (MODEL, [image_input(jpeg(FRAMES[0]))], classes(1001)), "INVALID_ARGUMENT", "between 1 and 1000"),
-        # Over the daemon's --max-frame-bytes (512 KiB here), as in edgeinfer.v1.
-        (lambda: (MODEL, [pixel_input(np.zeros((450, 450, 3), np.uint8))], None), "RESOURCE_EXHAUSTED", "limit"),
+        # Over the daemon's --max-frame-bytes (512 KiB here, gRPC's own limit 64 KiB above it), as in edgeinfer.v1.
+        (lambda: (MODEL, [pixel_input(np.zeros((420, 420, 3), np.uint8))], None), "RESOURCE_EXHAUSTED", "limit"),
     ],
 )
 def test_bad_requests_get_their_status_and_one_line(
@@ -347,25 +349,25 @@ def test_v2_streams_count_against_max_streams(daemon: object, target: str) -> No
 
     with grpc.insecure_channel(target) as channel:
         stub = v2_grpc.GRPCInferenceServiceStub(channel)
-        before = servicer._streams
+        before = servicer.open_streams
         call = stub.ModelStreamInfer(requests(), timeout=30)
         for _ in range(100):
-            if servicer._streams == before + 1:
+            if servicer.open_streams == before + 1:
                 break
             threading.Event().wait(0.05)
-        assert servicer._streams == before + 1
+        assert servicer.open_streams == before + 1
         release.set()
         assert list(call) == []
     for _ in range(100):
-        if servicer._streams == before:
+        if servicer.open_streams == before:
             break
         threading.Event().wait(0.05)
-    assert servicer._streams == before
+    assert servicer.open_streams == before
 
 
 def test_a_v2_stream_whose_client_walks_away_gives_its_slot_back(daemon: object, target: str) -> None:
     servicer = daemon.servicer  # type: ignore[attr-defined]
-    before = servicer._streams
+    before = servicer.open_streams
     request = v2.ModelInferRequest(model_name=MODEL, id="r")
     request.inputs.add(name="IMAGE", datatype="BYTES", shape=[1]).contents.bytes_contents.append(jpeg(FRAMES[0]))
     stop = threading.Event()
@@ -382,10 +384,10 @@ def test_a_v2_stream_whose_client_walks_away_gives_its_slot_back(daemon: object,
         call.cancel()
         stop.set()
     for _ in range(200):
-        if servicer._streams == before:
+        if servicer.open_streams == before:
             break
         threading.Event().wait(0.05)
-    assert servicer._streams == before
+    assert servicer.open_streams == before
 
 
 def _fp32_pixels() -> tc.InferInput:
