@@ -1,6 +1,6 @@
 """What reading shared-memory frames with ``preadv`` costs against reading them in place from a map.
 
-    python bench/shm_read.py                 # 640x480, 1920x1080, 3840x2160; 30 interleaved rounds
+    python -m bench.shm_read                 # 640x480, 1920x1080, 3840x2160; 30 interleaved rounds
 
 The daemon copies each shared-memory frame out with ``os.preadv`` (server/shm.py):
 a client may shrink its object at any time, and a mapped page past the new end

@@ -1,7 +1,7 @@
 """Soak: N normal camera streams for M minutes beside hostile clients, with the daemon's memory watched.
 
-    python bench/soak.py                                   # 16 streams x 10 minutes (the issue 16 figures)
-    python bench/soak.py --streams 4 --minutes 0.2         # quick mode (tests/bench/test_soak.py)
+    python -m bench.soak                                   # 16 streams x 10 minutes (the issue 16 figures)
+    python -m bench.soak --streams 4 --minutes 0.2         # quick mode (tests/bench/test_soak.py)
 
 Starts its own ``edgeserver`` (SqueezeNet, seeded random weights, loopback) as a
 subprocess, so that its RSS, open file descriptors and threads are read from
@@ -35,8 +35,8 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -48,6 +48,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.daemon import DaemonProcess
 from edgeinfer.client import EdgeClient
 from edgeinfer.media.sample import synthetic_frame
 from edgeinfer.proto import edgeinfer_pb2 as pb
@@ -62,31 +63,14 @@ IDLE_TIMEOUT_S = 10.0  # short, so abandoned streams come and go; long enough fo
 # -- the daemon under test ------------------------------------------------------------------
 
 
-class Daemon:
-    def __init__(self, max_streams: int, threads: int) -> None:
-        cmd = [
-            sys.executable, "-m", "edgeinfer.server.cli", "--model", "squeezenet", "--weights", "random",
-            "--host", "127.0.0.1", "--port", "0", "--threads", str(threads), "--max-streams", str(max_streams),
-            "--config-timeout", str(CONFIG_TIMEOUT_S), "--idle-timeout", str(IDLE_TIMEOUT_S), "--log-level", "warning",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.log: list[str] = []
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.append(line)
-            if "SERVING" in line:
-                break
-        else:
-            raise SystemExit("soak: the daemon did not start:\n" + "".join(self.log[-20:]))
-        listening = next(line for line in self.log if "listening on" in line)
-        self.target = listening.split("listening on ")[1].split()[0].rstrip(",")
-        self._drain = threading.Thread(target=self._read_log, daemon=True)
-        self._drain.start()
+class Daemon(DaemonProcess):
+    """The shared bench daemon (bench/daemon.py) with the soak's limits, sampled from /proc."""
 
-    def _read_log(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.log.append(line)
+    def __init__(self, max_streams: int, threads: int) -> None:
+        limits = ("--max-streams", str(max_streams), "--config-timeout", str(CONFIG_TIMEOUT_S))
+        limits += ("--idle-timeout", str(IDLE_TIMEOUT_S))
+        super().__init__(["squeezenet"], Path(tempfile.mkdtemp(prefix="soak-")), threads, None, 8, limits)
+        self.target = f"127.0.0.1:{self.port}"
 
     def sample(self) -> dict[str, float]:
         pid = self.proc.pid
@@ -99,14 +83,10 @@ class Daemon:
             "threads": int(status["Threads"]),
         }
 
-    def stop(self) -> int | None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None
+    def stop(self) -> int | None:  # type: ignore[override]
+        """SIGTERM, then its exit status (None: it had to be killed)."""
+        super().stop()
+        return None if self.proc.returncode == -signal.SIGKILL else self.proc.returncode
 
 
 # -- the clients -----------------------------------------------------------------------------

@@ -13,10 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_soak_quick_mode_answers_every_frame_and_reports_its_figures(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "soak.py"), "--streams", "3", "--minutes", "0.15", "--out", str(out)],
+        [sys.executable, "-m", "bench.soak", "--streams", "3", "--minutes", "0.15", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=ROOT,
     )
     result = json.loads(out.read_text())
     assert run.returncode == (0 if result["ok"] else 1), run.stderr[-3000:]
