@@ -148,7 +148,8 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert (tmp_path / "gpu_fp16.png").read_bytes()[:8] == PNG
     # A run cut short keeps its progress lines: the table and plot can be rebuilt from them.
     (tmp_path / "gpu_fp16.log").write_text(out.stderr)
-    run_bench("gpu_fp16", "--from-log", str(tmp_path / "gpu_fp16.log"), "--out", str(tmp_path / "rebuilt"))
+    gpu_fp16 = bench_module("gpu_fp16")  # in process from here: torch is loaded already
+    assert gpu_fp16.main(["--from-log", str(tmp_path / "gpu_fp16.log"), "--out", str(tmp_path / "rebuilt")]) == 0
     rebuilt = json.loads((tmp_path / "rebuilt" / "gpu_fp16.json").read_text())
     assert [r["median_ms"] for r in rebuilt["model_only"]] == pytest.approx(
         [r["median_ms"] for r in result["model_only"]], abs=0.01
@@ -159,7 +160,7 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert splits == {k: r["streams_per_worker"] if "x2" in k[1] else None for k, r in served.items()}
     assert (tmp_path / "rebuilt" / "gpu_fp16.png").read_bytes()[:8] == PNG
     # --parts: one part alone (a second GPU call spends its lease on what it reruns).
-    run_bench("gpu_fp16", "--device", "cpu", "--tiny", "--parts", "preprocessing", "--out", str(tmp_path / "one"))
+    assert gpu_fp16.main(["--device", "cpu", "--tiny", "--parts", "preprocessing", "--out", str(tmp_path / "one")]) == 0
     one = json.loads((tmp_path / "one" / "gpu_fp16.json").read_text())
     assert (one["model_only"], one["served"]) == ([], []) and [r["where"] for r in one["preprocessing"]] == ["cpu"]
 

@@ -27,7 +27,7 @@ def artifacts(calib_clip: Path, repo: Path, squeezenet_int8: Artifact) -> dict[s
     made = {"squeezenet1_0": squeezenet_int8}
     for name in OTHERS:
         made[name] = quantize(
-            name, calib=calib_clip, out=repo, weights=WeightsSource("random", seed=0), frames=16, latency_iterations=3
+            name, calib=calib_clip, out=repo, weights=WeightsSource("random", seed=0), frames=8, latency_iterations=1
         )
     return made
 
