@@ -28,7 +28,7 @@ def test_squeezenet_int8_within_one_point_of_fp32() -> None:
 
 @pytest.mark.slow
 def test_resnet50_trained_here_int8_within_one_point_of_fp32() -> None:
-    model = digits.train("resnet50", epochs=3, log=False)  # 87.6% fp32, -0.37 points int8 when set
+    model = digits.train("resnet50", epochs=4, log=False)
     result = digits.check(model, "resnet50")
     print(result.line())
     assert result.fp32_accuracy > 0.85
