@@ -40,6 +40,13 @@ from edgeinfer.server import metrics, statistics
 from edgeinfer.server.batcher import JobResult
 from edgeinfer.server.errors import EdgeInferError, InternalError, InvalidRequest, ModelNotFound, NotReady
 from edgeinfer.server.frame_batch import FrameBatch
+from edgeinfer.server.kserve_metadata import (
+    MAX_REQUEST_BATCH,
+    PLATFORM,
+    model_config,
+    model_statistics,
+    tensor_metadata,
+)
 from edgeinfer.server.loading import ModelTable, ServedModel
 from edgeinfer.server.servicer import EdgeInferenceServicer
 
@@ -59,16 +66,9 @@ KSERVE_SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].ful
 IMPLEMENTED = tuple(m.name for m in v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods)
 # As Triton reports them in ServerMetadata. Not "model_repository": that one includes load/unload.
 EXTENSIONS = ("classification", "model_configuration", "statistics", "parameters")
-PLATFORM = "pytorch_libtorch"  # TorchScript or eager PyTorch: Triton's name for a PyTorch model
 # Requests of one ModelStreamInfer in flight at once; past it the daemon stops reading and
 # gRPC flow control pushes back (edgeinfer.v1's `all` policy window).
 STREAM_WINDOW = 8
-# The most frames one request may carry: its config's max_batch_size. The frames go to the
-# model's scheduler one job each, which runs them in passes of its own batch sizes (the
-# config's preferred_batch_size), with other requests' and streams' frames.
-MAX_REQUEST_BATCH = 16
-
-_CONFIG_TYPES = {"BYTES": v2.TYPE_STRING, "UINT8": v2.TYPE_UINT8, "FP32": v2.TYPE_FP32}
 
 
 def _version() -> str:
@@ -121,8 +121,8 @@ class KServeServicer(v2_grpc.GRPCInferenceServiceServicer):
             name=model.name,
             versions=versions,
             platform=PLATFORM,
-            inputs=[_tensor_metadata(s, lead) for s in kt.input_specs()],
-            outputs=[_tensor_metadata(s, lead) for s in kt.output_specs(model.num_classes)],
+            inputs=[tensor_metadata(s, lead) for s in kt.input_specs()],
+            outputs=[tensor_metadata(s, lead) for s in kt.output_specs(model.num_classes)],
         )
 
     def ModelConfig(self, request: v2.ModelConfigRequest, context: grpc.ServicerContext) -> v2.ModelConfigResponse:
@@ -147,7 +147,7 @@ class KServeServicer(v2_grpc.GRPCInferenceServiceServicer):
             models = [model] if request.version else [m for m in self.table.all() if m.name == model.name]
         else:
             models = self.table.all()
-        return v2.ModelStatisticsResponse(model_stats=[_statistics(m) for m in models])
+        return v2.ModelStatisticsResponse(model_stats=[model_statistics(m) for m in models])
 
     def _versions(self, model: ServedModel) -> list[str]:
         return [m.precision for m in self.table.all() if m.name == model.name]
@@ -365,81 +365,6 @@ def _inputs(request: v2.ModelInferRequest) -> list[kt.InputTensor]:
         )
         for i, t in enumerate(request.inputs)
     ]
-
-
-def _tensor_metadata(spec: kt.TensorSpec, lead: list[int]) -> v2.ModelMetadataResponse.TensorMetadata:
-    return v2.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=[*lead, *spec.dims])
-
-
-def model_config(model: ServedModel) -> v2.ModelConfig:
-    """Triton's model configuration, as far as it describes a model of ours."""
-    s = model.scheduler
-    gpu = model.device.type == "cuda"
-    config = v2.ModelConfig(
-        name=model.name,
-        platform=PLATFORM,
-        backend="pytorch",
-        max_batch_size=MAX_REQUEST_BATCH,
-        input=[
-            v2.ModelInput(
-                name=spec.name,
-                data_type=_CONFIG_TYPES[spec.datatype],
-                format=v2.ModelInput.FORMAT_NHWC if spec.format_nhwc else v2.ModelInput.FORMAT_NONE,
-                dims=spec.dims,
-                optional=True,  # a request sends one of the two
-            )
-            for spec in kt.input_specs()
-        ],
-        output=[
-            v2.ModelOutput(name=spec.name, data_type=_CONFIG_TYPES[spec.datatype], dims=spec.dims)
-            for spec in kt.output_specs(model.num_classes)
-        ],
-        instance_group=[
-            v2.ModelInstanceGroup(
-                kind=v2.ModelInstanceGroup.KIND_GPU if gpu else v2.ModelInstanceGroup.KIND_CPU,
-                count=1,
-                gpus=[model.device.index or 0] if gpu else [],
-            )
-        ],
-    )
-    config.dynamic_batching.preferred_batch_size.extend(s.batch_sizes)
-    config.dynamic_batching.max_queue_delay_microseconds = round(s.max_wait_s * 1e6)
-    facts = {
-        "precision": model.precision,
-        "device": str(model.device),
-        "architecture": model.architecture,
-        "weights": model.weights,
-        "aliases": ",".join(model.aliases),
-        "input_size": str(model.input_size),
-        "pixel_order": "RGB (default) or BGR, as the input's or the request's parameter pixel_order",
-    }
-    if model.engine:
-        facts["engine"] = model.engine
-    for key, value in facts.items():
-        config.parameters[key].string_value = value
-    return config
-
-
-def _statistics(model: ServedModel) -> v2.ModelStatistics:
-    c = statistics.snapshot(model.name, model.precision)
-
-    def duration(count: int, ms: float) -> v2.StatisticDuration:
-        return v2.StatisticDuration(count=count, ns=round(ms * 1e6))
-
-    return v2.ModelStatistics(
-        name=model.name,
-        version=model.precision,
-        last_inference=c.last_inference_ms,
-        inference_count=c.success_count,
-        execution_count=round(c.executions),
-        inference_stats=v2.InferStatistics(
-            success=duration(c.success_count, c.success_ms),
-            fail=duration(c.fail_count, c.fail_ms),
-            queue=duration(c.success_count, c.queue_ms),
-            compute_input=duration(c.success_count, c.compute_input_ms),
-            compute_infer=duration(c.success_count, c.compute_infer_ms),
-        ),
-    )
 
 
 class _Unimplemented(grpc.GenericRpcHandler):
