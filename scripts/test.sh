@@ -2,6 +2,7 @@
 # The test command: installs what the tests need, then runs all of them
 # (slow ones included; CUDA ones skip without a GPU). Extra args go to pytest.
 #   scripts/test.sh --fast     the inner loop: everything not marked slow
+#   PYTEST_PROCESSES=1 scripts/test.sh ...   one process (default 2: pytest-xdist)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -20,4 +21,4 @@ if [ "${1:-}" = "--fast" ]; then
   shift
   set -- -m "not slow" "$@"
 fi
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest -n "${PYTEST_PROCESSES:-2}" "$@"
