@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from bench import frame_cost
+from bench import frame_client, frame_cost_report, thread_cpu
 from tests.bench.test_benches import PNG, run_bench
 
 
 def test_served_ratios_from_the_chunks() -> None:
     limit = [{"frames": 10, "seconds": 0.020}, {"frames": 10, "seconds": 0.030}]
     served = [{"frames": 9, "seconds": 0.027}, {"frames": 9, "seconds": 0.036}]
-    r = frame_cost.served_ratios(limit, served)
+    r = frame_cost_report.served_ratios(limit, served)
     assert r["limit_ms_per_frame"] == pytest.approx(2.5)
     assert r["served_ms_per_frame"] == pytest.approx(3.5)
     assert r["served_over_limit"] == pytest.approx(2.5 / 3.5)
@@ -29,7 +29,7 @@ def test_served_ratios_from_the_chunks() -> None:
 
 def test_library_cost_goes_through_edgeclient_stream() -> None:
     jpegs = [b"\xff\xd8not really a jpeg but bytes pass through" * 10] * 30
-    cost = frame_cost.library_cost(jpegs)
+    cost = frame_client.library_cost(jpegs)
     assert cost["frames"] == 30
     assert set(cost["stages_ms"]) == {"build", "serialize", "parse", "result"}
     assert all(v >= 0 for v in cost["stages_ms"].values())
@@ -46,7 +46,7 @@ def test_thread_breakdown_of_collapsed_stacks() -> None:
             "not a stack line",
         ]
     )
-    out = frame_cost.thread_breakdown(raw)
+    out = thread_cpu.thread_breakdown(raw)
     assert out == {
         "inference thread": {"model (torch ops)": 7, "idle/blocked": 3},
         "stream reader": {"protobuf": 4},
