@@ -60,17 +60,25 @@ def photos() -> list[np.ndarray]:
     return [np.ascontiguousarray(img[..., ::-1]) for img in load_sample_images().images]
 
 
-def frames_at(size: tuple[int, int], count: int) -> list[np.ndarray]:
-    """``count`` crops of the photos scaled up to cover ``size`` (w, h): four zooms/offsets per photo."""
+def frames_at(size: tuple[int, int], count: int, seed: int | None = None) -> list[np.ndarray]:
+    """``count`` crops of the photos scaled up to cover ``size`` (w, h).
+
+    Without ``seed``: four zooms and three offsets per photo, in turn (the timed frames). With one:
+    every crop its own zoom (1-2x), offset and mirroring (the frames the two paths' answers are compared on).
+    """
     w, h = size
+    rng = None if seed is None else np.random.default_rng(seed)
     out = []
     for i in range(count):
         photo = photos()[i % 2]
-        zoom = (1.0, 1.15, 1.3, 1.5)[(i // 2) % 4]
+        if rng is None:
+            zoom, fy, fx = (1.0, 1.15, 1.3, 1.5)[(i // 2) % 4], ((i // 2) % 3) / 2, ((i // 2 + 1) % 3) / 2
+        else:
+            zoom, fy, fx = rng.uniform(1.0, 2.0), rng.uniform(), rng.uniform()
+            photo = photo[:, ::-1] if rng.uniform() < 0.5 else photo
         scale = max(w / photo.shape[1], h / photo.shape[0]) * zoom
         big = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-        y = (big.shape[0] - h) * ((i // 2) % 3) // 2
-        x = (big.shape[1] - w) * ((i // 2 + 1) % 3) // 2
+        y, x = int((big.shape[0] - h) * fy), int((big.shape[1] - w) * fx)
         out.append(np.ascontiguousarray(big[y : y + h, x : x + w]))
     return out
 
@@ -147,33 +155,49 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=16, help="frames per round per mode (throughput)")
     p.add_argument("--latency-frames", type=int, default=6, help="frames per round per mode, one in flight")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    p.add_argument(
+        "--agreement-frames", type=int, default=96, help="distinct frames per size the answers are compared on"
+    )
     p.add_argument("--threads", type=int, default=2, help="intra-op threads, daemon and in-process alike")
+    p.add_argument("--daemon-threads", type=int, help="the daemon's --threads (default: --threads)")
+    p.add_argument("--daemon-env", action="append", default=[], metavar="NAME=VALUE", help="daemon's environment")
+    p.add_argument("--daemon-arg", action="append", default=[], help="an edgeserver argument (--daemon-arg=--x=y)")
+    p.add_argument("--sizes", default=",".join(f"{w}x{h}" for w, h in SIZES), help="frame sizes, WxH,...")
     p.add_argument("--repository", type=Path, default=ROOT / "bench" / "results" / "model-repo")
     p.add_argument("--tiny", action="store_true", help="a few frames of everything (the test suite)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args()
     if args.tiny:
-        args.frames, args.latency_frames, args.rounds = 4, 2, 1
+        args.frames, args.latency_frames, args.rounds, args.agreement_frames = 4, 2, 1, 4
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     ensure_int8([MODEL], args.repository, args.tiny)
 
     inproc = InProcess(MODEL, "int8", args.repository)
-    daemon = DaemonProcess([f"{MODEL}:int8"], args.repository, args.threads, None, max_batch=1)
+    sizes = [tuple(int(n) for n in size.split("x")) for size in args.sizes.split(",")]
+    env = dict(kv.split("=", 1) for kv in args.daemon_env)
+    daemon = DaemonProcess(
+        [f"{MODEL}:int8"],
+        args.repository,
+        args.daemon_threads or args.threads,
+        None,
+        max_batch=1,
+        extra=tuple(args.daemon_arg),
+        env=env,
+    )
     target = f"127.0.0.1:{daemon.port}"
     try:
         with EdgeClient(target) as c:
             info = c.model(MODEL, precision="int8")
         resize_size = info.resize_size
-        sets = {size: frames_at(size, args.frames) for size in SIZES}
+        sets = {size: frames_at(size, args.frames) for size in sizes}
         jpegs = {size: [jpeg(f) for f in frames] for size, frames in sets.items()}
         data: dict[str, dict[str, Any]] = {
-            f"{w}x{h}": {m: {"fps": [], "latency_ms": [], "cpu_ms": [], "work_ms": []} for m in MODES} for w, h in SIZES
+            f"{w}x{h}": {m: {"fps": [], "latency_ms": [], "cpu_ms": [], "work_ms": []} for m in MODES} for w, h in sizes
         }
-        answers: dict[str, dict[str, list[FrameResult]]] = {f"{w}x{h}": {"auto": [], "off": []} for w, h in SIZES}
         started = time.perf_counter()
         for rnd in range(args.rounds):
-            for i, size in enumerate(SIZES):
+            for i, size in enumerate(sizes):
                 key = f"{size[0]}x{size[1]}"
                 modes = MODES[(rnd + i) % 3 :] + MODES[: (rnd + i) % 3]  # rotate: no mode always first
                 for mode in modes:
@@ -188,16 +212,21 @@ def main() -> int:
                     d["fps"].append(s.fps)
                     d["cpu_ms"].append(cpu * 1e3)
                     d["work_ms"] += [_work_ms(r) for r in results]
-                    answers[key][mode] += results
                     d["latency_ms"] += latency(target, sets[size][: args.latency_frames], mode)
                 log(f"round {rnd + 1}/{args.rounds} {key}: {time.perf_counter() - started:.0f} s")
+        answers = {}  # the two paths' answers on the same distinct frames, once each
+        for size in sizes:
+            distinct = frames_at(size, args.agreement_frames, seed=1)
+            answers[f"{size[0]}x{size[1]}"] = {
+                m: served(target, distinct, m, daemon.proc.pid)[2] for m in ("auto", "off")
+            }
     finally:
         daemon.stop()
         inproc.stop()
 
     rows = []
     summary: dict[str, dict[str, float]] = {}
-    for size in SIZES:
+    for size in sizes:
         key = f"{size[0]}x{size[1]}"
         wire = {
             "auto": statistics.median(len(jpeg(shrink(f, resize_size))) for f in sets[size]),

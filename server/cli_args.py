@@ -209,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_placement,
         choices=choices(PreprocessOn),
         help="where frames are decoded: 'inference' = the model's inference thread, serialized with it "
-        "(CPU default: no fight for cores); 'stream' = each stream's reader, overlapping inference "
-        "(CUDA default; on a CPU with spare cores pair it with --threads below the core count)",
+        "(no fight for cores); 'stream' = each stream's reader, overlapping inference; 'auto' (default): "
+        "'stream' on CUDA and when --threads leaves a core free, else 'inference'",
     )
     p.add_argument(
         "--batch-wait-ms",

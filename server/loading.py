@@ -10,6 +10,7 @@ alias) and optional precision to one of them.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from edgeinfer.server.weights import WeightsSource, build_model
 
 __all__ = [
     "BuiltRunner",
+    "auto_placement",
     "ModelTable",
     "ServedModel",
     "build_runner",
@@ -156,6 +158,21 @@ def choose_batch_sizes(
     return sizes
 
 
+def auto_placement(device: torch.device, threads: int) -> PreprocessOn:
+    """Where ``--preprocess-on auto`` decodes: beside the model when it has a core to do it on.
+
+    On CUDA, and on a CPU whose cores the model's intra-op threads leave one free, each
+    stream's reader decodes while the model runs (a pipeline: at 1280x720 on 2 cores with
+    --threads 1, ~1.1x the frames of the in-process limit; bench/results/README.md). When
+    the model's threads take every core, a decode beside them would preempt one of them
+    and stall the whole team at its next barrier: the inference thread decodes, in turn.
+    """
+    if device.type != "cpu":
+        return PreprocessOn.STREAM
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return PreprocessOn.STREAM if threads < cores else PreprocessOn.INFERENCE
+
+
 def load_model(
     name: str,
     *,
@@ -198,7 +215,7 @@ def load_model(
         torch.backends.cudnn.benchmark = True
     resolved = resolve_precision(precision, device)
     if placement is PreprocessOn.AUTO:
-        placement = PreprocessOn.INFERENCE if device.type == "cpu" else PreprocessOn.STREAM
+        placement = auto_placement(device, torch.get_num_threads())
     label = f"{spec.name} {resolved}"
     # CPU models load, warm up and run on the daemon's one CPU inference thread (one
     # OpenMP team; see server/inference_thread.py); a CUDA model gets a dedicated one,

@@ -23,14 +23,14 @@ class Precision(str, enum.Enum):
 class PreprocessOn(str, enum.Enum):
     """Where a frame is decoded and preprocessed.
 
-    ``inference``: on the model's inference thread, right before the forward pass. The
-    CPU default: decode, preprocessing and inference share one OpenMP team instead of
-    fighting over the same few cores, and a frame the ``latest`` policy drops is never
-    decoded at all. ``stream``: on each stream's reader thread, overlapping the previous
-    frame's inference. The CUDA default (nvjpeg decodes, the GPU infers); on a CPU with
-    cores to spare, pair it with --threads below the core count. (Intra-op threads are one
-    process-wide setting: calling torch.set_num_threads from a reader thread made int8
-    inference on the inference thread several times slower.)
+    ``inference``: on the model's inference thread, right before the forward pass:
+    decode, preprocessing and inference share one OpenMP team instead of fighting over
+    the same few cores, and a frame the ``latest`` policy drops is never decoded at all.
+    ``stream``: on each stream's reader thread, overlapping the previous frame's
+    inference: on CUDA (nvjpeg decodes, the GPU infers), and on a CPU where --threads
+    leaves cores to spare. ``auto`` picks between them (``loading.auto_placement``).
+    (Intra-op threads are one process-wide setting: calling torch.set_num_threads from a
+    reader thread made int8 inference on the inference thread several times slower.)
     """
 
     AUTO = "auto"

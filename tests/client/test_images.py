@@ -14,7 +14,7 @@ import pytest
 
 from edgeinfer.client import EdgeClient, Encoder, Frame, ImageFile
 from edgeinfer.client.streaming import prepare
-from edgeinfer.media.images import decode_image, jpeg_needs_shrink, resized_shape
+from edgeinfer.media.images import decode_image, jpeg_needs_shrink, resized_shape, shrink
 from edgeinfer.media.sources import SourceError
 from helpers import jpeg, synthetic_frame
 
@@ -128,6 +128,26 @@ def test_resized_shape_is_what_torchvision_resize_gives() -> None:
         shrunk = torch.randint(0, 255, (3, *shape), dtype=torch.uint8)
         assert torch.equal(F.resize(shrunk, [256], antialias=True), shrunk)
     assert resized_shape(240, 320, 256) is None and resized_shape(256, 400, 256) is None
+
+
+def test_shrink_is_an_area_resize_that_does_not_alias() -> None:
+    """Halvings then an area step: torchvision's resize shape, and the picture without the stripes it averages out."""
+    rng = np.random.default_rng(0)
+    for h, w in [(720, 1280), (1080, 1920), (480, 640), (2160, 3840), (1280, 720)]:
+        yy, xx = np.mgrid[0:h, 0:w]
+        smooth = 128 + 100 * np.sin(xx / 37.0) * np.cos(yy / 23.0)  # what a camera sees
+        stripes = np.where(xx % 2 == 0, 40, -40)  # one-pixel stripes: a resize that skips pixels aliases them
+        image = np.clip(smooth[..., None] + stripes[..., None] + rng.normal(0, 3, (h, w, 3)), 0, 255).astype(np.uint8)
+        out = shrink(image, 256)
+        assert out.shape[:2] == resized_shape(h, w, 256)
+        size = (out.shape[1], out.shape[0])
+        truth = cv2.resize(
+            np.repeat(smooth[..., None], 3, axis=2).astype(np.float32), size, interpolation=cv2.INTER_AREA
+        )
+        skipping = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)  # what aliasing looks like here
+        assert np.abs(out - truth).mean() < 3.0 < 15.0 < np.abs(skipping - truth).mean(), (h, w)
+    small = np.zeros((240, 320, 3), np.uint8)
+    assert shrink(small, 256) is small  # smaller than the model's resize: as it is
 
 
 def test_model_info_says_the_resize_size(client: EdgeClient) -> None:

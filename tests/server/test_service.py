@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -15,6 +16,8 @@ from edgeinfer.client import EdgeClient, EdgeInferError, Frame
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 from edgeinfer.server import Daemon, WeightsSource, load_model
+from edgeinfer.server.loading import auto_placement
+from edgeinfer.server.options import PreprocessOn
 from fakes import SlowRunner, fake_model
 from helpers import SMALL_FRAME_LIMIT, MakeDaemon, jpeg, synthetic_frame
 
@@ -27,9 +30,20 @@ def test_model_metadata(client: EdgeClient) -> None:
     assert info.input_size == (224, 224) and info.num_classes == 1000
     assert info.weights == "random:seed=0" and info.aliases == ("squeezenet",)
     assert client.model("squeezenet").name == "squeezenet1_0"
-    # The CPU default: preprocessing on the inference thread, batch sizes measured at load.
-    assert info.preprocess_on == "worker"  # the wire's name for the inference thread
+    # The CPU default: preprocessing on the inference thread when the model's threads take every core
+    # ("worker" is the wire's name for it), on the stream's reader when they leave one; batch sizes measured at load.
+    auto = auto_placement(torch.device("cpu"), torch.get_num_threads())
+    assert info.preprocess_on == {PreprocessOn.INFERENCE: "worker", PreprocessOn.STREAM: "stream"}[auto]
     assert info.batch_sizes[0] == 1 and info.max_batch_size == info.batch_sizes[-1] <= 8
+
+
+def test_auto_placement_decodes_beside_the_model_only_on_a_free_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    cpu = torch.device("cpu")
+    assert auto_placement(cpu, 4) is PreprocessOn.INFERENCE  # the model's team takes every core
+    assert auto_placement(cpu, 8) is PreprocessOn.INFERENCE
+    assert auto_placement(cpu, 3) is PreprocessOn.STREAM  # a core to spare: the reader decodes meanwhile
+    assert auto_placement(torch.device("cuda"), 4) is PreprocessOn.STREAM
 
 
 def test_bad_inputs_in_a_live_stream_get_their_codes_and_the_stream_goes_on(client: EdgeClient) -> None:
