@@ -141,12 +141,14 @@ def _work_ms(r: FrameResult) -> float:
     return t.decode_ms + t.preprocess_ms + t.inference_ms
 
 
-def agreement(a: list[FrameResult], b: list[FrameResult]) -> tuple[float, float]:
-    top1 = [x.prediction.top1.index == y.prediction.top1.index for x, y in zip(a, b, strict=True)]  # type: ignore[union-attr]
-    top5 = [
-        len({c.index for c in x.prediction.classes} & {c.index for c in y.prediction.classes}) / 5  # type: ignore[union-attr]
-        for x, y in zip(a, b, strict=True)
-    ]
+def classes(results: list[FrameResult]) -> list[list[int]]:
+    return [[c.index for c in r.prediction.classes] for r in results]  # type: ignore[union-attr]
+
+
+def agreement(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
+    """Top-1 agreement and mean top-5 overlap of two paths' ranked classes on the same frames."""
+    top1 = [x[0] == y[0] for x, y in zip(a, b, strict=True)]
+    top5 = [len(set(x[:5]) & set(y[:5])) / 5 for x, y in zip(a, b, strict=True)]
     return float(np.mean(top1)), float(np.mean(top5))
 
 
@@ -214,12 +216,19 @@ def main() -> int:
                     d["work_ms"] += [_work_ms(r) for r in results]
                     d["latency_ms"] += latency(target, sets[size][: args.latency_frames], mode)
                 log(f"round {rnd + 1}/{args.rounds} {key}: {time.perf_counter() - started:.0f} s")
-        answers = {}  # the two paths' answers on the same distinct frames, once each
+        # Answers on distinct frames: the two served paths, and int8 against fp32 in process (the
+        # quantizer's own agreement on these same frames, which the client's resize must stay within).
+        fp32 = InProcess(MODEL, "fp32", args.repository)
+        answers = {}
         for size in sizes:
             distinct = frames_at(size, args.agreement_frames, seed=1)
+            full = [jpeg(f) for f in distinct]
             answers[f"{size[0]}x{size[1]}"] = {
-                m: served(target, distinct, m, daemon.proc.pid)[2] for m in ("auto", "off")
+                **{m: classes(served(target, distinct, m, daemon.proc.pid)[2]) for m in ("auto", "off")},
+                "int8": inproc.top5(full),
+                "fp32": fp32.top5(full),
             }
+        fp32.stop()
     finally:
         daemon.stop()
         inproc.stop()
@@ -249,6 +258,7 @@ def main() -> int:
             )
         by = {r["mode"]: r for r in rows if r["size"] == key}
         top1, top5 = agreement(answers[key]["auto"], answers[key]["off"])
+        q_top1, q_top5 = agreement(answers[key]["int8"], answers[key]["fp32"])
         summary[key] = {
             "served_auto_over_limit_fps": by["auto"]["fps"] / by["limit"]["fps"],
             "served_off_over_limit_fps": by["off"]["fps"] / by["limit"]["fps"],
@@ -259,6 +269,8 @@ def main() -> int:
             "latency_p50_auto_minus_off_ms": by["auto"]["p50_ms"] - by["off"]["p50_ms"],
             "top1_agreement_auto_vs_off": top1,
             "top5_overlap_auto_vs_off": top5,
+            "top1_agreement_int8_vs_fp32": q_top1,
+            "top5_overlap_int8_vs_fp32": q_top5,
             "frames_compared": len(answers[key]["auto"]),
         }
     fidelity = info.fidelity
@@ -300,11 +312,16 @@ def print_table(result: dict) -> None:
             f"{s['served_off_over_limit_fps']:.2f}x; bytes off/auto {s['bytes_off_over_auto']:.1f}x; daemon CPU "
             f"off/auto {s['daemon_cpu_off_over_auto']:.2f}x, work off/auto {s['daemon_work_off_over_auto']:.2f}x; "
             f"top-1 agreement {s['top1_agreement_auto_vs_off']:.3f}, "
-            f"top-5 overlap {s['top5_overlap_auto_vs_off']:.3f} ({s['frames_compared']} frames)"
+            f"top-5 overlap {s['top5_overlap_auto_vs_off']:.3f} (int8 vs fp32 on the same frames: "
+            f"{s['top1_agreement_int8_vs_fp32']:.3f}, {s['top5_overlap_int8_vs_fp32']:.3f}; "
+            f"{s['frames_compared']} frames)"
         )
     if result["quantizer_fidelity"]:
         f = result["quantizer_fidelity"]
-        print(f"  int8 quantizer vs fp32: top-1 {f['top1_agreement']:.3f}, top-5 overlap {f['top5_overlap']:.3f}")
+        print(
+            f"  int8 quantizer vs fp32 (its artifact's own figure): top-1 {f['top1_agreement']:.3f}, "
+            f"top-5 overlap {f['top5_overlap']:.3f}"
+        )
 
 
 def plot(result: dict, path: Path) -> None:

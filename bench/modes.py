@@ -135,6 +135,11 @@ class InProcess:
     def preprocessed(self, jpegs: list[bytes]) -> torch.Tensor:
         return cpu_thread().call(lambda: torch.stack([self.model.preprocessor(JpegImage(j)).tensor for j in jpegs]))
 
+    def top5(self, jpegs: list[bytes]) -> list[list[int]]:
+        """The classes the daemon's path ranks first, per JPEG (decode + preprocessing + model, in turn)."""
+        batch = self.preprocessed(jpegs)
+        return cpu_thread().call(lambda: self.runner.infer(batch, 5)).indices.tolist()
+
     def _model_only(self, tensor: torch.Tensor, n: int, s: Samples) -> None:
         x = tensor[None]
         for _ in range(n):

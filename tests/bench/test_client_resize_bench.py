@@ -34,6 +34,7 @@ def test_client_resize_bench_tiny(tmp_path: Path) -> None:
         s = result["summary"][size]
         assert s["frames_compared"] == 4
         assert 0 <= s["top1_agreement_auto_vs_off"] <= 1 and s["top5_overlap_auto_vs_off"] >= 0.5
+        assert 0 <= s["top1_agreement_int8_vs_fp32"] <= 1 and 0 <= s["top5_overlap_int8_vs_fp32"] <= 1
     # A 1280x720 frame shrunk to 455x256 before encoding: at least 4x fewer bytes on the wire.
     assert result["summary"]["1280x720"]["bytes_off_over_auto"] >= 4
     assert result["summary"]["1920x1080"]["bytes_off_over_auto"] > result["summary"]["640x480"]["bytes_off_over_auto"]
