@@ -41,7 +41,7 @@ from edgeinfer.server.security import (
     Tokens,
     check_exposure,
 )
-from edgeinfer.server.servicer import MAX_CLASSIFY_CALLS, EdgeInferenceServicer
+from edgeinfer.server.servicer import MAX_UNARY_INFER_CALLS, EdgeInferenceServicer
 
 __all__ = ["HANDLER_SPARE", "MESSAGE_OVERHEAD", "SERVICE_NAME", "Daemon", "server_options"]
 
@@ -121,10 +121,10 @@ class Daemon:
         # --max-streams at once); unary calls and health checks need a few more, so
         # they never wait behind streams.
         self._handler_prefix = f"grpc-handler-{next(_daemons)}"
-        # Classify calls are capped too (MAX_CLASSIFY_CALLS), so that however many a client
+        # Unary inference calls are capped too (MAX_UNARY_INFER_CALLS), so that however many a client
         # sends at once, HANDLER_SPARE threads stay free for health checks and metadata.
         self._pool = ThreadPoolExecutor(
-            max_workers=max_streams + MAX_CLASSIFY_CALLS + HANDLER_SPARE, thread_name_prefix=self._handler_prefix
+            max_workers=max_streams + MAX_UNARY_INFER_CALLS + HANDLER_SPARE, thread_name_prefix=self._handler_prefix
         )
         # Outermost first: a refused token runs nothing else; then bytes that do not parse become an
         # error the status interceptor maps to INVALID_ARGUMENT (gRPC itself would answer INTERNAL).

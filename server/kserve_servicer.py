@@ -157,8 +157,9 @@ class KServeServicer(v2_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.ServicerContext) -> v2.ModelInferResponse:
         model = self._resolve(request.model_name, request.model_version)
         try:
-            infer = _Infer.start(model, request)
-            results = infer.frames.wait(_time_left(context))
+            with self.edge.unary_call_slot("ModelInfer", "ModelStreamInfer"):
+                infer = _Infer.start(model, request)
+                results = infer.frames.wait(_time_left(context))
         except EdgeInferError:
             statistics.record_failure(model.name, model.precision, 0.0)
             raise

@@ -33,9 +33,9 @@ from edgeinfer.server.weights import WeightsSource, build_model
 
 __all__ = [
     "BuiltRunner",
-    "auto_placement",
     "ModelTable",
     "ServedModel",
+    "auto_placement",
     "build_runner",
     "choose_batch_sizes",
     "load_model",

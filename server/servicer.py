@@ -7,6 +7,7 @@ interceptor; per-frame errors are answered in-band by the session.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -34,12 +35,13 @@ from edgeinfer.server.session import (
 from edgeinfer.server.shm import SharedMemoryRegion, check_local, peer_uid
 from edgeinfer.server.stream_guard import GuardedStream, StreamGuard
 
-__all__ = ["MAX_CLASSIFY_CALLS", "EdgeInferenceServicer"]
+__all__ = ["MAX_UNARY_INFER_CALLS", "EdgeInferenceServicer"]
 
 log = logging.getLogger(__name__)
 
-# Classify calls running at once; each holds a handler thread while its frame waits for the model.
-MAX_CLASSIFY_CALLS = 8
+# Unary inference calls (Classify, and KServe v2 ModelInfer) running at once, all methods together:
+# each holds a handler thread while its frames wait for the model.
+MAX_UNARY_INFER_CALLS = 8
 _PIXEL_FORMATS = frozenset(pb.PixelFormat.values())
 _POLICIES = {
     pb.DROP_POLICY_UNSPECIFIED: DropPolicy.LATEST,
@@ -65,7 +67,7 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         self.limits = limits or FrameLimits()
         self.guard = StreamGuard(max_streams=max_streams, config_timeout=config_timeout, idle_timeout=idle_timeout)
         self.draining = False
-        self._classify_calls = threading.BoundedSemaphore(MAX_CLASSIFY_CALLS)
+        self._unary_calls = threading.BoundedSemaphore(MAX_UNARY_INFER_CALLS)
 
     @property
     def open_streams(self) -> int:
@@ -163,17 +165,27 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
     def Classify(self, request: pb.ClassifyRequest, context: grpc.ServicerContext) -> pb.Prediction:
         model = self._resolve(request.model)
         image = image_from_proto(request.image, limits=self.limits, resize_size=model.preprocessing.resize_size)
-        if not self._classify_calls.acquire(blocking=False):
-            raise LimitExceeded(
-                f"{MAX_CLASSIFY_CALLS} Classify calls are already running in this daemon; retry, or send many "
-                f"frames over one StreamClassify stream"
-            )
-        try:
+        with self.unary_call_slot("Classify", "StreamClassify"):
             outcome = classify_one(model, image, request.top_k, timeout=_time_left(context))
-        finally:
-            self._classify_calls.release()
         _record(model, outcome)
         return _fill_prediction(pb.Prediction(), outcome, model)
+
+    @contextlib.contextmanager
+    def unary_call_slot(self, method: str, stream_method: str) -> Iterator[None]:
+        """Hold one of the MAX_UNARY_INFER_CALLS slots for a unary inference call, or refuse it at once.
+
+        However many calls a client sends, the handler threads they can hold while they wait for
+        the model stay bounded, and health checks and metadata calls keep threads of their own.
+        """
+        if not self._unary_calls.acquire(blocking=False):
+            raise LimitExceeded(
+                f"{MAX_UNARY_INFER_CALLS} unary inference calls are already running in this daemon; retry "
+                f"{method}, or send many frames over one {stream_method} stream"
+            )
+        try:
+            yield
+        finally:
+            self._unary_calls.release()
 
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=[model_info(m) for m in self.table.all()])

@@ -281,10 +281,13 @@ def test_config_less_streams_cannot_starve_health_or_unary_calls_and_time_out(
     _wait_open(daemon, 1)  # the normal stream
 
 
-def test_classify_calls_waiting_on_a_stuck_model_cannot_take_the_health_checks_threads() -> None:
+def test_unary_calls_waiting_on_a_stuck_model_cannot_take_the_health_checks_threads() -> None:
+    """Classify and KServe v2 ModelInfer share one cap: the calls over it are refused at once, health answers."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from edgeinfer.server.servicer import MAX_CLASSIFY_CALLS
+    from edgeinfer.proto import kserve_v2_pb2 as v2
+    from edgeinfer.proto import kserve_v2_pb2_grpc as v2_grpc
+    from edgeinfer.server.servicer import MAX_UNARY_INFER_CALLS
     from fakes import SlowRunner, fake_model
 
     runner = SlowRunner()
@@ -293,35 +296,43 @@ def test_classify_calls_waiting_on_a_stuck_model_cannot_take_the_health_checks_t
     d.add_model(fake_model(runner))
     d.mark_ready()
     request = pb.ClassifyRequest(model=pb.ModelSelector(name="squeezenet"), top_k=1, image=pb.Image(jpeg=GOOD))
-    calls = MAX_CLASSIFY_CALLS + 4
+    infer = v2.ModelInferRequest(model_name="squeezenet")
+    infer.inputs.add(name="IMAGE", datatype="BYTES", shape=[1]).contents.bytes_contents.append(GOOD)
+    calls = MAX_UNARY_INFER_CALLS + 4
     try:
         with grpc.insecure_channel(f"127.0.0.1:{d.port}") as ch, ThreadPoolExecutor(calls) as pool:
-            stub = pb_grpc.EdgeInferenceStub(ch)
+            stub, kserve = pb_grpc.EdgeInferenceStub(ch), v2_grpc.GRPCInferenceServiceStub(ch)
 
-            def classify() -> str:
+            def call(i: int) -> tuple[str, str]:
                 try:
-                    return stub.Classify(request, timeout=30).classes[0].label
+                    if i % 2:
+                        return "ModelInfer", kserve.ModelInfer(infer, timeout=30).outputs[0].name
+                    return "Classify", stub.Classify(request, timeout=30).classes[0].label
                 except grpc.RpcError as exc:
-                    return exc.code().name
+                    return ("ModelInfer" if i % 2 else "Classify"), exc.code().name
 
-            futures = [pool.submit(classify) for _ in range(calls)]
+            futures = [pool.submit(call, i) for i in range(calls)]
             deadline = time.monotonic() + 20
-            while sum(f.done() for f in futures) < calls - MAX_CLASSIFY_CALLS:  # refused at once
+            while sum(f.done() for f in futures) < calls - MAX_UNARY_INFER_CALLS:  # refused at once
                 assert time.monotonic() < deadline, "the calls over the limit were not refused"
                 time.sleep(0.01)
-            refused = [f.result() for f in futures if f.done()]
+            refused = [f.result()[1] for f in futures if f.done()]
             # Every allowed call sits in the model, and yet:
             health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
             models = stub.ListModels(pb.ListModelsRequest(), timeout=5)
+            metadata = kserve.ModelMetadata(v2.ModelMetadataRequest(name="squeezenet"), timeout=5)
             runner.gate.set()
             answers = [f.result(timeout=30) for f in futures]
     finally:
         runner.gate.set()
         d.stop(grace=1)
-    assert refused == ["RESOURCE_EXHAUSTED"] * (calls - MAX_CLASSIFY_CALLS)
+    assert refused == ["RESOURCE_EXHAUSTED"] * (calls - MAX_UNARY_INFER_CALLS)
     assert health.status == health_pb2.HealthCheckResponse.SERVING and len(models.models) == 1
-    answered = [a for a in answers if a != "RESOURCE_EXHAUSTED"]
-    assert len(answered) == MAX_CLASSIFY_CALLS and all(answered)  # each with its label
+    assert metadata.name == "squeezenet1_0"
+    answered = [(method, a) for method, a in answers if a != "RESOURCE_EXHAUSTED"]
+    assert len(answered) == MAX_UNARY_INFER_CALLS and all(a for _, a in answered)  # each with its label or output
+    # 6 calls of each method and 8 slots: both methods held slots of the one cap at once
+    assert {method for method, _ in answered} == {"Classify", "ModelInfer"}
 
 
 def test_an_idle_stream_is_ended_and_counted(
