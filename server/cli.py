@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # Before torch and gRPC start threads: a daemon's memory comes back after its streams end (server/memory.py).
+    from edgeinfer.server.memory import cap_malloc_arenas
+
+    cap_malloc_arenas()
 
     import torch
 

@@ -18,11 +18,9 @@ frames took back to the system (:func:`release_freed_memory`).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -30,6 +28,7 @@ import grpc
 from edgeinfer.server import metrics
 from edgeinfer.server.defaults import DEFAULT_CONFIG_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
 from edgeinfer.server.errors import DeadlineExceeded, EdgeInferError, LimitExceeded
+from edgeinfer.server.memory import release_freed_memory
 
 if TYPE_CHECKING:
     from edgeinfer.server.session import StreamSession
@@ -40,7 +39,6 @@ __all__ = [
     "TRIM_EVERY_S",
     "GuardedStream",
     "StreamGuard",
-    "release_freed_memory",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,30 +48,6 @@ _CANCEL_AFTER_S = 2.0  # an idle stream still open this long after its error is 
 
 # After streams end, the memory their frames took goes back to the system at most this often.
 TRIM_EVERY_S = 5.0
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc
-    except (OSError, AttributeError):  # musl, macOS: nothing to call
-        return None
-
-
-_TRIM = _malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """Give the freed heap pages of every malloc arena back to the system (glibc's ``malloc_trim``).
-
-    A stream's frames are allocated on its reader and gRPC threads, in glibc's
-    per-thread arenas, and glibc raises its mmap threshold after the first large
-    free: a 3 MB raw frame then comes from an arena, and once freed stays in the
-    process's RSS. Measured with bench/soak.py (16 streams with abandoned 3 MB-frame
-    streams beside them for 10 minutes): RSS crept 6% from minute 2 to the end
-    without this, and stayed there after the clients left.
-    """
-    if _TRIM is not None:
-        _TRIM(0)
 
 
 class GuardedStream:

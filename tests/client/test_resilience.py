@@ -92,6 +92,50 @@ def test_a_daemon_restarted_mid_stream_loses_no_frame(port: int, policy: str) ->
         daemon.stop(0)  # type: ignore[attr-defined]
 
 
+def test_a_daemon_draining_on_sigterm_answers_what_it_read_and_the_stream_moves_on(port: int) -> None:
+    """A graceful restart (systemd's SIGTERM: Daemon.stop(grace)) mid-stream, not a crash: the frames the old daemon
+    read are answered by it, its UNAVAILABLE "shutting down" makes the client reconnect, and no frame is lost."""
+    n, drain_at, resume_at = 30, 8, 14
+    daemon = start_daemon(port)
+    restarted = threading.Event()
+    frames = [synthetic_frame(i) for i in range(n)]
+
+    def camera() -> Iterator[np.ndarray]:
+        yield from paced(frames[: drain_at + 1], 25)
+        yield from frames[drain_at + 1 : resume_at]  # a burst: frames in flight as the drain begins
+        restarted.wait(60)
+        yield from paced(frames[resume_at:], 25)
+
+    def restart() -> None:
+        nonlocal daemon
+        daemon.stop(grace=10)  # type: ignore[attr-defined]
+        daemon = start_daemon(port)
+        restarted.set()
+
+    statuses: list[str] = []
+    results: list[FrameResult] = []
+    restarter = threading.Thread(target=restart)
+    try:
+        with EdgeClient(f"127.0.0.1:{port}") as client:
+            stream = client.stream(camera(), MODEL, drop_policy="all", on_status=statuses.append)
+            for r in stream:
+                results.append(r)
+                if r.sequence == drain_at:
+                    restarter.start()
+        _check_every_frame_once(results, n)
+        assert stream.reconnects == 1
+        assert statuses[0].startswith(f"connection to 127.0.0.1:{port} lost (UNAVAILABLE: the daemon is shutting down")
+        lost = [r for r in results if r.kind != "prediction"]
+        # Every frame is a prediction, but those the old daemon had not read when it drained: dropped, saying why.
+        assert all(r.dropped and "reconnect" in r.dropped and drain_at < r.sequence < resume_at for r in lost)
+        assert all(r.prediction is not None for r in results[resume_at:])  # the new daemon answers the rest
+    finally:
+        restarted.set()
+        if restarter.is_alive():
+            restarter.join(30)
+        daemon.stop(0)  # type: ignore[attr-defined]
+
+
 def test_reconnect_false_fails_fast(port: int) -> None:
     daemon = start_daemon(port)
     seen = []
