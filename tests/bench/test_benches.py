@@ -277,3 +277,18 @@ def test_v2_vs_v1_tiny_measures_every_mode_on_the_same_daemon(target: str, tmp_p
     )
     assert ratios["unary_overhead_p50_ms_v2"] == modes["v2 infer"]["overhead_p50_ms"]
     assert (tmp_path / "v2_vs_v1.png").read_bytes()[:8] == PNG
+
+
+@pytest.mark.slow
+def test_memory_rounds_tiny(tmp_path: Path) -> None:
+    run_bench("memory_rounds", "--rounds", "1", "--streams", "4", "--settle-s", "0.5", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "memory_rounds.json").read_text())
+    assert set(result["variants"]) == {"shipped", "uncapped"}
+    assert result["variants"]["uncapped"]["env"] == {"MALLOC_ARENA_MAX": "16"}
+    for v in result["variants"].values():
+        assert v["baseline_mb"] > 0 and len(v["after_round_mb"]) == 1
+        # streams 0 and 3 walk away after their first answer; 1 and 2 get all four
+        assert v["streams"]["CANCELLED"] == 2 and v["streams"]["OK"] == 2
+        assert v["streams"]["answers"] == 2 * 1 + 2 * 4
+        assert v["end_over_baseline_pct"] == pytest.approx((v["after_round_mb"][0] / v["baseline_mb"] - 1) * 100)
+    assert (tmp_path / "memory_rounds.png").read_bytes()[:8] == PNG
