@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     # Before torch and gRPC start threads: a daemon's memory comes back after its streams end (server/memory.py).
     from edgeinfer.server.memory import cap_malloc_arenas
 
-    cap_malloc_arenas()
+    if args.malloc_arenas:
+        cap_malloc_arenas(args.malloc_arenas)
 
     import torch
 

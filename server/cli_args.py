@@ -21,6 +21,7 @@ from edgeinfer.server.defaults import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
 )
+from edgeinfer.server.memory import DEFAULT_MALLOC_ARENAS
 from edgeinfer.server.options import Precision, PreprocessOn, WeightsKind, choices
 from edgeinfer.server.security import (
     LOOPBACK,
@@ -154,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_int(1),
         default=os.cpu_count() or 1,
         help="torch intra-op threads for inference (default: all cores)",
+    )
+    p.add_argument(
+        "--malloc-arenas",
+        type=_int(0, 1024),
+        default=DEFAULT_MALLOC_ARENAS,
+        help=f"glibc malloc arenas the daemon may make (default: {DEFAULT_MALLOC_ARENAS}, so that memory freed after "
+        "streams end goes back to the system; 0: glibc's own, 8 per core, a little faster, keeps more; "
+        "MALLOC_ARENA_MAX in the environment wins)",
     )
     p.add_argument("--max-streams", type=_int(1), default=16, help="concurrent streams (default: 16)")
     p.add_argument(

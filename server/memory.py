@@ -5,7 +5,12 @@ thread). glibc gives each thread that allocates under contention an arena of its
 up to 8 per core, and an arena keeps what was freed in it: after a burst of streams
 the daemon's RSS stayed ~120 MB (15%) over its start although every stream had ended
 (bench/soak.py, 16 streams beside hostile clients, 2 minutes). With two arenas it came
-back to within 2% of its start; malloc_trim after streams end returns the rest.
+back to within 2% of its start, and after rounds of big-frame streams (bench/memory_rounds.py)
+ended 7-13% over it instead of 35%, with four about the same; malloc_trim after streams
+end returns what a free left whole.
+The price: the model's own allocations contend for fewer arenas; int8 SqueezeNet
+served ~4% fewer frames per second on 2 cores (bench/results/README.md), which
+``edgeserver --malloc-arenas 0`` (glibc's own count) buys back.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ __all__ = ["DEFAULT_MALLOC_ARENAS", "cap_malloc_arenas", "release_freed_memory"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MALLOC_ARENAS = 2
+DEFAULT_MALLOC_ARENAS = 4  # edgeserver --malloc-arenas
 _M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 
 
