@@ -41,6 +41,8 @@ def profile_batch_sizes(
 ) -> tuple[int, ...]:
     """Batch sizes ``min_gain`` cheaper per served frame than single frames, and no dearer than smaller sizes.
 
+    A size whose forward pass alone is dearer per frame than a single frame's is never chosen.
+
     Times powers of two up to ``max_batch``: two warm-up passes per size (TorchScript
     specializes per shape), then 3-7 rounds that alternate between the sizes, so that
     a burst of noise on this shared machine hits every size alike; each size keeps
@@ -73,9 +75,13 @@ def profile_batch_sizes(
     served = {n: ms + batch_cost_ms / n for n, ms in per_frame.items()}
     # The scheduler always cuts the largest allowed batch, so a larger size must also be
     # no dearer per frame than the sizes below it (fp32 SqueezeNet: 4 beats 1, 8 loses to 4).
+    # And its forward pass must not be dearer per frame than single frames': the per-batch cost is
+    # an estimate, and a batch as large as a client's window of frames in flight stalls that client
+    # until the whole batch is answered (int8 SqueezeNet on 2 cores served fewer frames at 1 and 8
+    # than at 1 alone: bench/results/frame_cost.md).
     chosen = [1]
     for n, ms in served.items():
-        if n > 1 and ms <= (1 - min_gain) * served[1] and ms <= served[chosen[-1]]:
+        if n > 1 and ms <= (1 - min_gain) * served[1] and ms <= served[chosen[-1]] and per_frame[n] <= per_frame[1]:
             chosen.append(n)
     log.info(
         "%s: ms per frame by batch size %s (+%.1f ms per batch when served); batching at %s",

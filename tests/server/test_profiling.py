@@ -67,3 +67,6 @@ def test_profile_counts_the_per_batch_cost_a_batch_shares() -> None:
     assert profile_batch_sizes(runner, 8, 8, batch_cost_ms=0.6) == (1, 4, 8)  # type: ignore[arg-type]
     # int8 SqueezeNet at 8: about even per frame, within noise: not batched.
     assert profile_batch_sizes(CostRunner({1: 4.33, 2: 9.1, 4: 6.1, 8: 4.55}), 8, 8) == (1,)  # type: ignore[arg-type]
+    # A forward pass 1% dearer per frame at 8, which the per-batch cost alone would have made a 6% gain: not batched.
+    runner = CostRunner({1: 3.54, 2: 5.7, 4: 4.36, 8: 3.58})
+    assert profile_batch_sizes(runner, 8, 8, batch_cost_ms=0.3) == (1,)  # type: ignore[arg-type]
