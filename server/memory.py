@@ -2,27 +2,24 @@
 
 Frames are allocated on many threads (gRPC's, each stream's reader, the inference
 thread). glibc gives each thread that allocates under contention an arena of its own,
-up to 8 per core, and an arena keeps what was freed in it: after a burst of streams
-the daemon's RSS stayed ~120 MB (15%) over its start although every stream had ended
-(bench/soak.py, 16 streams beside hostile clients, 2 minutes). With two arenas it came
-back to within 2% of its start, and after rounds of big-frame streams (bench/memory_rounds.py)
-ended 7-13% over it instead of 35%, with four about the same; malloc_trim after streams
-end returns what a free left whole.
-The price: the model's own allocations contend for fewer arenas; int8 SqueezeNet
-served ~4% fewer frames per second on 2 cores (bench/results/README.md), which
-``edgeserver --malloc-arenas 0`` (glibc's own count) buys back.
+up to 8 per core, and an arena keeps what was freed in it. Measured on 2 cores
+(bench/results/README.md): after rounds of 20 big-frame streams at once
+(bench/memory_rounds.py) the daemon ended 39% over its warm-up RSS with glibc's
+arenas and 15% over it with four (1% over its RSS after the first round); over a
+10-minute soak beside hostile clients (bench/soak.py) it ended 17% over its start
+with glibc's arenas, 8% with four, 4% with two. malloc_trim after streams end
+returns what a free left whole. The price of fewer arenas: the model's own
+allocations contend for them; int8 SqueezeNet served ~4% fewer frames per second
+(bench/results/frame_cost.md), which ``edgeserver --malloc-arenas 0`` buys back.
 """
 
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 from typing import Any
 
 __all__ = ["DEFAULT_MALLOC_ARENAS", "cap_malloc_arenas", "release_freed_memory"]
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MALLOC_ARENAS = 4  # edgeserver --malloc-arenas
 _M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)

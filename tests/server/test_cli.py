@@ -168,3 +168,14 @@ def test_edgequant_help_imports_no_torch() -> None:
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
     out = subprocess.run([_exe("edgequant"), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--calib" in out.stdout
+
+
+def test_the_arena_cap_is_set_unless_the_environment_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeinfer.server import memory
+
+    if memory._LIBC is None:
+        pytest.skip("not glibc")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert memory.cap_malloc_arenas(64) is False  # glibc read the variable at start: it wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert memory.cap_malloc_arenas(64) is True  # (64: more than this test process will make)
