@@ -222,6 +222,9 @@ class StreamSession:
         with self._lock:
             if self._waiting is not None:
                 self.model.scheduler.cancel(self._waiting[0])  # never runs
+            # The job (and the frame it holds, up to a full raw frame if it never ran) goes with it:
+            # gRPC keeps an ended call's callbacks, this session's abort() among them, for a while.
+            self._waiting = None
         # Wake a handler waiting on a frame whose model may never finish; results() ends
         # without sending this answer (it sets the head before it checks for an abort).
         if (head := self._head) is not None:

@@ -232,3 +232,29 @@ def test_a_model_output_that_does_not_fit_the_batch_answers_every_frame(caplog: 
     assert all(o.error is not None and o.error.status_code.name == "INTERNAL" for o in out)
     assert "the model answered 0 rows for a batch of 1" in out[0].error.details
     assert sum(1 for r in caplog.records if r.exc_info) == 2  # each batch of one logged once
+
+
+def test_an_aborted_session_lets_go_of_the_frame_still_waiting() -> None:
+    """gRPC keeps an ended call's callbacks (session.abort among them) for a while: the session
+    they keep alive must not keep the frame that was waiting for the model, up to a whole raw frame."""
+    import gc
+    import weakref
+
+    runner = SlowRunner()
+    runner.gate.clear()  # frame 0 sits in the model; frame 1 waits in line
+    model = fake_model(runner, preprocess_on=PreprocessOn.INFERENCE)
+    try:
+        session = StreamSession(model, top_k=1, policy=DropPolicy.LATEST)
+        session.submit(FrameIn(0, 0, FRAME))
+        wait_until_taken(model.scheduler)
+        waiting = JpegImage(jpeg(synthetic_frame(1, 64, 48)))
+        session.submit(FrameIn(1, 0, waiting))
+        image = weakref.ref(waiting)
+        del waiting
+        session.abort()
+        gc.collect()
+        assert image() is None  # the session lives on; the waiting frame's image does not
+        assert model.scheduler.pending() == 0
+    finally:
+        runner.gate.set()
+        model.stop()
