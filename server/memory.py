@@ -4,8 +4,8 @@ Frames are allocated on many threads (gRPC's, each stream's reader, the inferenc
 thread). glibc gives each thread that allocates under contention an arena of its own,
 up to 8 per core, and an arena keeps what was freed in it. Measured on 2 cores
 (bench/results/README.md): after rounds of 20 big-frame streams at once
-(bench/memory_rounds.py) the daemon ended 39% over its warm-up RSS with glibc's
-arenas and 15% over it with four (1% over its RSS after the first round); over a
+(bench/memory_rounds.py) the daemon ended 42% over its warm-up RSS with glibc's
+arenas and 9% over it with four; over a
 10-minute soak beside hostile clients (bench/soak.py) it ended 17% over its start
 with glibc's arenas, 8% with four, 4% with two. malloc_trim after streams end
 returns what a free left whole. The price of fewer arenas: the model's own
