@@ -17,8 +17,12 @@ Per size, in rounds that alternate the modes so the machine's noise hits all ali
 For auto and off: served frames/s (back to back, policy all), latency with one frame
 in flight, bytes per frame on the wire, the daemon's CPU time per frame (from /proc;
 it includes OpenMP threads spinning between frames) and its work per frame (decode +
-preprocess + model, its own timings), and top-1 / top-5 agreement between the two
-paths, against the int8 quantizer's own agreement with fp32. Writes client_resize.json and client_resize.png.
+preprocess + model, its own timings). Then, on --agreement-frames distinct crops per size, the
+top-1 / top-5 agreement between the two paths, against the int8 quantizer's own agreement with
+fp32 on those same crops (in process). Writes client_resize.json and client_resize.png.
+
+    --daemon-threads 1                   the daemon's model on one core, streams decoding beside it
+    --daemon-arg=--x=y, --daemon-env K=V  any other daemon setting, --sizes 1280x720  one size
 """
 
 from __future__ import annotations
