@@ -7,7 +7,7 @@ up to 8 per core, and an arena keeps what was freed in it. Measured on 2 cores
 (bench/memory_rounds.py) the daemon ended 42% over its warm-up RSS with glibc's
 arenas and 9% over it with four; over a
 10-minute soak beside hostile clients (bench/soak.py) it ended 17% over its start
-with glibc's arenas, 8% with four, 4% with two. malloc_trim after streams end
+with glibc's arenas and 4% under it with four. malloc_trim after streams end
 returns what a free left whole. The price of fewer arenas: the model's own
 allocations contend for them; int8 SqueezeNet served ~4% fewer frames per second
 (bench/results/frame_cost.md), which ``edgeserver --malloc-arenas 0`` buys back.
