@@ -42,13 +42,6 @@ SIZES = ((1080, 1920), (720, 1280), (1000, 1000), (480, 640))
 FRAMES_PER_STREAM = 4
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
 def one_stream(target: str, i: int, image: pb.Image, counts: dict[str, int], lock: threading.Lock) -> None:
     policy = pb.DROP_POLICY_ALL if i % 2 else pb.DROP_POLICY_LATEST
     config = pb.StreamConfig(model=pb.ModelSelector(name="squeezenet"), top_k=1, drop_policy=policy)
@@ -89,7 +82,7 @@ def run_variant(name: str, env: dict[str, str], rounds: int, streams: int, settl
             for encoding in ("jpeg", "raw"):
                 list(c.stream([np.zeros((480, 640, 3), np.uint8)] * 2, encoding=encoding, drop_policy="all"))
         time.sleep(settle_s)
-        baseline = rss_mb(daemon.proc.pid)
+        baseline = daemon.rss_mb()
         after = []
         for r in range(rounds):
             threads = []
@@ -102,7 +95,7 @@ def run_variant(name: str, env: dict[str, str], rounds: int, streams: int, settl
             for t in threads:
                 t.join(180)
             time.sleep(settle_s)
-            after.append(rss_mb(daemon.proc.pid))
+            after.append(daemon.rss_mb())
             log(f"{name}: round {r + 1}/{rounds}: RSS {after[-1]:.0f} MB (baseline {baseline:.0f} MB)")
     finally:
         with contextlib.suppress(Exception):

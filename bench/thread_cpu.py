@@ -144,7 +144,7 @@ def _thread_label(thread: str, frames: list[str]) -> str:
     """A readable name for a thread: py-spy gives its id; the entry function says which it is."""
     text = ";".join(frames)
     for needle, name in (
-        ("_pump", "stream reader"),
+        ("_read_stream", "stream reader"),
         ("InferenceThread._run", "inference thread"),
         ("_run (edgeinfer", "inference thread"),
         ("gomp_thread_start", "OpenMP worker"),

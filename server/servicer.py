@@ -229,18 +229,9 @@ def _read_stream(
     stream.touch()
     first.put(request)
     started = start.get()
-    if started is not None:
-        _pump(requests, stream, *started, limits)
-
-
-def _pump(
-    requests: Iterator[pb.StreamRequest],
-    stream: GuardedStream,
-    session: StreamSession,
-    region: SharedMemoryRegion | None,
-    model: ServedModel,
-    limits: FrameLimits,
-) -> None:
+    if started is None:
+        return
+    session, region, model = started
     try:
         _read_frames(requests, stream, session, region, model, limits)
     finally:

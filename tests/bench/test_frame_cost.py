@@ -41,7 +41,7 @@ def test_thread_breakdown_of_collapsed_stacks() -> None:
         [
             "process 1:python;thread (0x1);_run (edgeinfer/server/inference_thread.py:130);forward (x.py:1);at::conv 7",
             "process 1:python;thread (0x1);_run (edgeinfer/server/inference_thread.py:130);wait (threading.py:1) 3",
-            "process 1:python;thread (0x2);_pump (edgeinfer/server/servicer.py:200);FromString (pb:1) 4",
+            "process 1:python;thread (0x2);_read_stream (edgeinfer/server/servicer.py:200);FromString (pb:1) 4",
             "process 1:python;thread (0x3);gomp_thread_start;gomp_team_barrier_wait_end 5",
             "not a stack line",
         ]
