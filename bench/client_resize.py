@@ -12,7 +12,8 @@ Per size, in rounds that alternate the modes so the machine's noise hits all ali
   limit   naive in-process limit: full-size JPEG decode + resize/crop/normalize +
           int8 SqueezeNet 1.0 + top-k, one frame after another in this process
   auto    through an edgeserver process over loopback gRPC (same 2 cores as this client), one stream, client-side
-          resize on (frames shrunk to the daemon's resize size, area interpolation)
+          resize on (each frame's part the daemon's center crop keeps, shrunk to the daemon's resize
+          size with area interpolation: a 256x256 square for SqueezeNet)
   off     the same with client-side resize off (full-size JPEGs on the wire)
 For auto and off: served frames/s (back to back, policy all), latency with one frame
 in flight, bytes per frame on the wire, the daemon's CPU time per frame (from /proc;
@@ -195,7 +196,7 @@ def main() -> int:
     try:
         with EdgeClient(target) as c:
             info = c.model(MODEL, precision="int8")
-        resize_size = info.resize_size
+        fit = info.fit
         sets = {size: frames_at(size, args.frames) for size in sizes}
         jpegs = {size: [jpeg(f) for f in frames] for size, frames in sets.items()}
         data: dict[str, dict[str, Any]] = {
@@ -242,7 +243,7 @@ def main() -> int:
     for size in sizes:
         key = f"{size[0]}x{size[1]}"
         wire = {
-            "auto": statistics.median(len(jpeg(shrink(f, resize_size))) for f in sets[size]),
+            "auto": statistics.median(len(jpeg(shrink(f, *fit))) for f in sets[size]),
             "off": statistics.median(len(j) for j in jpegs[size]),
             "limit": statistics.median(len(j) for j in jpegs[size]),
         }
@@ -280,7 +281,8 @@ def main() -> int:
     fidelity = info.fidelity
     result = {
         "model": f"{MODEL} int8 (random weights, seed 0; synthetic calibration)",
-        "resize_size": resize_size,
+        "resize_size": fit.resize_size,
+        "crop_size": fit.crop_size,
         "threads": args.threads,
         "rounds": args.rounds,
         "frames_per_round": args.frames,

@@ -31,6 +31,7 @@ from edgeinfer.client.results import ModelInfo, Prediction
 from edgeinfer.client.security import Credentials, Pem, describe_handshake_failure
 from edgeinfer.client.shm import DEFAULT_SLOTS
 from edgeinfer.client.streaming import ResultStream, StreamOptions, prepare
+from edgeinfer.media.images import Fit
 from edgeinfer.media.sources import ImageFile
 from edgeinfer.media.sources import SourceError as MediaSourceError
 from edgeinfer.proto import edgeinfer_pb2 as pb
@@ -109,7 +110,7 @@ class EdgeClient:
         )
         self._channel = channel or self._credentials.channel(target, channel_options())
         self._stub = pb_grpc.EdgeInferenceStub(self._channel)
-        self._resize_sizes: dict[tuple[str, str], int] = {}  # (model, precision) -> its resize size, for classify()
+        self._fits: dict[tuple[str, str], Fit] = {}  # (model, precision) -> what frames shrink to, for classify()
 
     def __enter__(self) -> EdgeClient:
         return self
@@ -175,19 +176,19 @@ class EdgeClient:
         resize: str = "auto",
         timeout: float | None = None,
     ) -> Prediction:
-        """Top-k of one image. ``resize="auto"`` shrinks a larger image to the model's resize size first."""
+        """Top-k of one image. ``resize="auto"`` first shrinks a larger image to what the model keeps of it."""
         if encoding == "shm":
             raise ValueError("encoding='shm' needs a stream (stream()); use 'raw' or 'jpeg' for classify()")
         _check_resize(resize)
         frame = as_frame(image, 0)  # type: ignore[arg-type]
-        resize_size = 0
+        fit = Fit()
         if resize == "auto" and isinstance(frame.image, (np.ndarray, ImageFile)):
             key = (model, precision)
-            if key not in self._resize_sizes:  # asked once per model, not once per image
-                self._resize_sizes[key] = self.model(model, precision=precision, timeout=timeout).resize_size
-            resize_size = self._resize_sizes[key]
+            if key not in self._fits:  # asked once per model, not once per image
+                self._fits[key] = self.model(model, precision=precision, timeout=timeout).fit
+            fit = self._fits[key]
         try:
-            prepare(frame, resize_size, need_pixels=encoding != "jpeg")
+            prepare(frame, fit, need_pixels=encoding != "jpeg")
         except MediaSourceError as exc:
             raise as_client_error(exc) from exc
         request = pb.ClassifyRequest(model=pb.ModelSelector(name=model, precision=precision), top_k=top_k)
@@ -237,10 +238,11 @@ class EdgeClient:
         "shm" for a daemon on this host (``unix:`` target or loopback): pixels go
         through ``shm_slots`` shared-memory slots sized for the first frame, and
         only a handle travels (see :mod:`edgeinfer.client.shm`).
-        ``resize="auto"``: a frame larger than the model needs is shrunk here to the
-        daemon's resize size (from GetModel; area interpolation, a JPEG file through
-        its decoder's DCT scaling) before it is encoded: the daemon's resize is then the
-        identity and far fewer bytes travel. "off": frames go at their own size.
+        ``resize="auto"``: of a frame larger than the model needs, only the part the
+        daemon's center crop keeps is sent, shrunk here to the daemon's resize size
+        (both from GetModel; area interpolation, a JPEG file through its decoder's DCT
+        scaling) before it is encoded: the daemon's resize is then the identity, its
+        crop takes the same pixels, and far fewer bytes travel. "off": frames go as they are.
         ``reconnect=True``: when the daemon restarts or the connection drops, frames in
         flight are answered ``dropped``, the stream waits for the daemon (up to
         ``max_outage`` seconds; None: forever), re-sends its config and goes on;
@@ -270,15 +272,15 @@ class EdgeClient:
             on_status=on_status,
         )
 
-        def resize_size() -> int:
+        def fit() -> Fit:
             try:
-                return self.model(model, precision=precision).resize_size
+                return self.model(model, precision=precision).fit
             except EdgeInferError as exc:  # a server without GetModel (a bare gRPC peer): frames go as they are
                 if exc.code == grpc.StatusCode.UNIMPLEMENTED:
-                    return 0
+                    return Fit()
                 raise
 
-        return ResultStream(self._stub, self._channel, self.target, resize_size, frames, options, self._error)
+        return ResultStream(self._stub, self._channel, self.target, fit, frames, options, self._error)
 
 
 def _check_resize(resize: str) -> None:

@@ -132,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--client-resize",
         choices=RESIZE_MODES,
         default="auto",
-        help="auto (default): shrink frames larger than the model needs to the daemon's resize size before "
-        "encoding (far fewer bytes, same model input); off: send frames at their own size",
+        help="auto (default): send only the part of a frame the daemon's center crop keeps, shrunk to its "
+        "resize size, when the frame is larger (far fewer bytes, same model input); off: frames as they are",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per frame on stdout")
     p.add_argument("--save", type=Path, metavar="OUT.mp4", help="write the frames with top-1 and latency drawn")

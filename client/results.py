@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from edgeinfer.media.images import Fit
 from edgeinfer.proto import edgeinfer_pb2 as pb
 
 __all__ = ["ClassScore", "Fidelity", "FrameResult", "ModelInfo", "Prediction", "Timings", "percent"]
@@ -135,6 +136,12 @@ class ModelInfo:
     preprocess_on: str = ""
     fidelity: Fidelity | None = field(default=None)
     resize_size: int = 0  # the daemon resizes frames' shorter side to this before its crop (0: not said)
+
+    @property
+    def fit(self) -> Fit:
+        """What the daemon's preprocessing keeps of a frame: what a client may shrink frames to."""
+        height, width = self.input_size
+        return Fit(self.resize_size, height if height == width else 0)
 
     @classmethod
     def from_proto(cls, m: pb.ModelInfo) -> ModelInfo:

@@ -29,7 +29,7 @@ from edgeinfer.client.errors import EdgeInferError, as_client_error
 from edgeinfer.client.frames import Encoder, Frame, as_frame
 from edgeinfer.client.results import FrameResult
 from edgeinfer.client.shm import SharedMemoryFrames
-from edgeinfer.media.images import decode_image, is_jpeg, jpeg_needs_shrink, shrink
+from edgeinfer.media.images import Fit, decode_image, is_jpeg, jpeg_needs_shrink, shrink
 from edgeinfer.media.sources import ImageFile
 from edgeinfer.media.sources import SourceError as MediaSourceError
 from edgeinfer.proto import edgeinfer_pb2 as pb
@@ -104,10 +104,11 @@ class _Call:
     failure: list[BaseException] = field(default_factory=list)
 
 
-def prepare(frame: Frame, resize_size: int, *, need_pixels: bool) -> None:
+def prepare(frame: Frame, fit: Fit, *, need_pixels: bool) -> None:
     """Turn ``frame.image`` into what goes on the wire: JPEG bytes as they are, or (shrunk) pixels.
 
-    ``resize_size`` > 0 shrinks a larger frame to the daemon's resize size first (0: off).
+    A ``fit`` with a resize size shrinks a larger frame to what the daemon's preprocessing
+    keeps of it first (``Fit()``: off).
     ``need_pixels``: the encoding sends pixels (raw/shm), so JPEG bytes are decoded too.
     Raises ``edgeinfer.media.SourceError`` for a file that cannot be read or decoded.
     """
@@ -115,12 +116,12 @@ def prepare(frame: Frame, resize_size: int, *, need_pixels: bool) -> None:
     if isinstance(image, ImageFile):
         data = image.read()
         name = str(image.path)
-        if is_jpeg(data) and not need_pixels and not jpeg_needs_shrink(data, resize_size):
+        if is_jpeg(data) and not need_pixels and not jpeg_needs_shrink(data, fit.resize_size):
             frame.image = data  # byte for byte: the daemon decodes and validates it
         else:
-            frame.image = decode_image(data, name=name, resize_size=resize_size)
-    elif isinstance(image, np.ndarray) and resize_size:
-        frame.image = shrink(image, resize_size)
+            frame.image = decode_image(data, name=name, resize_size=fit.resize_size, crop_size=fit.crop_size)
+    elif isinstance(image, np.ndarray) and fit.resize_size:
+        frame.image = shrink(image, *fit)
 
 
 class ResultStream(Iterator[FrameResult]):
@@ -131,7 +132,7 @@ class ResultStream(Iterator[FrameResult]):
         stub: pb_grpc.EdgeInferenceStub,
         channel: grpc.Channel,
         target: str,
-        model_info: Callable[[], int],
+        fit: Callable[[], Fit],
         frames: Iterable[object],
         options: StreamOptions,
         to_error: Callable[[grpc.RpcError], EdgeInferError] = EdgeInferError.from_rpc_error,
@@ -142,7 +143,7 @@ class ResultStream(Iterator[FrameResult]):
         self._stub = stub
         self._channel = channel
         self._target = target
-        self._resize_size = model_info
+        self._fit = fit
         self._options = options
         self._hand = _Hand()
         self._inflight: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
@@ -172,7 +173,7 @@ class ResultStream(Iterator[FrameResult]):
     # -- one call --------------------------------------------------------------
 
     def _requests(
-        self, call: _Call, config: pb.StreamConfig, resize_size: int, pool: SharedMemoryFrames | None
+        self, call: _Call, config: pb.StreamConfig, fit: Fit, pool: SharedMemoryFrames | None
     ) -> Iterator[pb.StreamRequest]:
         yield pb.StreamRequest(config=config)
         need_pixels = self._options.encoder.encoding != "jpeg"
@@ -189,7 +190,7 @@ class ResultStream(Iterator[FrameResult]):
                 # Latency counts from here: shrinking and encoding are part of it.
                 entry.sent_at = time.perf_counter()
                 try:
-                    prepare(frame, resize_size, need_pixels=need_pixels)
+                    prepare(frame, fit, need_pixels=need_pixels)
                 except MediaSourceError as exc:  # an unreadable or damaged file: its own answer, never sent
                     entry.error = str(exc)
                     continue
@@ -232,15 +233,13 @@ class ResultStream(Iterator[FrameResult]):
                 call_state = _Call()
                 answered_any = False
                 try:
-                    resize_size = self._resize_size() if o.resize == "auto" else 0
+                    fit = self._fit() if o.resize == "auto" else Fit()
                     if o.encoder.encoding == "shm":
-                        pool = self._shm_pool(pool, resize_size)
+                        pool = self._shm_pool(pool, fit)
                         if pool is not None:
                             config.shared_memory.CopyFrom(pool.region)
                     left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    call = self._stub.StreamClassify(
-                        self._requests(call_state, config, resize_size, pool), timeout=left
-                    )
+                    call = self._stub.StreamClassify(self._requests(call_state, config, fit, pool), timeout=left)
                     try:
                         for response in call:
                             if not answered_any:
@@ -306,7 +305,7 @@ class ResultStream(Iterator[FrameResult]):
             if pool is not None:
                 pool.close()
 
-    def _shm_pool(self, old: SharedMemoryFrames | None, resize_size: int) -> SharedMemoryFrames | None:
+    def _shm_pool(self, old: SharedMemoryFrames | None, fit: Fit) -> SharedMemoryFrames | None:
         """A fresh shared-memory pool per call (a restarted daemon maps it anew), sized for the first frame."""
         if old is not None:
             old.close()
@@ -316,7 +315,7 @@ class ResultStream(Iterator[FrameResult]):
             first = self._hand.pending[0] if self._hand.pending else None
         if first is None or not isinstance(first.image, np.ndarray):
             return None
-        image = shrink(first.image, resize_size) if resize_size else first.image
+        image = shrink(first.image, *fit) if fit.resize_size else first.image
         return SharedMemoryFrames(max(image.nbytes, 1), self._options.shm_slots)
 
     def _lose_in_flight(self, call: _Call, error: EdgeInferError, connected: bool) -> Iterator[FrameResult]:

@@ -14,7 +14,7 @@ import pytest
 
 from edgeinfer.client import EdgeClient, Encoder, Frame, ImageFile
 from edgeinfer.client.streaming import prepare
-from edgeinfer.media.images import decode_image, jpeg_needs_shrink, resized_shape, shrink
+from edgeinfer.media.images import Fit, decode_image, jpeg_needs_shrink, kept_window, resized_shape, shrink
 from edgeinfer.media.sources import SourceError
 from helpers import jpeg, synthetic_frame
 
@@ -87,13 +87,13 @@ def test_a_folder_with_bad_files_text_lines(target: str, folder: Path) -> None:
 def test_jpeg_files_go_byte_for_byte_and_others_are_decoded(folder: Path) -> None:
     good = folder / "a_good.jpg"
     frame = Frame(ImageFile(good))
-    prepare(frame, 256, need_pixels=False)  # 320x240: smaller than the model's resize, nothing to shrink
+    prepare(frame, Fit(256, 224), need_pixels=False)  # 320x240: smaller than the model's resize, nothing to shrink
     assert frame.image == good.read_bytes()
     png = Frame(ImageFile(folder / "c_good.png"))
-    prepare(png, 0, need_pixels=False)
+    prepare(png, Fit(), need_pixels=False)
     assert isinstance(png.image, np.ndarray) and np.array_equal(png.image, synthetic_frame(2))
     raw = Frame(ImageFile(good))
-    prepare(raw, 0, need_pixels=True)  # raw/shm encodings send pixels
+    prepare(raw, Fit(), need_pixels=True)  # raw/shm encodings send pixels
     assert isinstance(raw.image, np.ndarray) and raw.image.shape == (240, 320, 3)
 
 
@@ -101,7 +101,7 @@ def test_a_large_jpeg_is_shrunk_through_dct_scaling(folder: Path) -> None:
     data = (folder / "h_good_large.jpg").read_bytes()
     assert jpeg_needs_shrink(data, 256) and not jpeg_needs_shrink(data, 480)
     frame = Frame(ImageFile(folder / "h_good_large.jpg"))
-    prepare(frame, 256, need_pixels=False)
+    prepare(frame, Fit(256), need_pixels=False)
     assert isinstance(frame.image, np.ndarray) and frame.image.shape == (256, 341, 3)
     full = cv2.resize(decode_image(data), (341, 256), interpolation=cv2.INTER_AREA)
     assert np.abs(frame.image.astype(int) - full.astype(int)).mean() < 2.0  # DCT-scaled, then area: the same picture
@@ -148,11 +148,47 @@ def test_shrink_is_an_area_resize_that_does_not_alias() -> None:
         assert np.abs(out - truth).mean() < 3.0 < 15.0 < np.abs(skipping - truth).mean(), (h, w)
     small = np.zeros((240, 320, 3), np.uint8)
     assert shrink(small, 256) is small  # smaller than the model's resize: as it is
+    assert shrink(small, 256, 224) is small
+
+
+def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """torchvision's center_crop, rounding included."""
+    top = round((image.shape[0] - size) / 2.0)
+    left = round((image.shape[1] - size) / 2.0)
+    return image[top : top + size, left : left + size]
+
+
+def test_shrink_with_the_crop_sends_only_what_the_daemons_crop_sees() -> None:
+    """The kept square, once the daemon crops it, holds the pixels its crop of the whole shrunk frame holds.
+
+    Within a fraction of a shrunk pixel (a crop starts on a whole pixel), where the same square
+    one shrunk pixel off, what a rounding slip would send, is several times further.
+    """
+    rng = np.random.default_rng(1)
+    for h, w in [(720, 1280), (1080, 1920), (480, 640), (1280, 720), (333, 500), (257, 1000), (600, 600)]:
+        yy, xx = np.mgrid[0:h, 0:w]
+        scale = max(h, w) / 120  # a picture with detail at a few shrunk pixels
+        texture = 128 + 60 * np.sin(xx / scale) + 60 * np.cos(yy / (0.8 * scale))
+        image = np.clip(texture[..., None] + rng.normal(0, 3, (h, w, 3)), 0, 255).astype(np.uint8)
+        whole = _center_crop(shrink(image, 256), 224).astype(int)
+        kept = shrink(image, 256, 224)
+        assert kept.shape == (256, 256, 3), (h, w)
+        error = np.abs(_center_crop(kept, 224).astype(int) - whole).mean()
+        if h == w:
+            assert error == 0.0  # nothing cropped
+            continue
+        top, bottom, left, right = kept_window(h, w, 256, 224)  # type: ignore[misc]
+        step = round(max(h, w) / max(resized_shape(h, w, 256)))  # type: ignore[arg-type]  # one shrunk pixel
+        off = image[top:bottom, left - step : right - step] if w > h else image[top - step : bottom - step, left:right]
+        shifted = np.abs(_center_crop(shrink(off, 256), 224).astype(int) - whole).mean()
+        assert error < 3.0 and shifted > 3 * error, (h, w, error, shifted)
+    assert kept_window(720, 1280, 256, 0) is None and kept_window(200, 300, 256, 224) is None
 
 
 def test_model_info_says_the_resize_size(client: EdgeClient) -> None:
     info = client.model("squeezenet")
     assert info.resize_size == 256 and info.input_size == (224, 224)
+    assert info.fit == Fit(256, 224)  # what a client shrinks frames to
 
 
 def test_client_resize_gives_the_same_answers_with_fewer_bytes(
