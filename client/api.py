@@ -234,6 +234,9 @@ class EdgeClient:
         ``frames``: BGR arrays, JPEG bytes, :class:`Frame`, or ``ImageFile`` (from
         ``image_files``: a JPEG goes byte for byte, other formats are decoded; a file
         that cannot be read or decoded is answered with a per-frame error).
+        ``drop_policy="all"`` reads ``frames`` only as fast as answers come back: at most
+        ``streaming.MAX_IN_FLIGHT`` (16) frames are out unanswered; "latest" sends what
+        the source delivers and the daemon drops what its model cannot keep up with.
         ``encoding``: "jpeg" (default), "raw" (uint8 pixels in the message), or
         "shm" for a daemon on this host (``unix:`` target or loopback): pixels go
         through ``shm_slots`` shared-memory slots sized for the first frame, and

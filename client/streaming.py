@@ -42,6 +42,10 @@ RECONNECT_CODES = (grpc.StatusCode.UNAVAILABLE,)
 _POLL_S = 0.1
 _BACKOFF_S = (0.1, 2.0)  # waits between reconnect attempts: first, and the most (doubling)
 _DRAIN_S = 0.02  # while waiting, how often a latest stream's captured frames are answered
+# An ``all`` stream's frames sent and not yet answered, at most: twice the daemon's own window
+# (StreamSession's 8), enough to keep it busy. Unbounded, a source read as fast as gRPC takes it
+# (a folder) queues hundreds of frames in the transport: latency of a second, for no throughput.
+MAX_IN_FLIGHT = 16
 
 
 @dataclass
@@ -147,6 +151,8 @@ class ResultStream(Iterator[FrameResult]):
         self._options = options
         self._hand = _Hand()
         self._inflight: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
+        self._sent = 0  # of those, the frames that went out (not the ones answered here)
+        self._room = threading.Condition(self._hand.lock)  # a frame was answered: room for the next
         # The pump holds the hand-over, not this object: a stream dropped unfinished is collected,
         # and its generator's cleanup stops the pump and closes the source.
         self._pump = threading.Thread(target=_pump, args=(self._hand, frames), name="edgeinfer-frames", daemon=True)
@@ -180,19 +186,27 @@ class ResultStream(Iterator[FrameResult]):
         try:
             while True:
                 with self._hand.lock:
-                    while not self._hand.pending and not self._hand.ended and not call.done:
-                        self._hand.lock.wait(_POLL_S)
+                    while not call.done:
+                        if not self._options.drop_latest and self._sent >= MAX_IN_FLIGHT:
+                            self._room.wait(_POLL_S)
+                        elif self._hand.pending or self._hand.ended:
+                            break
+                        else:
+                            self._hand.lock.wait(_POLL_S)
                     if call.done or not self._hand.pending:
                         return  # lost (the consumer answers what was in flight), or the source ended
                     frame = self._hand.pending.popleft()
                     self._hand.lock.notify_all()
                     entry = self._inflight[frame.sequence] = _Entry(frame)  # type: ignore[index]
+                    self._sent += 1
                 # Latency counts from here: shrinking and encoding are part of it.
                 entry.sent_at = time.perf_counter()
                 try:
                     prepare(frame, fit, need_pixels=need_pixels)
                 except MediaSourceError as exc:  # an unreadable or damaged file: its own answer, never sent
-                    entry.error = str(exc)
+                    with self._hand.lock:
+                        entry.error = str(exc)
+                        self._sent -= 1
                     continue
                 request = pb.StreamRequest()  # filled in place: see Encoder.write
                 request.frame.sequence = frame.sequence
@@ -254,6 +268,9 @@ class ResultStream(Iterator[FrameResult]):
                                 pool.answered()
                             with self._hand.lock:
                                 entry = self._inflight.pop(response.sequence, None)
+                                if entry is not None and entry.error is None:
+                                    self._sent -= 1
+                                    self._room.notify()
                             latency = None
                             if entry is not None and entry.sent_at is not None:
                                 latency = (time.perf_counter() - entry.sent_at) * 1e3
@@ -323,6 +340,8 @@ class ResultStream(Iterator[FrameResult]):
             call.done = True
             lost = list(self._inflight.values())
             self._inflight.clear()
+            self._sent = 0
+            self._room.notify_all()
         why = "lost" if connected else "not reachable"
         for entry in lost:
             if entry.error is not None:

@@ -253,6 +253,30 @@ def test_a_call_stuck_in_a_hung_model_is_reported_after_the_drain(make_daemon: M
     assert daemon.busy_handlers(timeout=5) == []  # once the model answers, the handler ends
 
 
+def test_an_all_stream_sends_at_most_max_in_flight_frames_ahead(make_daemon: MakeDaemon) -> None:
+    """A folder read as fast as gRPC takes it is not queued whole in the transport: the source is read
+    only as answers come back, and the daemon is still kept busy (the window fills)."""
+    from edgeinfer.client.streaming import MAX_IN_FLIGHT
+
+    daemon = make_daemon(fake_model(SlowRunner(delay_s=0.005)))
+    data, taken, leads = jpeg(GOOD), 0, []
+
+    def folder() -> Iterator[bytes]:
+        nonlocal taken
+        for _ in range(60):
+            taken += 1
+            yield data
+
+    with EdgeClient(f"127.0.0.1:{daemon.port}") as client:
+        for answered, result in enumerate(client.stream(folder(), "squeezenet", drop_policy="all")):
+            assert result.prediction is not None and result.sequence == answered
+            leads.append(taken - answered)  # read from the source and not answered before this one
+    assert len(leads) == 60
+    # In flight, at most MAX_IN_FLIGHT; besides them, one frame in the hand-over, one the pump holds
+    # and one sent in the room this answer made. Unbounded, all 60 would be out before the first answer.
+    assert MAX_IN_FLIGHT <= max(leads) <= MAX_IN_FLIGHT + 3, leads
+
+
 def test_metrics_count_answers(client: EdgeClient) -> None:
     from prometheus_client import REGISTRY
 
