@@ -32,6 +32,7 @@ Writes frame_cost.json and frame_cost.png into ``--out``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -225,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         for kind in FLOORS:
             floors[kind] = FloorProcess(args.threads, FLOORS[kind])
             floor_clients[kind] = ClientProcess(floors[kind].target, folder, {}, model=busy_model(0.0))
-        frames = [jpegs[i % len(jpegs)] for i in range(args.chunk)]
-        lat_frames = [jpegs[i % len(jpegs)] for i in range(args.latency_chunk)]
-        limit.run(frames[:4])  # warm
+        # The limit reads the folder in the order each client process does: chunk after chunk, cycling.
+        folder_order = itertools.cycle(jpegs)
+        limit.run(list(itertools.islice(folder_order, 4)))  # warm
         for c in clients:
             c.ask("throughput", 4)
         # Every long-lived thread exists now (OpenMP's team, gRPC's pool, the client's channel).
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             for who in order:
                 if who == "limit":
                     before_limit = thread_cpu(os.getpid(), names[os.getpid()])
-                    tput["limit"].append(limit.run(frames))
+                    tput["limit"].append(limit.run(list(itertools.islice(folder_order, args.chunk))))
                     add_into(limit_cpu, cpu_delta(before_limit, thread_cpu(os.getpid(), names[os.getpid()])))
                 elif who in FLOORS:
                     tput[who].append(floor_clients[who].ask("throughput", args.chunk))
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                         add_into(cpu[who][side], cpu_delta(before[side], thread_cpu(pid, names[pid])))
             for who in order:
                 if who == "limit":
-                    lat["limit"].append(limit.run(lat_frames))
+                    lat["limit"].append(limit.run(list(itertools.islice(folder_order, args.latency_chunk))))
                 elif who in FLOORS:
                     lat[who].append(floor_clients[who].ask("latency", args.latency_chunk))
                 else:
