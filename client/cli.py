@@ -11,8 +11,9 @@ latency p50/p95) to stdout, or to stderr with --json so stdout stays one JSON
 line per frame. When the daemon restarts, the stream reconnects and goes on.
 
 Exit status: 0 every frame answered (predicted or dropped); 1 the daemon refused
-the stream or stayed unreachable; 2 a usage mistake or a source that cannot be
-opened; 3 some frames failed (per-frame errors: a damaged file, a frame refused).
+the stream or stayed unreachable; 2 a usage mistake (a model the daemon does not
+serve among them) or a source that cannot be opened; 3 some frames failed
+(per-frame errors: a damaged file, a frame refused).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, TextIO
 
+import grpc
 import numpy as np
 
 from edgeinfer.client.api import DROP_POLICIES, RESIZE_MODES, EdgeClient
@@ -91,7 +93,7 @@ def _number(kind: type, low: float, high: float | None = None, *, above: bool = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="edgeclient", description=__doc__.splitlines()[0])
+    p = _Parser(prog="edgeclient", description=__doc__.splitlines()[0], epilog=_exit_statuses())
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--camera", type=_number(int, 0), metavar="INDEX", help="camera index (OpenCV VideoCapture)")
     src.add_argument(
@@ -233,9 +235,16 @@ def _line(result: FrameResult) -> str:
     return f"{head} error    {result.error_code.name if result.error_code else '?'}: {result.error}"
 
 
+def _exit_statuses() -> str:
+    """The module docstring's exit status paragraph, for --help."""
+    text = __doc__.split("Exit status:", 1)[1]
+    return "exit status: " + " ".join(text.split())
+
+
 def _quiet_libraries(level: str) -> None:
     """OpenCV's and gRPC's own log lines only with --log-level debug: a user reads ours, once."""
-    if level == "debug":
+    if level == "debug":  # OpenCV's default level, said, so that the sources do not quiet it either
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "WARNING")
         return
     os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")  # read when cv2 is imported: covers videoio's open warnings
     if "cv2" in sys.modules:
@@ -351,7 +360,8 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         status = EXIT_USAGE
     except EdgeInferError as exc:
         print(f"edgeclient: {exc.code.name}: {exc.details}", file=err)
-        status = EXIT_STREAM_FAILED
+        # A --model or --precision the daemon does not serve is the command line's mistake.
+        status = EXIT_USAGE if exc.code == grpc.StatusCode.NOT_FOUND and not summary.sent else EXIT_STREAM_FAILED
     except KeyboardInterrupt:
         pass
     finally:

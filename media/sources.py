@@ -9,6 +9,7 @@ A camera or a stream URL that stops delivering is reopened with backoff
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ def capture_frames(
     what = f"camera {source}" if is_camera else f"stream {source}" if is_url else f"video {source}"
     if reopen is None:
         reopen = is_camera or is_url
-    capture = cv2.VideoCapture(target)
+    capture = _open(cv2, target)
     if not capture.isOpened():
         raise SourceError(f"OpenCV cannot open {what}" + (" (is it connected? try another index)" if is_camera else ""))
     if fps is None and not is_camera:
@@ -96,6 +97,21 @@ def capture_frames(
         holder[0].release()
 
 
+def _open(cv2: Any, target: int | str) -> Any:
+    """``VideoCapture(target)`` with OpenCV's own log quiet while it opens: a camera or stream that is not
+    there is said once, by our SourceError, not by two of videoio's warnings first. An
+    ``OPENCV_LOG_LEVEL`` in the environment is someone's choice and wins."""
+    log = getattr(getattr(cv2, "utils", None), "logging", None)  # None: a build (or a test's fake) without it
+    if log is None or "OPENCV_LOG_LEVEL" in os.environ:
+        return cv2.VideoCapture(target)
+    before = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_SILENT)
+    try:
+        return cv2.VideoCapture(target)
+    finally:
+        log.setLogLevel(before)
+
+
 def _reopen(cv2: Any, capture: Any, target: int | str, what: str, give_up_after: float | None) -> Any:
     """Release ``capture`` and open ``target`` again with doubling waits, until it delivers a frame."""
     capture.release()
@@ -106,7 +122,7 @@ def _reopen(cv2: Any, capture: Any, target: int | str, what: str, give_up_after:
             raise SourceError(f"{what} delivered no frame for {give_up_after:g} s; gave up reopening it")
         time.sleep(wait)
         wait = min(2 * wait, most)
-        capture = cv2.VideoCapture(target)
+        capture = _open(cv2, target)
         if capture.isOpened():
             return capture
         capture.release()

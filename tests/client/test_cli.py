@@ -119,7 +119,8 @@ def test_images_folder_and_raw_encoding(target: str, tmp_path: Path) -> None:
 
 def test_unknown_model_is_reported_with_status(target: str, clip: Path) -> None:
     out = edgeclient("--server", target, "--video", str(clip), "--model", "alexnet")
-    assert out.returncode == 1
+    assert out.returncode == 2  # the command line's mistake, in one line
+    assert len(out.stderr.splitlines()) == 1, out.stderr
     assert "NOT_FOUND" in out.stderr and "alexnet" in out.stderr and "squeezenet1_0" in out.stderr
 
 

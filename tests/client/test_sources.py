@@ -28,6 +28,24 @@ def test_missing_video_and_camera_give_clear_errors(tmp_path: Path) -> None:
         list(capture_frames(99))
 
 
+def test_a_missing_camera_is_said_once_by_the_library_too(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The library, not only edgeclient: OpenCV's own open warnings stay quiet, its log level comes back."""
+    monkeypatch.delenv("OPENCV_LOG_LEVEL", raising=False)
+    log = cv2.utils.logging
+    before = log.getLogLevel()
+    log.setLogLevel(log.LOG_LEVEL_WARNING)  # what a program that never touched it has
+    try:
+        capfd.readouterr()
+        with pytest.raises(SourceError, match="cannot open camera 42"):
+            list(capture_frames(42))
+        assert log.getLogLevel() == log.LOG_LEVEL_WARNING
+    finally:
+        log.setLogLevel(before)
+    assert "WARN" not in capfd.readouterr().err
+
+
 def test_image_folder_sorted_and_filtered(tmp_path: Path) -> None:
     for i in (2, 0, 1):
         cv2.imwrite(str(tmp_path / f"img{i}.png"), synthetic_frame(i, 40, 30))
