@@ -327,7 +327,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
                 args.model,
                 precision=args.precision,
                 timeout=args.wait,
-                on_wait=lambda e: say(f"waiting for {args.server} ... ({e.code.name}: {e.details})"),
+                on_wait=lambda e: say(f"waiting for {args.server} ... ({e.reason})"),
             )
             _warn_random_weights(info, err)
             summary.started = time.perf_counter()

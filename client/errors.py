@@ -8,9 +8,15 @@ error the sources raise), so either ``except`` catches it.
 
 from __future__ import annotations
 
+import re
+import urllib.parse
+
 import grpc
 
 from edgeinfer.media.sources import SourceError as MediaSourceError
+
+# gRPC's "... ipv4:127.0.0.1:50051: Failed to connect to remote host: Connection refused" (address unquoted)
+_REFUSED = re.compile(r"(?:ipv[46]:|unix:)?(\S+?): Failed to connect to remote host: Connection refused")
 
 __all__ = ["EdgeInferError", "SourceError", "as_client_error"]
 
@@ -27,6 +33,18 @@ class EdgeInferError(Exception):
         self.code = code
         self.details = details
         self.handshake = handshake
+
+    @property
+    def reason(self) -> str:
+        """``code: details`` in a line a person reads: gRPC's "connections to all backends failing; last
+        error: ... ipv6:%5B::1%5D:50051: Failed to connect to remote host: Connection refused" says
+        "UNAVAILABLE: connection refused by [::1]:50051"."""
+        details = urllib.parse.unquote(self.details)
+        if self.code == grpc.StatusCode.UNAVAILABLE:
+            found = _REFUSED.search(details)
+            if found:
+                return f"{self.code.name}: connection refused by {found.group(1)}"
+        return f"{self.code.name}: {details}"
 
     @classmethod
     def from_rpc_error(cls, exc: grpc.RpcError) -> EdgeInferError:

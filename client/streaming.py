@@ -294,7 +294,7 @@ class ResultStream(Iterator[FrameResult]):
                                 f"connection to {self._target} lost ({error.code.name}: {error.details}); reconnecting"
                             )
                         else:
-                            self._status(f"waiting for {self._target} ... ({error.code.name}: {error.details})")
+                            self._status(f"waiting for {self._target} ... ({error.reason})")
                     wait = yield from self._wait_for_daemon(outage_since, wait, deadline)
                     continue
                 except EdgeInferError as error:  # from GetModel
@@ -304,7 +304,7 @@ class ResultStream(Iterator[FrameResult]):
                         outage_since = time.monotonic()
                         if connected_once:
                             self.reconnects += 1
-                        self._status(f"waiting for {self._target} ... ({error.code.name}: {error.details})")
+                        self._status(f"waiting for {self._target} ... ({error.reason})")
                     wait = yield from self._wait_for_daemon(outage_since, wait, deadline)
                     continue
                 # The call ended well: every frame sent got its answer.

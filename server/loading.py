@@ -239,7 +239,7 @@ def load_model(
         scheduler = BatchScheduler(
             built.runner, max_batch=most, max_wait_ms=max_wait_ms, batch_sizes=sizes, name=label, thread=thread
         )
-        log.info(
+        log.debug(  # edgeserver prints its own line for each model: one is enough in its log
             "loaded %s on %s (weights %s; batch sizes %s; preprocessing on the %s thread%s)",
             label,
             device,

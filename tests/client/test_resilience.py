@@ -222,6 +222,7 @@ def test_edgeclient_says_at_once_that_it_waits_and_prints_no_summary(port: int, 
     lines = out.stderr.splitlines()
     assert out.returncode == 1
     assert lines[0].startswith(f"edgeclient: waiting for 127.0.0.1:{port} ...")
+    assert lines[0].endswith(f"(UNAVAILABLE: connection refused by 127.0.0.1:{port})"), lines[0]  # not gRPC's raw text
     assert lines[-1].startswith("edgeclient: UNAVAILABLE: the daemon at") and "not ready within 1 s" in lines[-1]
     assert "summary:" not in out.stdout + out.stderr  # nothing was sent
 
