@@ -151,7 +151,6 @@ class ResultStream(Iterator[FrameResult]):
         self._options = options
         self._hand = _Hand()
         self._inflight: collections.OrderedDict[int, _Entry] = collections.OrderedDict()
-        self._sent = 0  # of those, the frames that went out (not the ones answered here)
         self._room = threading.Condition(self._hand.lock)  # a frame was answered: room for the next
         # The pump holds the hand-over, not this object: a stream dropped unfinished is collected,
         # and its generator's cleanup stops the pump and closes the source.
@@ -187,7 +186,7 @@ class ResultStream(Iterator[FrameResult]):
             while True:
                 with self._hand.lock:
                     while not call.done:
-                        if not self._options.drop_latest and self._sent >= MAX_IN_FLIGHT:
+                        if not self._options.drop_latest and self._sent() >= MAX_IN_FLIGHT:
                             self._room.wait(_POLL_S)
                         elif self._hand.pending or self._hand.ended:
                             break
@@ -198,15 +197,13 @@ class ResultStream(Iterator[FrameResult]):
                     frame = self._hand.pending.popleft()
                     self._hand.lock.notify_all()
                     entry = self._inflight[frame.sequence] = _Entry(frame)  # type: ignore[index]
-                    self._sent += 1
                 # Latency counts from here: shrinking and encoding are part of it.
                 entry.sent_at = time.perf_counter()
                 try:
                     prepare(frame, fit, need_pixels=need_pixels)
                 except MediaSourceError as exc:  # an unreadable or damaged file: its own answer, never sent
-                    with self._hand.lock:
+                    with self._hand.lock:  # no longer counts as out (_sent)
                         entry.error = str(exc)
-                        self._sent -= 1
                     continue
                 request = pb.StreamRequest()  # filled in place: see Encoder.write
                 request.frame.sequence = frame.sequence
@@ -217,6 +214,10 @@ class ResultStream(Iterator[FrameResult]):
         except Exception as exc:  # gRPC would swallow it and report CANCELLED
             call.failure.append(exc)
             raise
+
+    def _sent(self) -> int:
+        """Frames in flight that went out (not the ones answered here); the hand-over's lock held."""
+        return sum(1 for entry in self._inflight.values() if entry.error is None)
 
     def _take_answered_before(self, sequence: int | None) -> list[FrameResult]:
         """Frames answered here (prepare failed) that come before ``sequence`` (None: all that are left)."""
@@ -269,7 +270,6 @@ class ResultStream(Iterator[FrameResult]):
                             with self._hand.lock:
                                 entry = self._inflight.pop(response.sequence, None)
                                 if entry is not None and entry.error is None:
-                                    self._sent -= 1
                                     self._room.notify()
                             latency = None
                             if entry is not None and entry.sent_at is not None:
@@ -340,7 +340,6 @@ class ResultStream(Iterator[FrameResult]):
             call.done = True
             lost = list(self._inflight.values())
             self._inflight.clear()
-            self._sent = 0
             self._room.notify_all()
         why = "lost" if connected else "not reachable"
         for entry in lost:
