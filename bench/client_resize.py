@@ -73,9 +73,10 @@ def frames_at(size: tuple[int, int], count: int, seed: int | None = None) -> lis
     """
     w, h = size
     rng = None if seed is None else np.random.default_rng(seed)
+    images = photos()  # decoded once, not once per crop
     out = []
     for i in range(count):
-        photo = photos()[i % 2]
+        photo = images[i % 2]
         if rng is None:
             zoom, fy, fx = (1.0, 1.15, 1.3, 1.5)[(i // 2) % 4], ((i // 2) % 3) / 2, ((i // 2 + 1) % 3) / 2
         else:
