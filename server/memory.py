@@ -9,8 +9,9 @@ arenas and 9% over it with four; over a
 10-minute soak beside hostile clients (bench/soak.py) it ended 17% over its start
 with glibc's arenas and 4% under it with four. malloc_trim after streams end
 returns what a free left whole. The price of fewer arenas: the model's own
-allocations contend for them; int8 SqueezeNet served ~4% fewer frames per second
-(bench/results/frame_cost.md), which ``edgeserver --malloc-arenas 0`` buys back.
+allocations contend for them; int8 SqueezeNet served 0-7% fewer frames per second
+over several A/B runs (bench/results/frame_cost.md), which ``edgeserver
+--malloc-arenas 0`` buys back.
 """
 
 from __future__ import annotations
