@@ -56,6 +56,9 @@ def _progress(desc: str, total: int) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edgeinfer.server.cli_support import QUANT_MODULES, require_extra
+
+    require_extra("edgequant", "quant", QUANT_MODULES)  # a client-only install: one line naming the extra
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 

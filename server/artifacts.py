@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import platform
 import warnings
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ import torch
 from edgeinfer.server.errors import WeightsUnavailable
 from edgeinfer.server.registry import ModelSpec, Preprocessing
 from edgeinfer.server.runner import ModelRunner
+from edgeinfer.server.startup_checks import SidecarError, read_checked_sidecar
 
 __all__ = [
     "FORMAT_VERSION",
@@ -138,8 +138,13 @@ def read_model_file(folder: Path, meta: dict[str, Any], repository: Path) -> tup
     return real, data
 
 
-def read_sidecar(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / SIDECAR).read_text())
+def read_sidecar(folder: Path, *, repository: Path | None = None, model: str = "") -> dict[str, Any]:
+    """The sidecar, once it holds what the daemon reads (server/startup_checks.py); else one line, as
+    WeightsUnavailable: a sidecar that is not JSON, lacks a key or names an unknown flow."""
+    try:
+        return read_checked_sidecar(folder, repository=repository, model=model)
+    except SidecarError as exc:
+        raise WeightsUnavailable(str(exc)) from None
 
 
 def _minor(version: str) -> str:
@@ -158,7 +163,7 @@ def load_int8_runner(
             f"no int8 artifact for {spec.name} ({engine} engine) in {repository}: looked for {folder / SIDECAR}. "
             f"Make one with: {how}"
         )
-    meta = read_sidecar(folder)
+    meta = read_sidecar(folder, repository=repository, model=spec.name)
     if meta.get("format_version") != FORMAT_VERSION:
         raise WeightsUnavailable(f"{folder} has artifact format {meta.get('format_version')}; re-run {how}")
     if meta["engine"] != engine:
