@@ -196,8 +196,8 @@ class Credentials:
             return grpc.secure_channel(target, creds, options=options)
         if not self.insecure:
             raise ValueError(
-                f"a token would travel in plaintext to {target}: give tls_ca (--tls-ca) for a TLS daemon, "
-                f"or insecure=True (--insecure) for one started with --insecure"
+                f"a token would travel in plaintext to {target}: give --tls-ca (tls_ca) for a TLS daemon, "
+                f"or --insecure (insecure=True) for one started with --insecure"
             )
         channel = grpc.insecure_channel(target, options=options)
         return grpc.intercept_channel(channel, _TokenInterceptor(self._token))
@@ -230,14 +230,14 @@ def describe_handshake_failure(details: str, creds: Credentials, target: str) ->
         host = _host(target)
         return f"{where}: the daemon's certificate does not name {host!r} (connect by a name it lists)"
     if creds.tls and ("WRONG_VERSION_NUMBER" in text or "PACKET_LENGTH_TOO_LONG" in text):
-        return f"{where}: the daemon does not speak TLS (started without --tls-cert); connect without tls_ca"
+        return f"{where}: the daemon does not speak TLS (started without --tls-cert); connect without --tls-ca (tls_ca)"
     if reason := _OPENSSL_REASON.search(text):
         return f"{where}: {reason[1]}{f' ({reason[2].strip()})' if reason[2] else ''}"
     if "Socket closed" in text or "Connection reset" in text:
         if creds.tls and not creds.client_certificate:
             return (
                 f"{where}: the daemon closed the connection; it wants a client certificate "
-                f"(tls_cert/tls_key, --tls-cert/--tls-key) signed by its --tls-client-ca"
+                f"(--tls-cert/--tls-key, tls_cert/tls_key) signed by its --tls-client-ca"
             )
         if creds.tls:
             return (
@@ -246,6 +246,6 @@ def describe_handshake_failure(details: str, creds: Credentials, target: str) ->
             )
         return (
             f"{target} closed the connection at once: it may serve TLS only "
-            f"(give tls_ca, --tls-ca, with the CA that signed its certificate)"
+            f"(give --tls-ca, tls_ca, with the CA that signed its certificate)"
         )
     return None

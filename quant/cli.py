@@ -3,6 +3,7 @@
     edgequant --model squeezenet --calib clip.mp4 --out model-repo/
     edgequant --model resnet50 --calib photos/ --eval imagenet/val --out model-repo/
     edgequant --model squeezenet --calib synthetic --weights random --seed 0 --out model-repo/
+    edgequant --model squeezenet --calib photos/ --format onnx --out model-repo/   # for a board (no torch there)
 
 Prints a fidelity table per model and writes it into the artifact's sidecar.
 """
@@ -34,6 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--flow", choices=["auto", "fx", "pt2e"], default="auto", help="default: the measured best per model"
     )
+    p.add_argument(
+        "--format",
+        choices=["torchscript", "onnx", "onnx-fp32"],
+        default="torchscript",
+        help="torchscript: int8 for the torch runtime (default); onnx: int8 QDQ for ONNX Runtime, what a board "
+        "serves without torch; onnx-fp32: fp32 ONNX",
+    )
+    p.add_argument(
+        "--fp32-layers",
+        default="",
+        metavar="A,B",
+        help="with --format onnx: conv/linear layers (module names) to keep in fp32",
+    )
     p.add_argument("--frames", type=int, default=64, help="frames sampled from --calib; 1/4 held out (default: 64)")
     p.add_argument("--eval", type=Path, default=None, metavar="DIR", help="ImageFolder for real top-1/top-5")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate at most this many images")
@@ -59,7 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     from edgeinfer.server.cli_support import QUANT_MODULES, require_extra
 
     require_extra("edgequant", "quant", QUANT_MODULES)  # a client-only install: one line naming the extra
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    fp32_layers = [name.strip() for name in args.fp32_layers.split(",") if name.strip()]
+    if fp32_layers and args.format != "onnx":
+        parser.error("--fp32-layers applies to --format onnx (int8 ONNX) only")
+    if args.format != "torchscript" and (args.flow != "auto" or args.engine or args.eval):
+        parser.error("--flow, --engine and --eval apply to --format torchscript only")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
     import torch
@@ -73,20 +93,36 @@ def main(argv: list[str] | None = None) -> int:
     weights = WeightsSource.parse(args.weights, seed=args.seed)
     for name in args.model:
         try:
-            artifact = quantize(
-                name,
-                calib=args.calib,
-                out=args.out,
-                weights=weights,
-                engine=args.engine,
-                flow=None if args.flow == "auto" else args.flow,
-                frames=args.frames,
-                eval_dir=args.eval,
-                eval_limit=args.eval_limit,
-                inception_transform=args.inception_transform,
-                latency_iterations=args.latency_iterations,
-                progress=_progress,
-            )
+            if args.format != "torchscript":
+                from edgeinfer.quant.onnx_export import make_onnx_artifact
+
+                artifact = make_onnx_artifact(
+                    name,
+                    calib=args.calib,
+                    out=args.out,
+                    weights=weights,
+                    precision="fp32" if args.format == "onnx-fp32" else "int8",
+                    fp32_layers=fp32_layers,
+                    frames=args.frames,
+                    inception_transform=args.inception_transform,
+                    latency_iterations=args.latency_iterations,
+                    progress=_progress,
+                )
+            else:
+                artifact = quantize(
+                    name,
+                    calib=args.calib,
+                    out=args.out,
+                    weights=weights,
+                    engine=args.engine,
+                    flow=None if args.flow == "auto" else args.flow,
+                    frames=args.frames,
+                    eval_dir=args.eval,
+                    eval_limit=args.eval_limit,
+                    inception_transform=args.inception_transform,
+                    latency_iterations=args.latency_iterations,
+                    progress=_progress,
+                )
         except EdgeInferError as exc:
             print(f"edgequant: {name}: {exc.details}", file=sys.stderr)
             return 2
@@ -94,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"edgequant: {name}: {exc}", file=sys.stderr)
             return 2
         meta = artifact.meta
-        title = f"{meta['model']} int8 ({meta['flow']}, {meta['engine']}) -> {artifact.folder}"
+        how = meta.get("runtime", "") if meta.get("format") == "onnx" else meta.get("engine", "")
+        title = f"{meta['model']} {meta['precision']} ({meta.get('format', 'torchscript')}, {meta['flow']}, {how})"
+        title += f" -> {artifact.folder}"
         print(artifact.report.table(title), flush=True)
         print(flush=True)
         if args.json:

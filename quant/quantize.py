@@ -153,6 +153,8 @@ def quantize(
         "model": spec.name,
         "architecture": spec.build.__name__.lstrip("_"),
         "precision": "int8",
+        "format": "torchscript" if flow == "fx" else "aoti",
+        "runtime": "torch",
         "flow": flow,
         "engine": engine,
         "torch": torch.__version__,

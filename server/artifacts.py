@@ -8,6 +8,8 @@ Layout (one folder per model and engine, Triton-like)::
     REPO/squeezenet1_0/int8-x86/model.pt          frozen TorchScript (fx flow)
                                 model.pt2         AOTInductor package (pt2e flow)
                                 edgeinfer.json    the sidecar: how it was made, fidelity
+    REPO/squeezenet1_0/onnx-int8/model.onnx       ONNX, QDQ int8 (served by ONNX Runtime, no torch)
+                       onnx-fp32/model.onnx       ONNX, fp32
 
 The artifact loads without torchvision's model code. It refuses to load under
 a different quantized engine or another torch minor release than it was made
@@ -30,23 +32,25 @@ import platform
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from edgeinfer.server.errors import WeightsUnavailable
-from edgeinfer.server.registry import ModelSpec, Preprocessing
-from edgeinfer.server.runner import ModelRunner
 from edgeinfer.server.startup_checks import SidecarError, read_checked_sidecar
+
+if TYPE_CHECKING:  # the torch side, imported where a torch artifact is loaded: ONNX serving never imports torch
+    from edgeinfer.server.registry import ModelSpec, Preprocessing
+    from edgeinfer.server.runner import ModelRunner
 
 __all__ = [
     "FORMAT_VERSION",
     "MODEL_FILES",
+    "ONNX_FILE",
     "SIDECAR",
     "artifact_dir",
     "default_engine",
     "file_sha256",
     "load_int8_runner",
+    "onnx_artifact_dir",
     "quiet_deprecations",
     "read_model_file",
     "read_sidecar",
@@ -55,10 +59,16 @@ __all__ = [
 FORMAT_VERSION = 1
 SIDECAR = "edgeinfer.json"
 MODEL_FILES = {"fx": "model.pt", "pt2e": "model.pt2"}
+ONNX_FILE = "model.onnx"
 
 
 def artifact_dir(repository: Path, model: str, engine: str) -> Path:
     return Path(repository) / model / f"int8-{engine}"
+
+
+def onnx_artifact_dir(repository: Path, model: str, precision: str) -> Path:
+    """Where an ONNX artifact of ``precision`` (int8 or fp32) lives: one file for every CPU architecture."""
+    return Path(repository) / model / f"onnx-{precision}"
 
 
 def default_engine() -> str:
@@ -154,6 +164,11 @@ def _minor(version: str) -> str:
 def load_int8_runner(
     spec: ModelSpec, repository: Path | None, *, engine: str | None = None
 ) -> tuple[ModelRunner, Preprocessing, dict[str, Any]]:
+    import torch
+
+    from edgeinfer.server.registry import Preprocessing
+    from edgeinfer.server.runner import ModelRunner
+
     engine = engine or default_engine()
     repository = Path(repository or "model-repo")
     folder = artifact_dir(repository, spec.name, engine)

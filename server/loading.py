@@ -313,7 +313,10 @@ class ModelTable:
             if m.precision == precision:
                 return m
         have = ", ".join(m.precision for m in loaded)
-        raise ModelNotFound(f"{spec.name} is served in {have}, not {precision}")
+        raise ModelNotFound(
+            f"{spec.name} is served in {have}, not {precision}: ask for --precision {loaded[0].precision}, "
+            f"or start edgeserver with --model {spec.name}:{precision}"
+        )
 
     def stop(self) -> None:
         for m in self.all():

@@ -18,11 +18,13 @@ Linux only (``/dev/shm``), which is what the robot boards run.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import re
 import stat
 import weakref
 from pathlib import Path
+from urllib.parse import unquote
 
 from edgeinfer.server.errors import InvalidFrame, InvalidRequest, LimitExceeded, NotLocal, SharedMemoryNotFound
 from edgeinfer.server.preprocess import RawImage
@@ -32,12 +34,27 @@ __all__ = ["SHM_ROOT", "SharedMemoryRegion", "check_local", "is_local_peer", "pe
 SHM_ROOT = Path("/dev/shm")
 # What shm_open accepts as one object name (a leading "/" and no other): no paths, no "..".
 _KEY = re.compile(r"/?[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
-_LOCAL_PEERS = ("unix:", "ipv4:127.", "ipv6:[::1]", "ipv6:[::ffff:127.")
 
 
 def is_local_peer(peer: str) -> bool:
-    """True when a gRPC peer string (``context.peer()``) is on this host: a Unix socket or loopback."""
-    return peer.startswith(_LOCAL_PEERS)
+    """True when a gRPC peer string (``context.peer()``) is on this host: a Unix socket or loopback.
+
+    Decided from the parsed address, not the string's spelling: grpcio 1.85 percent-encodes
+    an IPv6 peer (``ipv6:%5B::1%5D:54142``), earlier ones did not (``ipv6:[::1]:54142``).
+    """
+    kind, _, rest = unquote(peer).partition(":")
+    if kind == "unix":
+        return True
+    if kind not in ("ipv4", "ipv6"):
+        return False
+    host = rest.rpartition(":")[0].removeprefix("[").removesuffix("]").partition("%")[0]  # no port, no zone
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 class SharedMemoryRegion:
@@ -190,5 +207,5 @@ def check_local(peer: str) -> None:
     if not is_local_peer(peer):
         raise NotLocal(
             f"shared-memory frames need a client on the daemon's host (a unix: target or loopback); "
-            f"this stream comes from {peer}: send image.jpeg or image.raw instead"
+            f"this stream comes from {peer}: send JPEG or raw frames instead (edgeclient --encoding jpeg or raw)"
         )

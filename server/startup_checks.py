@@ -75,9 +75,11 @@ def check_startup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         if precision == Precision.INT8 and cuda:
             parser.error(f"argument --model: {name} in int8: int8 runs on the CPU only; on CUDA serve fp16")
         needs_weights |= precision != Precision.INT8
-        if precision == Precision.INT8:
+        folder = _artifact_dir(args.repository, name)
+        onnx = Path(args.repository) / name / "onnx-int8" / SIDECAR  # server/artifacts.py's onnx_artifact_dir
+        if precision == Precision.INT8 and ((folder / SIDECAR).exists() or not onnx.exists()):
             try:
-                read_checked_sidecar(_artifact_dir(args.repository, name), repository=args.repository, model=name)
+                read_checked_sidecar(folder, repository=args.repository, model=name)
             except SidecarError as exc:
                 parser.error(str(exc))
     named = args.weights not in (WeightsKind.IMAGENET, WeightsKind.RANDOM)

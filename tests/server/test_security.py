@@ -307,7 +307,7 @@ def test_wrong_ca_is_one_line_naming_it(tls_daemon: Daemon, pki: Pki) -> None:
 
 def test_plaintext_client_of_a_tls_daemon_is_told_to_use_tls(tls_daemon: Daemon) -> None:
     error = _refusal(_target(tls_daemon))
-    assert error.handshake and "it may serve TLS only (give tls_ca" in error.details
+    assert error.handshake and "it may serve TLS only (give --tls-ca" in error.details
 
 
 def test_expired_server_certificate_is_refused(pki: Pki) -> None:
@@ -508,7 +508,7 @@ def test_token_file_is_re_read_on_sighup(tmp_path: Path, caplog: pytest.LogCaptu
 
 
 def test_a_token_is_not_sent_in_plaintext_off_this_host() -> None:
-    with pytest.raises(ValueError, match=r"a token would travel in plaintext to 192\.0\.2\.7:50051: give tls_ca"):
+    with pytest.raises(ValueError, match=r"a token would travel in plaintext to 192\.0\.2\.7:50051: give --tls-ca"):
         EdgeClient("192.0.2.7:50051", token=TOKEN)
     EdgeClient("192.0.2.7:50051", token=TOKEN, insecure=True).close()  # said so: an interceptor adds it
 

@@ -125,7 +125,11 @@ def test_other_streams_keep_serving_while_one_sends_garbage(client: EdgeClient, 
     [
         ({"model": "alexnet"}, grpc.StatusCode.NOT_FOUND, "unknown model 'alexnet'"),
         ({"model": "resnet50"}, grpc.StatusCode.NOT_FOUND, "start edgeserver with --model resnet50"),
-        ({"model": "squeezenet", "precision": "int8"}, grpc.StatusCode.NOT_FOUND, "served in fp32, not int8"),
+        (
+            {"model": "squeezenet", "precision": "int8"},
+            grpc.StatusCode.NOT_FOUND,
+            "served in fp32, not int8: ask for --precision fp32",
+        ),
         ({"top_k": 0}, grpc.StatusCode.INVALID_ARGUMENT, "top_k must be between 1 and 1000"),
         ({"top_k": 1001}, grpc.StatusCode.INVALID_ARGUMENT, "top_k must be between 1 and 1000"),
     ],

@@ -19,7 +19,8 @@ from edgeinfer.server.errors import NotLocal
 from edgeinfer.server.loading import ModelTable
 from edgeinfer.server.servicer import EdgeInferenceServicer
 from edgeinfer.server.shm import SHM_ROOT, is_local_peer
-from helpers import jpeg, synthetic_frame
+from fakes import SlowRunner, fake_model
+from helpers import MakeDaemon, jpeg, synthetic_frame
 
 FRAMES = [synthetic_frame(i, 96, 128) for i in (1, 2, 3, 4, 5)]
 
@@ -194,10 +195,18 @@ def test_shared_memory_frames_need_a_region(client: EdgeClient) -> None:
         ("unix:/run/edgeinfer.sock", True),
         ("unix:", True),
         ("ipv4:127.0.0.1:50412", True),
+        ("ipv4:127.3.4.5:50412", True),
         ("ipv6:[::1]:50412", True),
+        ("ipv6:%5B::1%5D:54142", True),  # grpcio 1.85 percent-encodes the brackets
+        ("ipv6:%5B::ffff:127.0.0.1%5D:54142", True),
         ("ipv4:10.0.0.7:50412", False),
         ("ipv6:[2001:db8::7]:50412", False),
+        ("ipv6:%5B2001:db8::7%5D:50412", False),
+        ("ipv6:%5B::ffff:10.0.0.7%5D:50412", False),
         ("ipv4:128.0.0.1:50412", False),
+        ("ipv4:127.0.0.1.evil.example:50412", False),
+        ("dns:localhost:50412", False),
+        ("", False),
     ],
 )
 def test_only_same_host_peers_may_use_shared_memory(peer: str, local: bool) -> None:
@@ -207,6 +216,17 @@ def test_only_same_host_peers_may_use_shared_memory(peer: str, local: bool) -> N
     if not local:
         with pytest.raises(NotLocal, match="need a client on the daemon's host"):
             servicer._shared_memory(config, peer)
+
+
+@pytest.mark.parametrize("host", ["[::1]", "localhost"])
+def test_shared_memory_over_a_real_loopback_connection(make_daemon: MakeDaemon, host: str, pools: list) -> None:
+    """What a user types: the default ``localhost`` (often ::1) and IPv6 loopback, not only 127.0.0.1."""
+    daemon = make_daemon(fake_model(SlowRunner()), addresses=(f"{host}:0",))
+    with EdgeClient(f"{host}:{daemon.port}", timeout=30) as c:
+        results = list(c.stream(FRAMES, top_k=1, drop_policy="all", encoding="shm"))
+    assert [r.kind for r in results] == ["prediction"] * len(FRAMES)
+    [pool] = pools
+    assert (pool.sent_shared, pool.sent_inline) == (len(FRAMES), 0)
 
 
 def test_a_daemon_can_turn_shared_memory_off() -> None:
