@@ -79,6 +79,9 @@ def _progress(desc: str, total: int) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edgeinfer.server.cli_support import QUANT_MODULES, require_extra
+
+    require_extra("edgequant", "quant", QUANT_MODULES)  # a client-only install: one line naming the extra
     parser = build_parser()
     args = parser.parse_args(argv)
     fp32_layers = [name.strip() for name in args.fp32_layers.split(",") if name.strip()]
