@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from edgeinfer.quant.sources import check_source
+from edgeinfer.server.model_names import UnknownModel, canonical_name
 
 __all__ = ["build_parser", "main"]
 
@@ -90,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.format != "torchscript" and (args.flow != "auto" or args.engine or args.eval):
         parser.error("--flow, --engine and --eval apply to --format torchscript only")
     # Before torch loads (seconds): a mistake in the command line is one line at once.
+    for name in args.model:
+        try:
+            canonical_name(name)
+        except UnknownModel as exc:
+            parser.error(f"argument --model: {exc}")
     try:
         check_source(args.calib)
     except ValueError as exc:

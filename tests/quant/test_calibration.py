@@ -88,15 +88,13 @@ def test_a_calibration_folder_fails_only_when_too_few_frames_remain(tmp_path: Pa
         load_frames(_folder(tmp_path, good=3), _preprocessor(), count=64)  # type: ignore[arg-type]
 
 
-def _edgequant(*args: str) -> tuple[int, str, float]:
+def _edgequant(*args: str) -> tuple[int, str]:
     import subprocess
     import sys
-    import time
 
     exe = str(Path(sys.executable).with_name("edgequant"))
-    started = time.perf_counter()
     out = subprocess.run([exe, *args], capture_output=True, text=True, timeout=120)
-    return out.returncode, out.stderr, time.perf_counter() - started
+    return out.returncode, out.stderr
 
 
 @pytest.mark.parametrize(
@@ -111,8 +109,17 @@ def _edgequant(*args: str) -> tuple[int, str, float]:
     ],
 )
 def test_edgequant_refuses_a_wrong_calib_in_one_line(calib: str, message: str) -> None:
-    code, err, _ = _edgequant("--model", "squeezenet", "--calib", calib)
+    code, err = _edgequant("--model", "squeezenet", "--calib", calib)
     assert code == 2 and err.splitlines() == [f"edgequant: error: {message} (see edgequant --help)"]
+
+
+def test_edgequant_refuses_an_unknown_model_in_one_line() -> None:
+    code, err = _edgequant("--model", "squeezenet", "--model", "mobilenet", "--calib", "synthetic")
+    assert code == 2
+    assert err.splitlines() == [
+        "edgequant: error: argument --model: unknown model 'mobilenet'; known models: inception_v3 (inception, "
+        "inceptionv3), resnet50, squeezenet1_0 (squeezenet), squeezenet1_1, vgg16 (see edgequant --help)"
+    ]
 
 
 def test_edgequant_checks_its_arguments_before_importing_torch() -> None:
@@ -123,8 +130,9 @@ def test_edgequant_checks_its_arguments_before_importing_torch() -> None:
     code = (
         "import sys\n"
         "from edgeinfer.quant.cli import main\n"
-        "try:\n    main(['--model', 'squeezenet', '--calib', 'nope.mp4'])\n"
-        "except SystemExit as exc:\n    print(exc.code, 'torch' in sys.modules)\n"
+        "for argv in (['--model', 'squeezenet', '--calib', 'nope.mp4'], ['--model', 'mobilenet', '--calib', '.']):\n"
+        "    try:\n        main(argv)\n"
+        "    except SystemExit as exc:\n        print(exc.code, 'torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.stdout.split() == ["2", "False"], out.stderr
+    assert out.stdout.split() == ["2", "False", "2", "False"], out.stderr
