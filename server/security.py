@@ -331,14 +331,24 @@ class BearerTokenInterceptor(ServerInterceptor):
         self._unlogged = 0
 
     def intercept(self, method: Callable, request_or_iterator: Any, context: grpc.ServicerContext, method_name: str):
-        service = method_name.lstrip("/").split("/", 1)[0]
-        if service not in self.exempt:
-            peer = context.peer()
-            problem = self.problem(context.invocation_metadata() or (), peer)
-            if problem is not None:
-                self._refused(method_name, peer, problem)
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+        problem = self.refusal(method_name, context.invocation_metadata() or (), context.peer())
+        if problem is not None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
         return method(request_or_iterator, context)
+
+    def refusal(self, method_name: str, metadata: Iterable[Any], peer: str) -> str | None:
+        """Why a call to ``method_name`` is refused (logged and counted here), or None when it may go on.
+
+        The daemon's event loop calls this from its front door (server/front_door.py) before the
+        call reads anything: a refused call costs a status and nothing else.
+        """
+        service = method_name.lstrip("/").split("/", 1)[0]
+        if service in self.exempt:
+            return None
+        problem = self.problem(metadata, peer)
+        if problem is not None:
+            self._refused(method_name, peer, problem)
+        return problem
 
     def problem(self, metadata: Iterable[Any], peer: str) -> str | None:
         """Why a call from ``peer`` with ``metadata`` is refused, or None; counts its wrong tokens (TokenGate)."""

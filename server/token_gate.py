@@ -32,6 +32,7 @@ from edgeinfer.server.peers import Endpoint, parse_peer, tcp_peer_uid
 __all__ = ["MIN_TOKEN_BITS", "TokenGate", "token_bits", "token_strength_problem"]
 
 MIN_TOKEN_BITS = 128
+UID_CACHE_S = 5.0  # a connection end's uid is looked up again after this long (its port may be reused)
 _HEX = frozenset("0123456789abcdef")
 _ALPHABETS: tuple[tuple[int, Callable[[str], bool]], ...] = (
     (10, str.isdigit),
@@ -91,6 +92,7 @@ class TokenGate:
         self._uid_of = uid_of
         self._lock = threading.Lock()
         self._records: OrderedDict[Any, _Record] = OrderedDict()
+        self._uids: OrderedDict[Endpoint, tuple[int | None, float]] = OrderedDict()
         self._hosts: dict[Any, int] = {}  # host -> records under it: most calls' peers have none, and skip the uid
 
     @staticmethod
@@ -106,8 +108,24 @@ class TokenGate:
         host = self._host(peer)
         where = parse_peer(peer)
         if isinstance(where, Endpoint) and where.ip.is_loopback:
-            return (host, self._uid_of(where))
+            return (host, self._uid(where))
         return (host,)
+
+    def _uid(self, where: Endpoint) -> int | None:
+        """The loopback peer's uid, kept UID_CACHE_S per connection end: the front door may ask on every call,
+        and reading the kernel's tables costs more than a call's other checks together."""
+        now = self._clock()
+        with self._lock:
+            cached = self._uids.get(where)
+            if cached is not None and cached[1] > now:
+                return cached[0]
+        uid = self._uid_of(where)
+        with self._lock:
+            self._uids[where] = (uid, now + UID_CACHE_S)
+            self._uids.move_to_end(where)
+            while len(self._uids) > 4096:
+                self._uids.popitem(last=False)
+        return uid
 
     def retry_after(self, peer: str) -> float:
         """Seconds ``peer`` must still wait before its token is looked at; 0 when it may try now."""
