@@ -22,7 +22,6 @@ import time
 from edgeinfer.server.cli_args import (
     Exposure,
     build_parser,
-    check_startup,
     exposure,
     listen_error,
     model_args,
@@ -34,6 +33,7 @@ from edgeinfer.server.security import (
     SecurityConfigError,
     tcp_address,
 )
+from edgeinfer.server.startup_checks import check_startup
 
 __all__ = ["Exposure", "build_parser", "exposure", "main"]
 

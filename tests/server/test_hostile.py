@@ -7,6 +7,7 @@ The last tests fuzz the request messages (hypothesis) for a fixed budget.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -30,7 +31,7 @@ from edgeinfer.client import EdgeClient
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 from edgeinfer.server import Daemon, WeightsSource, load_model
-from edgeinfer.server.app import MESSAGE_OVERHEAD
+from edgeinfer.server.app import MESSAGE_OVERHEAD, OVERSIZE_READ
 from edgeinfer.server.shm import SHM_ROOT
 from helpers import SMALL_FRAME_LIMIT, jpeg, synthetic_frame
 
@@ -214,8 +215,8 @@ def test_max_frame_bytes_holds_before_queueing_for_every_policy(
     big = pb.Image(jpeg=b"\xff\xd8" + bytes(SMALL_FRAME_LIMIT + 1))
     images = [pb.Image(jpeg=GOOD) if i % 2 == 0 else big for i in range(12)]
     answers = list(stub.StreamClassify(iter([_config(policy), *(_frame(i, im) for i, im in enumerate(images))])))
-    # A message far over the limit ends its own stream at gRPC's limit, just above --max-frame-bytes.
-    too_big = pb.Image(jpeg=b"\xff\xd8" + bytes(SMALL_FRAME_LIMIT + MESSAGE_OVERHEAD))
+    # A message far over the limit ends its own stream at gRPC's limit, twice --max-frame-bytes.
+    too_big = pb.Image(jpeg=b"\xff\xd8" + bytes(OVERSIZE_READ * SMALL_FRAME_LIMIT + MESSAGE_OVERHEAD))
     with pytest.raises(grpc.RpcError) as ended:
         list(stub.StreamClassify(iter([_config(policy), _frame(0, too_big)]), timeout=30))
     normal.keeps_answering()
@@ -393,13 +394,13 @@ def test_a_stream_stuck_in_a_send_is_cancelled_after_its_idle_error() -> None:
     from edgeinfer.server.stream_guard import StreamGuard
 
     class Context:
-        cancelled = threading.Event()
+        aborted: list = []
 
         def peer(self) -> str:
             return "ipv4:127.0.0.1:1"
 
-        def cancel(self) -> None:
-            self.cancelled.set()
+        async def abort(self, code: grpc.StatusCode, details: str) -> None:
+            self.aborted.append(code)
 
     class Session:
         failed: list = []
@@ -411,14 +412,22 @@ def test_a_stream_stuck_in_a_send_is_cancelled_after_its_idle_error() -> None:
         def abort(self) -> None:
             self.aborted = True
 
-    guard = StreamGuard(max_streams=1, idle_timeout=0.2)
-    context, session = Context(), Session()
-    stream = guard.admit(context)  # type: ignore[arg-type]
-    stream.session = session  # type: ignore[assignment]
-    try:
-        assert context.cancelled.wait(10)  # its error could not be sent: cancelled, the thread is free
-    finally:
-        guard.stop()
+    async def stuck_handler() -> tuple[StreamGuard, Session, bool]:
+        guard = StreamGuard(max_streams=1, idle_timeout=0.2)
+        session = Session()
+        stream = guard.admit(context)  # type: ignore[arg-type]
+        stream.session = session  # type: ignore[assignment]
+        try:
+            await asyncio.sleep(10)  # a send the client never takes
+        except asyncio.CancelledError:
+            return guard, session, True  # its error could not be sent: cancelled, the loop is free
+        finally:
+            guard.stop()
+        return guard, session, False
+
+    context = Context()
+    guard, session, cancelled = asyncio.run(stuck_handler())
+    assert cancelled and context.aborted == [grpc.StatusCode.CANCELLED]
     assert len(session.failed) == 1 and "--idle-timeout" in session.failed[0].details
     assert session.aborted and guard.timed_out["idle"] == 1
 
