@@ -154,7 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=_int(1),
         default=os.cpu_count() or 1,
-        help="torch intra-op threads for inference (default: all cores)",
+        help="intra-op threads for inference, torch's or ONNX Runtime's (default: all cores)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=["auto", "torch", "onnxruntime"],
+        default="auto",
+        help="what runs the models: onnxruntime for ONNX artifacts (edgequant --format onnx; no torch needed), "
+        "torch for torchvision fp32, CUDA fp16 and TorchScript int8; auto (default): onnxruntime where the "
+        "repository has an ONNX artifact of the model and precision, else torch",
     )
     p.add_argument(
         "--malloc-arenas",
@@ -317,11 +325,11 @@ def exposure(args: argparse.Namespace) -> Exposure:
 def check_startup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """What argparse cannot see alone: model names, their precisions, the address. Before listening or loading."""
     from edgeinfer.server.errors import EdgeInferError
-    from edgeinfer.server.registry import get_spec
+    from edgeinfer.server.model_names import canonical_name  # no torchvision: a board's daemon has none
 
     for name, precision in model_args(args.model, args.precision):
         try:
-            get_spec(name)
+            canonical_name(name)
         except EdgeInferError as exc:
             parser.error(f"argument --model: {exc.details}")
         if precision not in choices(Precision):

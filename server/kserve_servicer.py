@@ -42,9 +42,9 @@ from edgeinfer.server.errors import EdgeInferError, InternalError, InvalidReques
 from edgeinfer.server.frame_batch import FrameBatch
 from edgeinfer.server.kserve_metadata import (
     MAX_REQUEST_BATCH,
-    PLATFORM,
     model_config,
     model_statistics,
+    platform,
     tensor_metadata,
 )
 from edgeinfer.server.loading import ModelTable, ServedModel
@@ -120,7 +120,7 @@ class KServeServicer(v2_grpc.GRPCInferenceServiceServicer):
         return v2.ModelMetadataResponse(
             name=model.name,
             versions=versions,
-            platform=PLATFORM,
+            platform=platform(model),  # pytorch_libtorch or onnxruntime_onnx: the runtime serving it
             inputs=[tensor_metadata(s, lead) for s in kt.input_specs()],
             outputs=[tensor_metadata(s, lead) for s in kt.output_specs(model.num_classes)],
         )

@@ -20,11 +20,11 @@ from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 from edgeinfer.server import metrics, statistics
 from edgeinfer.server.defaults import DEFAULT_CONFIG_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
 from edgeinfer.server.errors import EdgeInferError, InvalidFrame, InvalidRequest, LimitExceeded, NotLocal, NotReady
+from edgeinfer.server.frames import FrameImage, JpegImage, RawImage
 from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.loading import ModelTable, ServedModel
 from edgeinfer.server.malformed import clip_details
 from edgeinfer.server.options import PreprocessOn
-from edgeinfer.server.preprocess import FrameImage, JpegImage, RawImage
 from edgeinfer.server.session import (
     DropPolicy,
     FrameIn,
@@ -377,6 +377,7 @@ def model_info(m: ServedModel) -> pb.ModelInfo:
         # The wire keeps its first name for the inference thread: clients compare against it.
         preprocess_on="worker" if m.preprocess_on is PreprocessOn.INFERENCE else m.preprocess_on.value,
         resize_size=m.preprocessing.resize_size,
+        runtime=m.runtime,
     )
     if m.fidelity:
         info.fidelity.CopyFrom(

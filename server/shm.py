@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from edgeinfer.server.errors import InvalidFrame, InvalidRequest, LimitExceeded, NotLocal, SharedMemoryNotFound
-from edgeinfer.server.preprocess import RawImage
+from edgeinfer.server.frames import RawImage
 
 __all__ = ["SHM_ROOT", "SharedMemoryRegion", "check_local", "is_local_peer", "peer_uid"]
 
