@@ -28,7 +28,7 @@ def installed(runtime: str) -> bool:
     """Whether ``runtime``'s package can be imported here (found, not imported)."""
     try:
         return importlib.util.find_spec(_PACKAGE[runtime]) is not None
-    except ValueError:  # blocked: sys.modules[name] is None (as tests do to stand for "not installed")
+    except (ImportError, ValueError):  # blocked (sys.modules[name] is None, or a finder refuses it)
         return False
 
 
