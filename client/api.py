@@ -157,7 +157,7 @@ class EdgeClient:
                     raise
                 if remaining <= 0:
                     raise EdgeInferError(
-                        exc.code, f"the daemon at {self.target} was not ready within {timeout:g} s ({exc.details})"
+                        exc.code, f"the daemon at {self.target} was not ready within {timeout:g} s ({exc.explanation})"
                     ) from None
                 if not told and on_wait is not None:
                     on_wait(exc)
@@ -248,7 +248,8 @@ class EdgeClient:
         crop takes the same pixels, and far fewer bytes travel. "off": frames go as they are.
         ``reconnect=True``: when the daemon restarts or the connection drops, frames in
         flight are answered ``dropped``, the stream waits for the daemon (up to
-        ``max_outage`` seconds; None: forever), re-sends its config and goes on;
+        ``max_outage`` seconds, None: forever; a daemon this stream never reached, up to the
+        client's ``timeout``; never past the source's end), re-sends its config and goes on;
         ``on_status(message)`` hears about it, the returned stream counts ``reconnects``.
         ``reconnect=False`` raises at the first loss.
         ``timeout`` bounds the whole stream (None: no deadline, as for a camera).
@@ -270,6 +271,7 @@ class EdgeClient:
             resize=resize,
             reconnect=reconnect,
             max_outage=max_outage,
+            first_contact=self.timeout,
             timeout=timeout,
             shm_slots=shm_slots,
             on_status=on_status,

@@ -34,17 +34,25 @@ class EdgeInferError(Exception):
         self.details = details
         self.handshake = handshake
 
+    def __str__(self) -> str:
+        return self.reason
+
     @property
-    def reason(self) -> str:
-        """``code: details`` in a line a person reads: gRPC's "connections to all backends failing; last
+    def explanation(self) -> str:
+        """``details`` in words a person reads: gRPC's "connections to all backends failing; last
         error: ... ipv6:%5B::1%5D:50051: Failed to connect to remote host: Connection refused" says
-        "UNAVAILABLE: connection refused by [::1]:50051"."""
+        "connection refused by [::1]:50051"."""
         details = urllib.parse.unquote(self.details)
         if self.code == grpc.StatusCode.UNAVAILABLE:
             found = _REFUSED.search(details)
             if found:
-                return f"{self.code.name}: connection refused by {found.group(1)}"
-        return f"{self.code.name}: {details}"
+                return f"connection refused by {found.group(1)}"
+        return details
+
+    @property
+    def reason(self) -> str:
+        """``code: explanation``, the line the command line prints."""
+        return f"{self.code.name}: {self.explanation}"
 
     @classmethod
     def from_rpc_error(cls, exc: grpc.RpcError) -> EdgeInferError:

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeinfer.media.cv import optional_cv2, require_cv2
+from edgeinfer.media.images import Fit, decode_image, is_jpeg, jpeg_needs_shrink, shrink
+from edgeinfer.media.sources import ImageFile
 from edgeinfer.proto import edgeinfer_pb2 as pb
 
-__all__ = ["Encoder", "Frame", "as_frame", "raw_pixels"]
+__all__ = ["Encoder", "Frame", "as_frame", "prepare", "raw_pixels"]
 
 # shm: raw pixels in a shared-memory slot (client/shm.py, streams to a same-host daemon);
 # a frame that gets no slot goes inline as raw.
@@ -104,3 +106,23 @@ def _check_array(image: np.ndarray) -> np.ndarray:
         desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
         raise ValueError(f"a frame must be an HxWx3 uint8 array or JPEG bytes, got {desc}")
     return np.ascontiguousarray(image)
+
+
+def prepare(frame: Frame, fit: Fit, *, need_pixels: bool) -> None:
+    """Turn ``frame.image`` into what goes on the wire: JPEG bytes as they are, or (shrunk) pixels.
+
+    A ``fit`` with a resize size shrinks a larger frame to what the daemon's preprocessing
+    keeps of it first (``Fit()``: off).
+    ``need_pixels``: the encoding sends pixels (raw/shm), so JPEG bytes are decoded too.
+    Raises ``edgeinfer.media.SourceError`` for a file that cannot be read or decoded.
+    """
+    image = frame.image
+    if isinstance(image, ImageFile):
+        data = image.read()
+        name = str(image.path)
+        if is_jpeg(data) and not need_pixels and not jpeg_needs_shrink(data, fit.resize_size):
+            frame.image = data  # byte for byte: the daemon decodes and validates it
+        else:
+            frame.image = decode_image(data, name=name, resize_size=fit.resize_size, crop_size=fit.crop_size)
+    elif isinstance(image, np.ndarray) and fit.resize_size:
+        frame.image = shrink(image, *fit)

@@ -11,7 +11,7 @@ import numpy as np
 from edgeinfer.client.results import FrameResult, percent
 from edgeinfer.media.cv import require_cv2
 
-__all__ = ["AnnotatedVideoWriter", "annotate", "caption"]
+__all__ = ["AnnotatedVideoWriter", "annotate", "caption", "letterbox"]
 
 
 def caption(result: FrameResult) -> str:
@@ -38,23 +38,45 @@ def annotate(image: np.ndarray, result: FrameResult) -> np.ndarray:
     return out
 
 
+def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``image`` scaled to fit ``width`` x ``height`` (aspect kept), centered on black."""
+    h, w = image.shape[:2]
+    if (w, h) == (width, height):
+        return image
+    cv2 = require_cv2()
+    scale = min(width / w, height / h)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    out = np.zeros((height, width, 3), np.uint8)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    out[top : top + new_h, left : left + new_w] = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    return out
+
+
 class AnnotatedVideoWriter:
-    """MP4 (mp4v) writer that opens on the first frame, when the size is known."""
+    """MP4 (mp4v) writer that opens on the first frame, when the size is known.
+
+    A video has one frame size and OpenCV's writer silently skips a frame of any other:
+    so every later frame is letterboxed to the first one's size, and ``frames`` counts
+    what went into the file.
+    """
 
     def __init__(self, path: str | Path, fps: float) -> None:
         self.path = Path(path)
         self.fps = fps if fps > 0 else 30.0
         self._writer: Any = None
+        self._size = (0, 0)
         self.frames = 0
 
     def write(self, image: np.ndarray, result: FrameResult) -> None:
         cv2 = require_cv2()
         if self._writer is None:
             h, w = image.shape[:2]
+            self._size = (w, h)
             self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
             if not self._writer.isOpened():
                 raise OSError(f"OpenCV cannot write video to {self.path}")
-        self._writer.write(annotate(image, result))
+        self._writer.write(annotate(letterbox(image, *self._size), result))
         self.frames += 1
 
     def close(self) -> None:

@@ -26,11 +26,10 @@ import grpc
 import numpy as np
 
 from edgeinfer.client.errors import EdgeInferError, as_client_error
-from edgeinfer.client.frames import Encoder, Frame, as_frame
+from edgeinfer.client.frames import Encoder, Frame, as_frame, prepare
 from edgeinfer.client.results import FrameResult
 from edgeinfer.client.shm import SharedMemoryFrames
-from edgeinfer.media.images import Fit, decode_image, is_jpeg, jpeg_needs_shrink, shrink
-from edgeinfer.media.sources import ImageFile
+from edgeinfer.media.images import Fit, shrink
 from edgeinfer.media.sources import SourceError as MediaSourceError
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
@@ -56,6 +55,7 @@ class StreamOptions:
     resize: str  # "auto" or "off"
     reconnect: bool
     max_outage: float | None  # seconds without a daemon before giving up; None: never
+    first_contact: float | None  # seconds to wait for a daemon never reached in this stream (the client's timeout)
     timeout: float | None  # the whole stream's deadline
     shm_slots: int
     on_status: Callable[[str], None] | None = None
@@ -108,26 +108,6 @@ class _Call:
     failure: list[BaseException] = field(default_factory=list)
 
 
-def prepare(frame: Frame, fit: Fit, *, need_pixels: bool) -> None:
-    """Turn ``frame.image`` into what goes on the wire: JPEG bytes as they are, or (shrunk) pixels.
-
-    A ``fit`` with a resize size shrinks a larger frame to what the daemon's preprocessing
-    keeps of it first (``Fit()``: off).
-    ``need_pixels``: the encoding sends pixels (raw/shm), so JPEG bytes are decoded too.
-    Raises ``edgeinfer.media.SourceError`` for a file that cannot be read or decoded.
-    """
-    image = frame.image
-    if isinstance(image, ImageFile):
-        data = image.read()
-        name = str(image.path)
-        if is_jpeg(data) and not need_pixels and not jpeg_needs_shrink(data, fit.resize_size):
-            frame.image = data  # byte for byte: the daemon decodes and validates it
-        else:
-            frame.image = decode_image(data, name=name, resize_size=fit.resize_size, crop_size=fit.crop_size)
-    elif isinstance(image, np.ndarray) and fit.resize_size:
-        frame.image = shrink(image, *fit)
-
-
 class ResultStream(Iterator[FrameResult]):
     """The answers of one stream, one per frame in frame order. ``reconnects``: connections re-made."""
 
@@ -172,8 +152,6 @@ class ResultStream(Iterator[FrameResult]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- the source ------------------------------------------------------------
 
     # -- one call --------------------------------------------------------------
 
@@ -288,24 +266,19 @@ class ResultStream(Iterator[FrameResult]):
                     yield from self._lose_in_flight(call_state, error, connected_once)
                     if outage_since is None:
                         outage_since = time.monotonic()
-                        if connected_once:
-                            self.reconnects += 1
-                            self._status(
-                                f"connection to {self._target} lost ({error.code.name}: {error.details}); reconnecting"
-                            )
-                        else:
-                            self._status(f"waiting for {self._target} ... ({error.reason})")
-                    wait = yield from self._wait_for_daemon(outage_since, wait, deadline)
+                        self.reconnects += connected_once
+                        lost = f"connection to {self._target} lost ({error.reason}); reconnecting"
+                        self._status(lost if connected_once else f"waiting for {self._target} ... ({error.reason})")
+                    wait = yield from self._wait_for_daemon(outage_since, wait, deadline, connected_once)
                     continue
                 except EdgeInferError as error:  # from GetModel
                     if not o.reconnect or error.code not in RECONNECT_CODES:
                         raise
                     if outage_since is None:
                         outage_since = time.monotonic()
-                        if connected_once:
-                            self.reconnects += 1
+                        self.reconnects += connected_once
                         self._status(f"waiting for {self._target} ... ({error.reason})")
-                    wait = yield from self._wait_for_daemon(outage_since, wait, deadline)
+                    wait = yield from self._wait_for_daemon(outage_since, wait, deadline, connected_once)
                     continue
                 # The call ended well: every frame sent got its answer.
                 yield from self._take_answered_before(None)
@@ -348,15 +321,18 @@ class ResultStream(Iterator[FrameResult]):
             else:
                 yield _dropped(entry.frame, f"the connection to the daemon was {why} ({error.code.name}); reconnecting")
 
-    def _wait_for_daemon(self, since: float, wait: float, deadline: float | None) -> Iterator[FrameResult]:
+    def _wait_for_daemon(
+        self, since: float, wait: float, deadline: float | None, connected: bool
+    ) -> Iterator[FrameResult]:
         """Pause ``wait`` seconds, then until gRPC has the channel connected again (it reconnects with its
         own backoff); meanwhile a ``latest`` stream answers what its source delivers as dropped. Returns
         the next pause: doubling, so that a daemon still loading (UNAVAILABLE on a ready channel) is not
-        asked in a tight loop."""
+        asked in a tight loop. Gives up after ``max_outage`` (``first_contact`` for a daemon never
+        reached), at the stream's deadline, or when the source has ended: nothing is left to send."""
         o = self._options
-        end = None if o.max_outage is None else since + o.max_outage
-        if deadline is not None:
-            end = deadline if end is None else min(end, deadline)
+        limits = [o.max_outage, None if connected else o.first_contact]
+        ends = [since + s for s in limits if s is not None] + ([deadline] if deadline is not None else [])
+        end = min(ends, default=None)
         pause_until = time.monotonic() + wait
         future = grpc.channel_ready_future(self._channel)
         try:
@@ -373,6 +349,16 @@ class ResultStream(Iterator[FrameResult]):
                 except grpc.FutureTimeoutError:
                     ready = False
                 yield from self._drop_captured()
+                with self._hand.lock:
+                    source_over = self._hand.ended and not self._hand.pending
+                if source_over and not ready:
+                    if self._hand.source_error:
+                        raise self._hand.source_error[0]
+                    raise EdgeInferError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"the daemon at {self._target} was unreachable for {time.monotonic() - since:.0f} s, "
+                        f"until the source ended; gave up",
+                    )
                 if ready:
                     if time.monotonic() >= pause_until:
                         return min(2 * wait, _BACKOFF_S[1])

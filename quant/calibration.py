@@ -1,14 +1,17 @@
 """Calibration and held-out frames, through exactly the daemon's preprocessing.
 
 Sources: a folder of images (JPEG files go through the daemon's own JPEG
-decoder byte for byte), a video file (frames sampled evenly across it, via the
-client's VideoCapture source), or ``synthetic`` when asked for by name. The
+decoder byte for byte; a file that cannot be read or decoded is skipped with a
+warning naming it, as ``edgeclient --images`` answers it with an error), a
+video file (frames sampled evenly across it, via the client's VideoCapture
+source), or ``synthetic`` when asked for by name. The
 last quarter of the sampled frames is held out for the fidelity report and
 never calibrates.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeinfer.quant.sources import IMAGE_SUFFIXES, check_source
+from edgeinfer.server.errors import InvalidFrame
 from edgeinfer.server.preprocess import FrameImage, JpegImage, Preprocessor, RawImage
 from edgeinfer.server.registry import Preprocessing
 
 __all__ = ["CalibrationSet", "load_frames", "offline_preprocessor", "read_image"]
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+MIN_FRAMES = 4
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,12 +62,26 @@ def read_image(path: Path) -> FrameImage:
     return RawImage(rgb.shape[0], rgb.shape[1], rgb.tobytes(), bgr=False)
 
 
-def _images(folder: Path, count: int) -> list[FrameImage]:
+def _images(folder: Path, count: int, preprocessor: Preprocessor) -> list[torch.Tensor]:
+    """Up to ``count`` files spread evenly over the folder, preprocessed; one that cannot be read or
+    decoded is skipped with a warning naming it (and why), and the count of skipped ones is said."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
     picked = [files[int(i)] for i in np.linspace(0, len(files) - 1, min(count, len(files)))]
-    return [read_image(path) for path in picked]
+    tensors = []
+    for path in picked:
+        try:
+            tensors.append(preprocessor(read_image(path)).tensor)
+        except OSError as exc:
+            _log.warning("skipped %s: cannot be read (%s)", path, exc.strerror or exc)
+        except InvalidFrame as exc:  # the daemon's JPEG decoder: truncated, damaged
+            _log.warning("skipped %s: %s", path, str(exc.details).removeprefix("image.jpeg "))
+        except RuntimeError:  # torchvision's decoder, for other formats: its C++ text says nothing more
+            _log.warning("skipped %s: not an image torchvision can decode", path)
+    if len(tensors) < len(picked):
+        _log.warning("skipped %d of %d files under %s", len(picked) - len(tensors), len(picked), folder)
+    return tensors
 
 
 def _video(path: Path, count: int) -> list[FrameImage]:
@@ -100,20 +119,16 @@ def load_frames(
     source: str | Path, preprocessor: Preprocessor, *, count: int = 64, held_out_fraction: float = 0.25, seed: int = 0
 ) -> CalibrationSet:
     """``count`` frames from ``source`` (folder, video or 'synthetic'), preprocessed and split."""
+    check_source(source)
+    path = Path(source)
     if str(source) == "synthetic":
-        images, label = _synthetic(count, seed), "synthetic"
+        frames, label = [preprocessor(i).tensor for i in _synthetic(count, seed)], "synthetic"
+    elif path.is_dir():
+        frames, label = _images(path, count, preprocessor), f"images:{path}"
     else:
-        path = Path(source)
-        if path.is_dir():
-            images, label = _images(path, count), f"images:{path}"
-        elif path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
-            images, label = _video(path, count), f"video:{path}"
-        elif not path.exists():
-            raise ValueError(f"calibration source {path} does not exist")
-        else:
-            raise ValueError(f"calibration source must be an image folder or a video ({', '.join(VIDEO_SUFFIXES)})")
-    if len(images) < 4:
-        raise ValueError(f"{label} gave {len(images)} frames; calibration needs at least 4")
-    tensors = torch.stack([preprocessor(image).tensor for image in images])
+        frames, label = [preprocessor(i).tensor for i in _video(path, count)], f"video:{path}"
+    if len(frames) < MIN_FRAMES:
+        raise ValueError(f"{label} gave {len(frames)} usable frames; calibration needs at least {MIN_FRAMES}")
+    tensors = torch.stack(frames)
     n_held = max(1, round(len(tensors) * held_out_fraction))
     return CalibrationSet(tensors[:-n_held], tensors[-n_held:], label)

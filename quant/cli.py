@@ -15,13 +15,23 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from edgeinfer.quant.sources import check_source
+from edgeinfer.server.model_names import UnknownModel, canonical_name
 
 __all__ = ["build_parser", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a mistake in one line (no usage block) and exits 2, as edgeclient does."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgequant", description="Quantize torchvision classifiers to int8 artifacts.")
+    p = _Parser(prog="edgequant", description="Quantize torchvision classifiers to int8 artifacts.")
     p.add_argument("--model", action="append", required=True, help="model to quantize (repeatable)")
     p.add_argument(
         "--calib",
@@ -70,6 +80,9 @@ def _progress(desc: str, total: int) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edgeinfer.server.cli_support import QUANT_MODULES, require_extra
+
+    require_extra("edgequant", "quant", QUANT_MODULES)  # a client-only install: one line naming the extra
     parser = build_parser()
     args = parser.parse_args(argv)
     fp32_layers = [name.strip() for name in args.fp32_layers.split(",") if name.strip()]
@@ -77,7 +90,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--fp32-layers applies to --format onnx (int8 ONNX) only")
     if args.format != "torchscript" and (args.flow != "auto" or args.engine or args.eval):
         parser.error("--flow, --engine and --eval apply to --format torchscript only")
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # Before torch loads (seconds): a mistake in the command line is one line at once.
+    for name in args.model:
+        try:
+            canonical_name(name)
+        except UnknownModel as exc:
+            parser.error(f"argument --model: {exc}")
+    try:
+        check_source(args.calib)
+    except ValueError as exc:
+        parser.error(f"argument --calib: {exc}")
+    # One line per warning, ours first: "edgequant: skipped photos/notes.jpg: not an image ..."
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="edgequant: %(message)s")
 
     import torch
 

@@ -16,7 +16,7 @@ import argparse
 import copy
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from torchvision import models as tvm
 
 from edgeinfer.quant.fidelity import Model, logits
 from edgeinfer.quant.flows import quantize_fx
+from edgeinfer.quant.intervals import Loss, paired_loss
 from edgeinfer.server.artifacts import default_engine
 
 __all__ = ["DigitsCheck", "build", "check", "load_split", "train"]
@@ -112,6 +113,12 @@ class DigitsCheck:
     fp32_accuracy: float
     int8_accuracy: float
     test_images: int
+    fp32_right: list[bool] = field(default_factory=list)
+    int8_right: list[bool] = field(default_factory=list)
+
+    def loss(self) -> Loss:
+        """fp32 - int8 top-1 in points with Newcombe's paired 95% interval (same digits, both models)."""
+        return paired_loss(self.fp32_right, self.int8_right, against="labels")
 
     @property
     def drop_points(self) -> float:
@@ -120,7 +127,7 @@ class DigitsCheck:
     def line(self) -> str:
         return (
             f"{self.arch}: fp32 {self.fp32_accuracy:.2%}, int8 {self.int8_accuracy:.2%} "
-            f"({self.drop_points:+.2f} points lost) on {self.test_images} held-out digits"
+            f"({self.loss().text()} lost) on {self.test_images} held-out digits"
         )
 
 
@@ -135,7 +142,10 @@ def check(model: nn.Module, arch: str, *, engine: str | None = None, calibration
         engine=engine or default_engine(),
         example=calib[:1],
     )
-    return DigitsCheck(arch, accuracy(model, x_test, y_test), accuracy(int8, x_test, y_test), len(y_test))
+    fp32_right = (logits(model, x_test, batch=64).argmax(1) == y_test).tolist()
+    int8_right = (logits(int8, x_test, batch=64).argmax(1) == y_test).tolist()
+    n = len(y_test)
+    return DigitsCheck(arch, sum(fp32_right) / n, sum(int8_right) / n, n, fp32_right, int8_right)
 
 
 def load(arch: str, path: Path) -> nn.Module:

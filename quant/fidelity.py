@@ -16,7 +16,16 @@ from typing import Any
 
 import torch
 
-__all__ = ["FidelityReport", "agreement", "evaluate_folder", "interleaved_latency", "sqnr_db"]
+__all__ = [
+    "SQNR_NOTE",
+    "WEAK_EVIDENCE_FRAMES",
+    "FidelityReport",
+    "agree_top1",
+    "agreement",
+    "evaluate_folder",
+    "interleaved_latency",
+    "sqnr_db",
+]
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -34,6 +43,11 @@ def agreement(reference: torch.Tensor, approx: torch.Tensor) -> tuple[float, flo
     ref5, app5 = reference.topk(5, 1).indices.tolist(), approx.topk(5, 1).indices.tolist()
     overlap = statistics.fmean(len(set(a) & set(b)) / 5 for a, b in zip(ref5, app5, strict=True))
     return top1, overlap
+
+
+def agree_top1(reference: torch.Tensor, approx: torch.Tensor) -> list[bool]:
+    """Per frame: does ``approx`` give fp32's top-1 class?"""
+    return (reference.argmax(1) == approx.argmax(1)).tolist()
 
 
 def logits(model: Model, inputs: torch.Tensor, batch: int = 1) -> torch.Tensor:
@@ -85,6 +99,14 @@ def evaluate_folder(
     return {name: {"top1": h[0] / n, "top5": h[1] / n, "images": len(files)} for name, h in hits.items()}
 
 
+WEAK_EVIDENCE_FRAMES = 200
+
+SQNR_NOTE = (
+    "logit SQNR: 10*log10(sum fp32^2 / sum (fp32 - int8)^2) over the held-out logits; each 6 dB is about one "
+    "bit of agreement, and below ~15 dB top-1 answers start to change"
+)
+
+
 @dataclass
 class FidelityReport:
     frames: int
@@ -97,13 +119,27 @@ class FidelityReport:
     int8_bytes: int
     accuracy: dict[str, dict[str, float]] | None = None
     notes: list[str] = field(default_factory=list)
+    random_weights: bool = False
+    loss: dict[str, Any] | None = None  # intervals.Loss.to_dict(): int8's top-1 loss with its 95% interval
+
+    @property
+    def weak_evidence(self) -> bool:
+        return (self.loss["frames"] if self.loss else self.frames) < WEAK_EVIDENCE_FRAMES
+
+    def headline(self) -> str | None:
+        if self.random_weights:
+            return (
+                "RANDOM WEIGHTS: this model learned nothing, so agreement and loss below say nothing about "
+                "accuracy (use --weights imagenet or a trained state_dict)"
+            )
+        return None
 
     @property
     def speedup(self) -> float:
         return self.fp32_ms / self.int8_ms if self.int8_ms else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "speedup": self.speedup}
+        return {**asdict(self), "speedup": self.speedup, "weak_evidence": self.weak_evidence}
 
     def table(self, title: str) -> str:
         rows = [
@@ -122,10 +158,27 @@ class FidelityReport:
                 f"({self.speedup:.1f}x faster, batch 1, interleaved medians)",
             ),
         ]
+        if self.loss is not None:
+            against = "labels" if self.loss["against"] == "labels" else "fp32's answers"
+            rows.append(
+                (
+                    f"top-1 loss vs {against}",
+                    f"{self.loss['points']:+.2f} points (95% {self.loss['low']:+.2f} .. {self.loss['high']:+.2f}, "
+                    f"paired, {self.loss['frames']} frames)",
+                )
+            )
         for name, acc in (self.accuracy or {}).items():
             rows.append(
                 (f"{name} accuracy", f"top-1 {acc['top1']:.2%}, top-5 {acc['top5']:.2%} on {int(acc['images'])} images")
             )
         width = max(len(r[0]) for r in rows)
-        lines = [title, "-" * len(title)] + [f"{k:<{width}}  {v}" for k, v in rows] + self.notes
-        return "\n".join(lines)
+        head = self.headline()
+        lines = ([head] if head else []) + [title, "-" * len(title)] + [f"{k:<{width}}  {v}" for k, v in rows]
+        if self.weak_evidence:
+            n = self.loss["frames"] if self.loss else self.frames
+            lines.append(
+                f"WEAK EVIDENCE: {n} frames measured the loss; one frame is {100 / max(1, n):.1f} points, so a "
+                f"loss under a few points cannot show (take {WEAK_EVIDENCE_FRAMES}+: --frames "
+                f"{WEAK_EVIDENCE_FRAMES * 4} holds out {WEAK_EVIDENCE_FRAMES}, or --eval DIR)"
+            )
+        return "\n".join([*lines, SQNR_NOTE, *self.notes])

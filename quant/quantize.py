@@ -23,9 +23,19 @@ from torch import nn
 
 from edgeinfer.quant.artifact import write_sidecar
 from edgeinfer.quant.calibration import CalibrationSet, load_frames, offline_preprocessor, read_image
-from edgeinfer.quant.fidelity import FidelityReport, agreement, evaluate_folder, interleaved_latency, logits, sqnr_db
+from edgeinfer.quant.fidelity import (
+    FidelityReport,
+    agree_top1,
+    agreement,
+    evaluate_folder,
+    interleaved_latency,
+    logits,
+    sqnr_db,
+)
 from edgeinfer.quant.flows import quantize_fx, quantize_pt2e
+from edgeinfer.quant.intervals import paired_loss
 from edgeinfer.server.artifacts import MODEL_FILES, artifact_dir, default_engine, file_sha256, quiet_deprecations
+from edgeinfer.server.options import WeightsKind
 from edgeinfer.server.preprocess import FrameImage, Preprocessor
 from edgeinfer.server.registry import ModelSpec, Preprocessing, get_spec
 from edgeinfer.server.weights import WeightsSource, build_model
@@ -107,8 +117,11 @@ def quantize(
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / MODEL_FILES[flow]
     started = time.perf_counter()
+    concat_stats: dict[str, int] = {}
     if flow == "fx":
-        quantized: Any = quantize_fx(model, data.batches(), engine=engine, example=example, on_batch=on_batch)
+        quantized: Any = quantize_fx(
+            model, data.batches(), engine=engine, example=example, on_batch=on_batch, concat_stats=concat_stats
+        )
         with quiet_deprecations():
             torch.jit.save(quantized, str(path))
     elif flow == "pt2e":
@@ -148,6 +161,8 @@ def quantize(
         fp32_bytes=_state_bytes(fp32),
         int8_bytes=path.stat().st_size,
         accuracy=accuracy,
+        random_weights=weights.kind is WeightsKind.RANDOM,
+        loss=paired_loss([True] * len(reference), agree_top1(reference, approx), against="fp32").to_dict(),
     )
     meta = {
         "model": spec.name,
@@ -170,6 +185,7 @@ def quantize(
         "weights": weights.describe(spec),
         "max_batch": 1 if flow == "pt2e" else 0,  # 0: any batch size
         "calibration": {"source": data.source, "frames": len(data.calibration), "build_seconds": round(build_s, 1)},
+        "concatenations": concat_stats or None,  # fx: how many, and how many still requantize (0: one scale each)
         "fidelity": report.to_dict(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -5,17 +5,21 @@ with ``create_server``) so tests start a real server on ``localhost:0``.
 Start-up order: listen, report NOT_SERVING, load models, report SERVING. On
 shutdown: report NOT_SERVING, refuse new streams, answer every frame already
 read, end the streams.
+
+Every service (edgeinfer.v1, KServe v2, health, reflection) is served by one
+``grpc.aio`` server on one event loop (server/event_loop.py): a call that waits on
+its client costs no thread. Every call passes the front door first (token, then
+admission, server/front_door.py), before it reads its body.
 Who may connect (loopback by default, TLS, tokens) is :mod:`edgeinfer.server.security`.
 """
 
 from __future__ import annotations
 
-import itertools
+import asyncio
 import logging
-import threading
+import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,16 +27,20 @@ from grpc_reflection.v1alpha import reflection
 
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
+from edgeinfer.server.admission import Admission, default_caps
+from edgeinfer.server.byte_budget import ByteBudget
 from edgeinfer.server.defaults import (
     DEFAULT_CONFIG_TIMEOUT_S,
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
 )
+from edgeinfer.server.event_loop import EventLoopThread
+from edgeinfer.server.fair_share import FairShare
+from edgeinfer.server.front_door import FrontDoor
 from edgeinfer.server.kserve_servicer import KSERVE_SERVICE_NAME, KServeServicer, add_kserve_to_server
 from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.loading import ModelTable, ServedModel
-from edgeinfer.server.malformed import MalformedRequestInterceptor, StatusInterceptor
 from edgeinfer.server.security import (
     LOOPBACK,
     BearerTokenInterceptor,
@@ -41,16 +49,15 @@ from edgeinfer.server.security import (
     Tokens,
     check_exposure,
 )
-from edgeinfer.server.servicer import MAX_UNARY_INFER_CALLS, EdgeInferenceServicer
+from edgeinfer.server.servicer import EdgeInferenceServicer
 
-__all__ = ["HANDLER_SPARE", "MESSAGE_OVERHEAD", "SERVICE_NAME", "Daemon", "server_options"]
+__all__ = ["MESSAGE_OVERHEAD", "SERVICE_NAME", "Daemon", "server_options"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeInference"].full_name
-HANDLER_SPARE = 4  # handler threads no stream or Classify call can take: health, metadata, reflection
 MESSAGE_OVERHEAD = 64 << 10  # a frame message's fields besides its image bytes, with room to spare
-_daemons = itertools.count(1)  # names each daemon's handler threads apart: grpc-handler-1_0, ...
+MAX_CALLS_PER_CONNECTION = 128  # HTTP/2 streams one connection may have open: every kind of call together
 
 
 def server_options(max_frame_bytes: int, reuse_port: bool = False) -> list[tuple[str, int]]:
@@ -72,6 +79,19 @@ def server_options(max_frame_bytes: int, reuse_port: bool = False) -> list[tuple
         # One daemon per port: refuse to share it with a second one, except
         # `edgeserver --workers N`, whose workers share it (the kernel spreads connections).
         ("grpc.so_reuseport", int(reuse_port)),
+        # What a connection may hold (issue 26). HTTP/2 streams open at once on one connection,
+        # whatever their kind (admission caps each kind below that).
+        ("grpc.max_concurrent_streams", MAX_CALLS_PER_CONNECTION),
+        # A connection with no call for two minutes is closed (clients reconnect when they call
+        # again), and one that has not finished its TLS handshake in 10 s: idle sockets hold file
+        # descriptors, and 20,000 of them exhausted the daemon's.
+        ("grpc.max_connection_idle_ms", 120_000),
+        ("grpc.server_handshake_timeout_ms", 10_000),
+        # gRPC grows a stream's flow-control window with its bandwidth-delay estimate, and read
+        # gigabytes ahead of what the daemon had taken from fast senders; with the probe off, what
+        # it reads ahead stays at its initial window per stream, and the daemon's byte budget
+        # (server/byte_budget.py) bounds the rest.
+        ("grpc.http2.bdp_probe", 0),
     ]
 
 
@@ -108,6 +128,9 @@ class Daemon:
         self.tokens = tokens
         self.table = ModelTable()
         self.limits = FrameLimits(max_frame_bytes=max_frame_bytes, max_pixels=max_pixels, max_side=max_side)
+        # Decoding before the inference thread (--preprocess-on stream, KServe tensors), in turn per connection.
+        self.decode = FairShare(threads=min(4, os.cpu_count() or 1))
+        self.budget = ByteBudget.for_frames(max_frame_bytes)
         self.servicer = EdgeInferenceServicer(
             self.table,
             max_streams=max_streams,
@@ -115,56 +138,57 @@ class Daemon:
             limits=self.limits,
             config_timeout=config_timeout,
             idle_timeout=idle_timeout,
+            decode=self.decode,
+            budget=self.budget,
         )
-        # A stream holds one handler thread for its life, from the moment it opens
-        # (config or not: server/stream_guard.py counts it then, and refuses one over
-        # --max-streams at once); unary calls and health checks need a few more, so
-        # they never wait behind streams.
-        self._handler_prefix = f"grpc-handler-{next(_daemons)}"
-        # Unary inference calls are capped too (MAX_UNARY_INFER_CALLS), so that however many a client
-        # sends at once, HANDLER_SPARE threads stay free for health checks and metadata.
-        self._pool = ThreadPoolExecutor(
-            max_workers=max_streams + MAX_UNARY_INFER_CALLS + HANDLER_SPARE, thread_name_prefix=self._handler_prefix
-        )
-        # Outermost first: a refused token runs nothing else; then bytes that do not parse become an
-        # error the status interceptor maps to INVALID_ARGUMENT (gRPC itself would answer INTERNAL).
-        interceptors: list[grpc.ServerInterceptor] = [StatusInterceptor(), MalformedRequestInterceptor()]
-        if tokens is not None:
-            interceptors.insert(0, BearerTokenInterceptor(tokens))
-        self.server = grpc.server(
-            self._pool,
-            interceptors=interceptors,
-            options=server_options(max_frame_bytes, reuse_port),
-        )
-        pb_grpc.add_EdgeInferenceServicer_to_server(self.servicer, self.server)
-        # The Open Inference Protocol (KServe v2) on the same server: same models, interceptors and ports.
         self.kserve = KServeServicer(self.table, self.servicer)
+        self.admission = Admission(default_caps(max_streams))
+        self._tokens_door = BearerTokenInterceptor(tokens) if tokens is not None else None
+        self._body_timeout = config_timeout
+        self._options = server_options(max_frame_bytes, reuse_port)
+        self._loop = EventLoopThread()
+        self.addresses = list(addresses)
+        self.health_server: grpc.aio.Server | None = None
+        self.health_ports: list[int] = []
+        try:
+            self._loop.run(self._build(addresses, health_addresses, reuse_port))
+        except BaseException:
+            self._loop.stop()
+            self.decode.stop()
+            raise
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def _build(self, addresses: Sequence[str], health_addresses: Sequence[str], reuse_port: bool) -> None:
+        """The servers, built on the loop they serve on."""
+        door = FrontDoor(self.admission, tokens=self._tokens_door, body_timeout=self._body_timeout)
+        self.server = grpc.aio.server(interceptors=[door], options=self._options)
+        pb_grpc.add_EdgeInferenceServicer_to_server(self.servicer, self.server)
+        # The Open Inference Protocol (KServe v2) on the same server: same models, door and ports.
         add_kserve_to_server(self.kserve, self.server)
-        self.health = health.HealthServicer()
+        self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (
+                SERVICE_NAME,
+                KSERVE_SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             self.server,
         )
-        credentials = tls.server_credentials() if tls is not None else None
+        credentials = self.tls.server_credentials() if self.tls is not None else None
         self.ports = [
             self.server.add_insecure_port(a)
             if credentials is None or a.startswith(("unix:", "unix-abstract:"))
             else self.server.add_secure_port(a, credentials)
             for a in addresses
         ]
-        self.addresses = list(addresses)
-        self.health_server: grpc.Server | None = None
-        self.health_ports: list[int] = []
         if health_addresses:
-            # Two threads: probes are a few unary Check calls a second at most.
-            self.health_server = grpc.server(
-                ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"{self._handler_prefix}-health"),
-                options=[("grpc.so_reuseport", int(reuse_port))],
-            )
+            # Probes only: health, in plaintext, behind the same door (health checks are never refused).
+            door = FrontDoor(Admission(default_caps(0)), body_timeout=self._body_timeout)
+            self.health_server = grpc.aio.server(interceptors=[door], options=[("grpc.so_reuseport", int(reuse_port))])
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_ports = [self.health_server.add_insecure_port(a) for a in health_addresses]
-        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
     @property
     def port(self) -> int:
@@ -179,8 +203,11 @@ class Daemon:
         ]
 
     def _set_health(self, status: int) -> None:
-        for service in ("", SERVICE_NAME, KSERVE_SERVICE_NAME):
-            self.health.set(service, status)
+        async def set_all() -> None:
+            for service in ("", SERVICE_NAME, KSERVE_SERVICE_NAME):
+                await self.health.set(service, status)
+
+        self._loop.run(set_all())
 
     def reload_credentials(self) -> None:
         """SIGHUP: re-read the TLS files before the next handshake, and the token file now."""
@@ -193,9 +220,12 @@ class Daemon:
                 log.warning("%s; the tokens read before stay in force", exc)
 
     def start(self) -> Daemon:
-        self.server.start()
-        if self.health_server is not None:
-            self.health_server.start()
+        async def start() -> None:
+            await self.server.start()
+            if self.health_server is not None:
+                await self.health_server.start()
+
+        self._loop.run(start())
         return self
 
     def add_model(self, model: ServedModel) -> None:
@@ -208,28 +238,33 @@ class Daemon:
     def stop(self, grace: float | None = 5.0) -> None:
         """Drain: NOT_SERVING, refuse new calls; open streams answer the frames they have read, then end.
 
-        Streams still open ``grace`` seconds on (an answer the client does not take) are cancelled.
+        Calls still open ``grace`` seconds on (an answer the client does not take, a model that
+        does not answer) are cancelled.
         """
-        self.servicer.drain()
-        self.health.enter_graceful_shutdown()
-        # The health port stops with the rest: until then probes read NOT_SERVING, and no new streams arrive.
-        health_stopped = self.health_server.stop(grace) if self.health_server is not None else None
-        self.server.stop(grace).wait()
-        if health_stopped is not None:
-            health_stopped.wait()
-        self.servicer.guard.stop()
-        self.table.stop()
-        self._pool.shutdown(wait=False)
+        if not self._loop.alive:
+            return
+
+        async def drain() -> None:
+            self.servicer.drain()
+            await self.health.enter_graceful_shutdown()
+            # The health port stops with the rest: until then probes read NOT_SERVING, and no new streams arrive.
+            servers = [self.server, *([self.health_server] if self.health_server is not None else [])]
+            await asyncio.gather(*(s.stop(grace) for s in servers))
+            self.servicer.guard.stop()
+
+        try:
+            self._loop.run(drain(), timeout=None if grace is None else grace + 10.0)
+        finally:
+            self._loop.stop()
+            self.decode.stop()
+            self.table.stop()
 
     def busy_handlers(self, timeout: float) -> list[str]:
-        """After stop(): the handler threads still running ``timeout`` seconds on (a call blocked for good).
+        """After stop(): what still runs ``timeout`` seconds on. No call holds a thread, so only the loop's.
 
-        Python joins a thread pool's threads at exit, so one handler waiting on a model
-        that never returns would keep the process alive forever; the command line exits
-        without them instead.
+        The command line exits without it rather than wait forever.
         """
         deadline = time.monotonic() + timeout
-        handlers = [t for t in threading.enumerate() if t.name.startswith(f"{self._handler_prefix}_")]
-        for t in handlers:
-            t.join(max(0.0, deadline - time.monotonic()))
-        return [t.name for t in handlers if t.is_alive()]
+        while self._loop.alive and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return ["grpc-loop"] if self._loop.alive else []

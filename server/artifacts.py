@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import platform
 import warnings
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeinfer.server.errors import WeightsUnavailable
+from edgeinfer.server.startup_checks import SidecarError, read_checked_sidecar
 
 if TYPE_CHECKING:  # the torch side, imported where a torch artifact is loaded: ONNX serving never imports torch
     from edgeinfer.server.registry import ModelSpec, Preprocessing
@@ -148,8 +148,13 @@ def read_model_file(folder: Path, meta: dict[str, Any], repository: Path) -> tup
     return real, data
 
 
-def read_sidecar(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / SIDECAR).read_text())
+def read_sidecar(folder: Path, *, repository: Path | None = None, model: str = "") -> dict[str, Any]:
+    """The sidecar, once it holds what the daemon reads (server/startup_checks.py); else one line, as
+    WeightsUnavailable: a sidecar that is not JSON, lacks a key or names an unknown flow."""
+    try:
+        return read_checked_sidecar(folder, repository=repository, model=model)
+    except SidecarError as exc:
+        raise WeightsUnavailable(str(exc)) from None
 
 
 def _minor(version: str) -> str:
@@ -173,7 +178,7 @@ def load_int8_runner(
             f"no int8 artifact for {spec.name} ({engine} engine) in {repository}: looked for {folder / SIDECAR}. "
             f"Make one with: {how}"
         )
-    meta = read_sidecar(folder)
+    meta = read_sidecar(folder, repository=repository, model=spec.name)
     if meta.get("format_version") != FORMAT_VERSION:
         raise WeightsUnavailable(f"{folder} has artifact format {meta.get('format_version')}; re-run {how}")
     if meta["engine"] != engine:

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 from edgeinfer.server.cli_args import (
     Exposure,
     build_parser,
-    check_startup,
     exposure,
     listen_error,
     model_args,
@@ -35,6 +34,7 @@ from edgeinfer.server.security import (
     SecurityConfigError,
     tcp_address,
 )
+from edgeinfer.server.startup_checks import check_startup
 
 if TYPE_CHECKING:
     from edgeinfer.server.loading import ServedModel

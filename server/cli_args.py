@@ -5,10 +5,8 @@ so ``--help`` and every mistake answer at once."""
 from __future__ import annotations
 
 import argparse
-import errno
 import math
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ from edgeinfer.server.security import (
     tcp_address,
 )
 
-__all__ = ["Exposure", "build_parser", "check_startup", "exposure", "listen_error", "model_args"]
+__all__ = ["Exposure", "build_parser", "exposure", "listen_error", "model_args"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -320,64 +318,6 @@ def exposure(args: argparse.Namespace) -> Exposure:
     exposed = check_exposure(addresses, tls=tls is not None, insecure=args.insecure)
     tokens = Tokens.from_file(args.token_file) if args.token_file is not None else None
     return Exposure(addresses, tls, tokens, exposed)
-
-
-def check_startup(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """What argparse cannot see alone: model names, their precisions, the address. Before listening or loading."""
-    from edgeinfer.server.errors import EdgeInferError
-    from edgeinfer.server.model_names import canonical_name  # no torchvision: a board's daemon has none
-
-    for name, precision in model_args(args.model, args.precision):
-        try:
-            canonical_name(name)
-        except EdgeInferError as exc:
-            parser.error(f"argument --model: {exc.details}")
-        if precision not in choices(Precision):
-            known = "/".join(choices(Precision))
-            parser.error(f"argument --model: unknown precision {precision!r} in {name}:{precision}; use {known}")
-    if args.batch_sizes and max(args.batch_sizes) > args.max_batch:
-        parser.error(f"argument --batch-sizes: {max(args.batch_sizes)} is over --max-batch {args.max_batch}")
-    given = args.host or LOOPBACK
-    host = given.strip("[]")
-    if not host or any(c.isspace() for c in host):
-        parser.error(f"argument --host: {given!r} is not a host name or address")
-    if given not in ("[::]", "0.0.0.0", "::") and not given.startswith("["):
-        try:  # a name that does not resolve would only fail at bind, as "Failed to bind"
-            socket.getaddrinfo(host, None)
-        except (socket.gaierror, UnicodeError) as exc:
-            parser.error(f"argument --host: cannot resolve {given!r} ({exc})")
-    if args.worker_index is None:  # --workers' processes share the port on purpose
-        problem = _bind_problem(host, args.port)
-        if problem:
-            parser.error(f"cannot listen on {given}:{args.port}: {problem}")
-
-
-def _bind_problem(host: str, port: int) -> str | None:
-    """Why ``host:port`` cannot be bound now (a trial bind, as grpc binds: SO_REUSEADDR), or None.
-
-    Asked before torch is imported and models load, so a busy port is one line at once,
-    not grpc's own log line and a failure seconds later.
-    """
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (socket.gaierror, UnicodeError) as exc:
-        return f"cannot resolve {host!r} ({exc})"
-    for family, kind, proto, _, address in infos[:1]:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    return (
-                        f"port {port} is in use (another edgeserver? pick another --port, or --port 0 for a free one)"
-                    )
-                if exc.errno == errno.EADDRNOTAVAIL:
-                    return (
-                        f"{host} is not an address of this host (--host: an address of this machine, or [::] for all)"
-                    )
-                return exc.strerror or str(exc)
-    return None
 
 
 def listen_error(exc: BaseException, addresses: list[str]) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from grpc_interceptor.exceptions import Cancelled
 
@@ -39,27 +39,44 @@ class FrameBatch:
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._cancelled = False
+        self._callbacks: list[Callable[[], None]] = []
         self.total_ms = 0.0
         jobs = [frame_job(model, image, top_k, functools.partial(self._answered, i)) for i, image in enumerate(images)]
         self._jobs = [model.scheduler.submit(job) for job in jobs]
 
     def _answered(self, index: int, answer: JobResult | BaseException) -> None:  # on the inference thread
+        callbacks: list[Callable[[], None]] = []
         with self._lock:
             if isinstance(answer, BaseException):
                 self._error = self._error or answer
             else:
                 self._results[index] = answer
             self._left -= 1
-            if self._left == 0 or self._error is not None:
+            if (self._left == 0 or self._error is not None) and not self._done.is_set():
                 self.total_ms = (time.perf_counter() - self.received) * 1e3
                 self._done.set()
+                callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            fn()
+
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` (on the thread that answers the last frame, or here) once :meth:`wait` would not block."""
+        with self._lock:
+            if not self._done.is_set():
+                self._callbacks.append(fn)
+                return
+        fn()
 
     def cancel(self) -> None:
         """Withdraw the frames not started yet and wake :meth:`wait` (the caller is gone)."""
         self._cancelled = True
         for job in self._jobs:
             self.model.scheduler.cancel(job)
-        self._done.set()
+        with self._lock:
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            fn()
 
     def wait(self, timeout: float | None = None) -> list[JobResult]:
         """Every frame's answer, in order; the first frame error raised instead (the rest withdrawn)."""

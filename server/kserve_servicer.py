@@ -22,13 +22,9 @@ UNIMPLEMENTED with the list of those that are implemented.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import logging
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
 import grpc
 from grpc_interceptor.exceptions import Unimplemented
@@ -36,10 +32,9 @@ from grpc_interceptor.exceptions import Unimplemented
 from edgeinfer.proto import kserve_v2_pb2 as v2
 from edgeinfer.proto import kserve_v2_pb2_grpc as v2_grpc
 from edgeinfer.server import kserve_tensors as kt
-from edgeinfer.server import metrics, statistics
-from edgeinfer.server.batcher import JobResult
-from edgeinfer.server.errors import EdgeInferError, InternalError, InvalidRequest, ModelNotFound, NotReady
-from edgeinfer.server.frame_batch import FrameBatch
+from edgeinfer.server import statistics
+from edgeinfer.server.errors import EdgeInferError, ModelNotFound, NotReady
+from edgeinfer.server.kserve_infer import InferRequest, wait_frames
 from edgeinfer.server.kserve_metadata import (
     MAX_REQUEST_BATCH,
     model_config,
@@ -47,8 +42,9 @@ from edgeinfer.server.kserve_metadata import (
     platform,
     tensor_metadata,
 )
+from edgeinfer.server.kserve_stream import V2Stream
 from edgeinfer.server.loading import ModelTable, ServedModel
-from edgeinfer.server.servicer import EdgeInferenceServicer
+from edgeinfer.server.servicer import EdgeInferenceServicer, time_left
 
 __all__ = [
     "EXTENSIONS",
@@ -66,9 +62,6 @@ KSERVE_SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].ful
 IMPLEMENTED = tuple(m.name for m in v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods)
 # As Triton reports them in ServerMetadata. Not "model_repository": that one includes load/unload.
 EXTENSIONS = ("classification", "model_configuration", "statistics", "parameters")
-# Requests of one ModelStreamInfer in flight at once; past it the daemon stops reading and
-# gRPC flow control pushes back (edgeinfer.v1's `all` policy window).
-STREAM_WINDOW = 8
 
 
 def _version() -> str:
@@ -93,26 +86,32 @@ class KServeServicer(v2_grpc.GRPCInferenceServiceServicer):
 
     # -- health and metadata -------------------------------------------------------
 
-    def ServerLive(self, request: v2.ServerLiveRequest, context: grpc.ServicerContext) -> v2.ServerLiveResponse:
+    async def ServerLive(  # type: ignore[override]
+        self, request: v2.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ServerLiveResponse:
         return v2.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request: v2.ServerReadyRequest, context: grpc.ServicerContext) -> v2.ServerReadyResponse:
+    async def ServerReady(  # type: ignore[override]
+        self, request: v2.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ServerReadyResponse:
         return v2.ServerReadyResponse(ready=self.table.ready and not self.edge.draining)
 
-    def ModelReady(self, request: v2.ModelReadyRequest, context: grpc.ServicerContext) -> v2.ModelReadyResponse:
+    async def ModelReady(  # type: ignore[override]
+        self, request: v2.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ModelReadyResponse:
         try:
             self._resolve(request.name, request.version)
         except (ModelNotFound, NotReady):
             return v2.ModelReadyResponse(ready=False)
         return v2.ModelReadyResponse(ready=True)
 
-    def ServerMetadata(
-        self, request: v2.ServerMetadataRequest, context: grpc.ServicerContext
+    async def ServerMetadata(  # type: ignore[override]
+        self, request: v2.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> v2.ServerMetadataResponse:
         return v2.ServerMetadataResponse(name="edgeinfer", version=self._version, extensions=EXTENSIONS)
 
-    def ModelMetadata(
-        self, request: v2.ModelMetadataRequest, context: grpc.ServicerContext
+    async def ModelMetadata(  # type: ignore[override]
+        self, request: v2.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> v2.ModelMetadataResponse:
         model = self._resolve(request.name, request.version)
         versions = [model.precision] if request.version else self._versions(model)
@@ -125,11 +124,13 @@ class KServeServicer(v2_grpc.GRPCInferenceServiceServicer):
             outputs=[tensor_metadata(s, lead) for s in kt.output_specs(model.num_classes)],
         )
 
-    def ModelConfig(self, request: v2.ModelConfigRequest, context: grpc.ServicerContext) -> v2.ModelConfigResponse:
+    async def ModelConfig(  # type: ignore[override]
+        self, request: v2.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ModelConfigResponse:
         return v2.ModelConfigResponse(config=model_config(self._resolve(request.name, request.version)))
 
-    def RepositoryIndex(
-        self, request: v2.RepositoryIndexRequest, context: grpc.ServicerContext
+    async def RepositoryIndex(  # type: ignore[override]
+        self, request: v2.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> v2.RepositoryIndexResponse:
         state = "READY" if self.table.ready and not self.edge.draining else "UNAVAILABLE"
         return v2.RepositoryIndexResponse(
@@ -139,8 +140,8 @@ class KServeServicer(v2_grpc.GRPCInferenceServiceServicer):
             ]
         )
 
-    def ModelStatistics(
-        self, request: v2.ModelStatisticsRequest, context: grpc.ServicerContext
+    async def ModelStatistics(  # type: ignore[override]
+        self, request: v2.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> v2.ModelStatisticsResponse:
         if request.name:
             model = self._resolve(request.name, request.version)
@@ -154,218 +155,39 @@ class KServeServicer(v2_grpc.GRPCInferenceServiceServicer):
 
     # -- inference ---------------------------------------------------------------
 
-    def ModelInfer(self, request: v2.ModelInferRequest, context: grpc.ServicerContext) -> v2.ModelInferResponse:
+    async def ModelInfer(  # type: ignore[override]
+        self, request: v2.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> v2.ModelInferResponse:
         model = self._resolve(request.model_name, request.model_version)
+        peer = context.peer()
         try:
-            with self.edge.unary_call_slot("ModelInfer", "ModelStreamInfer"):
-                infer = _Infer.start(model, request)
-                results = infer.frames.wait(_time_left(context))
-        except EdgeInferError:
+            async with self.edge.budget.frame(peer, request.ByteSize()):
+                # The tensors are read (and with --preprocess-on stream, decoded) on a decode thread, in turn.
+                infer = await self.edge.decode.run(peer, lambda: InferRequest.start(model, request))
+                results = await wait_frames(infer.frames, time_left(context))
+        except EdgeInferError as exc:
             statistics.record_failure(model.name, model.precision, 0.0)
-            raise
+            raise exc.with_traceback(None) from None
         return infer.response(results)
 
-    def ModelStreamInfer(
-        self, request_iterator: Iterator[v2.ModelInferRequest], context: grpc.ServicerContext
-    ) -> Iterator[v2.ModelStreamInferResponse]:
+    async def ModelStreamInfer(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[v2.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[v2.ModelStreamInferResponse]:
         if self.edge.draining:
             raise NotReady("the daemon is shutting down; reconnect to another replica or retry later")
-        # One of the daemon's --max-streams slots, shared with edgeinfer.v1 streams.
+        # One of the daemon's --max-streams slots, shared with edgeinfer.v1 streams, under the same clocks.
         guarded = self.edge.guard.admit(context)
-        stream = _Stream(self._resolve)
+        stream = V2Stream(self._resolve, self.edge.decode, self.edge.budget, guarded)
         try:
-            context.add_callback(stream.abort)
-            threading.Thread(target=stream.pump, args=(request_iterator,), name="v2-stream-reader", daemon=True).start()
-            yield from stream.answers()
+            async for response in stream.answers(request_iterator, self.edge.guard):
+                guarded.sending = True
+                yield response
+                guarded.sending = False
+                guarded.answers_out += 1
+                guarded.touch()
         finally:
             stream.abort()
             self.edge.guard.release(guarded)
-
-
-@dataclass
-class _Infer:
-    """One ModelInferRequest whose frames are in flight: started (parsed, checked, queued), then answered."""
-
-    request: v2.ModelInferRequest
-    model: ServedModel
-    outputs: list[kt.RequestedOutput]
-    batched: bool
-    frames: FrameBatch
-
-    @classmethod
-    def start(cls, model: ServedModel, request: v2.ModelInferRequest) -> _Infer:
-        outputs = kt.requested_outputs(
-            [(o.name, _parameters(o.parameters)) for o in request.outputs],
-            model=model.name,
-            num_classes=model.num_classes,
-        )
-        batch = kt.images_from_inputs(
-            _inputs(request), _parameters(request.parameters), model=model.name, max_batch_size=MAX_REQUEST_BATCH
-        )
-        frames = FrameBatch(model, batch.images, kt.top_k_needed(outputs, model.num_classes))
-        return cls(request, model, outputs, batch.batched, frames)
-
-    def response(self, results: list[JobResult]) -> v2.ModelInferResponse:
-        model, total_ms = self.model, self.frames.total_ms
-        _record(model, results, total_ms)
-        response = v2.ModelInferResponse(model_name=model.name, model_version=model.precision, id=self.request.id)
-        for t in kt.output_tensors(self.outputs, results, labels=model.categories, batched=self.batched):
-            response.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
-            response.raw_output_contents.append(t.raw)
-        for key, value in kt.timing_parameters(results, total_ms).items():
-            if isinstance(value, int):
-                response.parameters[key].int64_param = value
-            else:
-                response.parameters[key].double_param = value
-        response.parameters["precision"].string_param = model.precision
-        response.parameters["device"].string_param = str(model.device)
-        return response
-
-
-_END = object()
-
-
-class _Stream:
-    """One ModelStreamInfer: a reader thread starts requests, the handler answers them in order.
-
-    At most STREAM_WINDOW requests are unanswered; a request's error (unknown
-    model, bad tensor, undecodable image) is its answer, in-band, and the stream
-    goes on.
-    """
-
-    def __init__(self, resolve: Callable[[str, str], ServedModel]) -> None:
-        self._resolve = resolve
-        self._order: deque[_Infer | tuple[v2.ModelInferRequest, EdgeInferError] | object] = deque()
-        self._ready = threading.Condition()
-        self._window = threading.BoundedSemaphore(STREAM_WINDOW)
-        self._aborted = False
-
-    def pump(self, requests: Iterator[v2.ModelInferRequest]) -> None:
-        try:
-            for request in requests:
-                self._window.acquire()
-                if self._aborted:
-                    return
-                self._put(self._start(request))
-        except Exception:  # the RPC was cancelled or broke: nobody is left to answer
-            self.abort()
-            return
-        self._put(_END)
-
-    def _start(self, request: v2.ModelInferRequest) -> _Infer | tuple[v2.ModelInferRequest, EdgeInferError]:
-        model = None
-        try:
-            model = self._resolve(request.model_name, request.model_version)
-            return _Infer.start(model, request)
-        except EdgeInferError as exc:
-            return request, _failed(model, exc)
-        except Exception as exc:  # a bug: logged, and this request is still answered
-            log.exception("v2 stream request %r failed", request.id)
-            return request, _failed(model, InternalError(f"the daemon failed on this request: {exc}"))
-
-    def _put(self, item: object) -> None:
-        with self._ready:
-            self._order.append(item)
-            self._ready.notify()
-
-    def answers(self) -> Iterator[v2.ModelStreamInferResponse]:
-        while True:
-            with self._ready:
-                while not self._order and not self._aborted:
-                    self._ready.wait()
-                if self._aborted:
-                    return
-                item = self._order[0]  # stays in line (abort() cancels it) until answered
-            if item is _END:
-                return
-            response = self._answer(item)
-            if self._aborted:  # woken by abort(): the peer is gone
-                return
-            with self._ready:
-                self._order.popleft()
-            with contextlib.suppress(ValueError):  # abort() already opened the window fully
-                self._window.release()
-            yield response
-
-    def _answer(self, item: object) -> v2.ModelStreamInferResponse:
-        if isinstance(item, tuple):
-            request, error = item
-            return _stream_error(request, error)
-        assert isinstance(item, _Infer)
-        try:
-            results = item.frames.wait()
-        except EdgeInferError as exc:
-            return _stream_error(item.request, _failed(item.model, exc))
-        return v2.ModelStreamInferResponse(infer_response=item.response(results))
-
-    def abort(self) -> None:
-        """The peer is gone: withdraw queued frames, end answers() and unblock the reader."""
-        with self._ready:
-            self._aborted = True
-            pending = [item for item in self._order if isinstance(item, _Infer)]
-            self._ready.notify_all()
-        for item in pending:
-            item.frames.cancel()
-        with contextlib.suppress(ValueError):
-            while True:
-                self._window.release()
-
-
-def _failed(model: ServedModel | None, exc: EdgeInferError) -> EdgeInferError:
-    if model is not None:
-        statistics.record_failure(model.name, model.precision, 0.0)
-    return exc
-
-
-def _stream_error(request: v2.ModelInferRequest, exc: EdgeInferError) -> v2.ModelStreamInferResponse:
-    """Triton's in-band error: the message, and the request's id so the caller knows which one failed."""
-    return v2.ModelStreamInferResponse(
-        error_message=str(exc.details),
-        infer_response=v2.ModelInferResponse(
-            model_name=request.model_name, model_version=request.model_version, id=request.id
-        ),
-    )
-
-
-def _record(model: ServedModel, results: list[JobResult], total_ms: float) -> None:
-    metrics.FRAMES.labels(model.name, model.precision, "predicted").inc(len(results))
-    for r in results:
-        metrics.FRAME_LATENCY.labels(model.name, model.precision).observe(total_ms / 1e3)
-        statistics.record_success(model.name, model.precision, r, total_ms)
-
-
-def _time_left(context: grpc.ServicerContext) -> float | None:
-    """Seconds left before the call's deadline; None for a call without one (gRPC reports ~9.2e18 s then)."""
-    left = context.time_remaining()
-    return None if left is None or left >= threading.TIMEOUT_MAX else left
-
-
-def _parameters(parameters: Mapping[str, v2.InferParameter]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, p in parameters.items():
-        choice = p.WhichOneof("parameter_choice")
-        out[key] = getattr(p, choice) if choice else None
-    return out
-
-
-def _inputs(request: v2.ModelInferRequest) -> list[kt.InputTensor]:
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidRequest(
-            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; send one per input"
-        )
-    return [
-        kt.InputTensor(
-            name=t.name,
-            datatype=t.datatype,
-            shape=t.shape,
-            raw=raw[i] if raw else None,
-            bytes_contents=t.contents.bytes_contents,
-            uint_contents=t.contents.uint_contents,
-            parameters=_parameters(t.parameters),
-        )
-        for i, t in enumerate(request.inputs)
-    ]
 
 
 class _Unimplemented(grpc.GenericRpcHandler):
@@ -376,7 +198,7 @@ class _Unimplemented(grpc.GenericRpcHandler):
         if service != KSERVE_SERVICE_NAME or method in IMPLEMENTED:
             return None
 
-        def refuse(request: bytes, context: grpc.ServicerContext) -> None:
+        def refuse(request: bytes, context: grpc.aio.ServicerContext) -> None:
             raise Unimplemented(
                 f"{KSERVE_SERVICE_NAME}/{method} is not implemented by edgeinfer; it serves {', '.join(IMPLEMENTED)}"
             )
@@ -384,6 +206,6 @@ class _Unimplemented(grpc.GenericRpcHandler):
         return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-def add_kserve_to_server(servicer: KServeServicer, server: grpc.Server) -> None:
+def add_kserve_to_server(servicer: KServeServicer, server: grpc.aio.Server) -> None:
     v2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     server.add_generic_rpc_handlers((_Unimplemented(),))

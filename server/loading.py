@@ -26,7 +26,7 @@ from edgeinfer.server.errors import InvalidRequest, ModelNotFound, NotReady
 from edgeinfer.server.frames import CpuDevice, FramePreprocessor, Preprocessing
 from edgeinfer.server.inference_thread import InferenceThread, cpu_thread
 from edgeinfer.server.limits import FrameLimits
-from edgeinfer.server.model_names import MODEL_NAMES, canonical_name
+from edgeinfer.server.model_names import MODEL_ALIASES, served_name
 from edgeinfer.server.options import Precision, PreprocessOn, choices
 from edgeinfer.server.profiling import batch_ladder, profile_batch_sizes
 from edgeinfer.server.runtimes import NonFiniteScores, Runtime
@@ -199,7 +199,7 @@ def load_model(
         raise InvalidRequest(
             f"preprocess_on must be one of {', '.join(choices(PreprocessOn))}, got {preprocess_on!r}"
         ) from None
-    canonical = canonical_name(name)
+    canonical = served_name(name)
     limits = limits or FrameLimits(max_frame_bytes=max_frame_bytes)
     chosen = choose_runtime(canonical, precision, str(device), repository, runtime)
     if chosen == "onnxruntime":
@@ -275,7 +275,7 @@ def load_model(
         )
         return ServedModel(
             name=canonical,
-            aliases=MODEL_NAMES[canonical],
+            aliases=MODEL_ALIASES[canonical],
             architecture=built.architecture,
             precision=resolved,
             device=device,
@@ -340,7 +340,7 @@ class ModelTable:
             raise NotReady("the daemon is still loading its models; retry when health reports SERVING")
         if not name:
             raise InvalidRequest("no model named: set model.name (e.g. 'squeezenet')")
-        canonical = canonical_name(name)  # unknown architecture -> NOT_FOUND naming the known ones
+        canonical = served_name(name)  # unknown architecture -> NOT_FOUND naming the known ones
         loaded = [m for m in self.all() if m.name == canonical]
         if not loaded:
             served = ", ".join(f"{m.name}:{m.precision}" for m in self.all())

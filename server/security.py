@@ -315,6 +315,20 @@ class BearerTokenInterceptor(ServerInterceptor):
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
         return method(request_or_iterator, context)
 
+    def refusal(self, method_name: str, metadata: Iterable[Any], peer: str) -> str | None:
+        """Why a call to ``method_name`` is refused (logged and counted here), or None when it may go on.
+
+        The daemon's event loop calls this from its front door (server/front_door.py) before the
+        call reads anything: a refused call costs a status and nothing else.
+        """
+        service = method_name.lstrip("/").split("/", 1)[0]
+        if service in self.exempt:
+            return None
+        problem = self._problem(metadata)
+        if problem is not None:
+            self._refused(method_name, peer, problem)
+        return problem
+
     def _problem(self, metadata: Iterable[Any]) -> str | None:
         values = [m.value for m in metadata if m.key == "authorization"]
         if not values:

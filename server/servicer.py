@@ -1,53 +1,60 @@
-"""The EdgeInference gRPC servicer: protocol <-> domain translation, nothing else.
+"""The EdgeInference gRPC servicer, on the daemon's event loop: protocol <-> domain translation, nothing else.
 
-It is handed a :class:`ModelTable` and holds no torch code. Stream-level
-errors are raised as domain errors and become the RPC status in the
-interceptor; per-frame errors are answered in-band by the session.
+It is handed a :class:`ModelTable` and holds no torch code. Stream-level errors are
+raised as domain errors and become the RPC status at the front door
+(server/front_door.py); per-frame errors are answered in-band by the session
+(server/loop_session.py). Waiting on a client or on the model is an ``await``:
+no call holds a thread (issue 26).
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
-import queue
-import threading
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator
 
 import grpc
 
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 from edgeinfer.server import metrics, statistics
+from edgeinfer.server.admission import MAX_UNARY_INFER_CALLS
+from edgeinfer.server.batcher import JobResult
+from edgeinfer.server.byte_budget import ByteBudget, frame_bytes
 from edgeinfer.server.defaults import DEFAULT_CONFIG_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
-from edgeinfer.server.errors import EdgeInferError, InvalidFrame, InvalidRequest, LimitExceeded, NotLocal, NotReady
+from edgeinfer.server.errors import (
+    DeadlineExceeded,
+    EdgeInferError,
+    InvalidFrame,
+    InvalidRequest,
+    LimitExceeded,
+    NotLocal,
+    NotReady,
+)
+from edgeinfer.server.event_loop import settle_from_thread
+from edgeinfer.server.fair_share import FairShare
 from edgeinfer.server.frames import FrameImage, JpegImage, RawImage
 from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.loading import ModelTable, ServedModel
+from edgeinfer.server.loop_session import LoopSession, make_job, predicted
 from edgeinfer.server.malformed import clip_details
 from edgeinfer.server.options import PreprocessOn
-from edgeinfer.server.session import (
-    DropPolicy,
-    FrameIn,
-    FrameOutcome,
-    StreamSession,
-    classify_one,
-)
+from edgeinfer.server.session import DropPolicy, FrameIn, FrameOutcome, check_top_k
 from edgeinfer.server.shm import SharedMemoryRegion, check_local, peer_uid
 from edgeinfer.server.stream_guard import GuardedStream, StreamGuard
 
-__all__ = ["MAX_UNARY_INFER_CALLS", "EdgeInferenceServicer"]
+__all__ = ["MAX_UNARY_INFER_CALLS", "EdgeInferenceServicer", "image_from_proto", "model_info", "time_left"]
 
 log = logging.getLogger(__name__)
 
-# Unary inference calls (Classify, and KServe v2 ModelInfer) running at once, all methods together:
-# each holds a handler thread while its frames wait for the model.
-MAX_UNARY_INFER_CALLS = 8
 _PIXEL_FORMATS = frozenset(pb.PixelFormat.values())
 _POLICIES = {
     pb.DROP_POLICY_UNSPECIFIED: DropPolicy.LATEST,
     pb.DROP_POLICY_LATEST: DropPolicy.LATEST,
     pb.DROP_POLICY_ALL: DropPolicy.ALL,
 }
+_DRAINING = "the daemon is shutting down; reconnect to another replica or retry later"
 
 
 class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
@@ -60,6 +67,8 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         limits: FrameLimits | None = None,
         config_timeout: float = DEFAULT_CONFIG_TIMEOUT_S,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
+        decode: FairShare | None = None,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.table = table
         self.max_streams = max_streams
@@ -67,7 +76,8 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         self.limits = limits or FrameLimits()
         self.guard = StreamGuard(max_streams=max_streams, config_timeout=config_timeout, idle_timeout=idle_timeout)
         self.draining = False
-        self._unary_calls = threading.BoundedSemaphore(MAX_UNARY_INFER_CALLS)
+        self.decode = decode or FairShare(1)
+        self.budget = budget or ByteBudget.for_frames(self.limits.max_frame_bytes)
 
     @property
     def open_streams(self) -> int:
@@ -81,64 +91,55 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
 
     # -- streams -----------------------------------------------------------------
 
-    def StreamClassify(
-        self, request_iterator: Iterator[pb.StreamRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.StreamResponse]:
+    async def StreamClassify(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamResponse]:
         if self.draining:
-            raise NotReady("the daemon is shutting down; reconnect to another replica or retry later")
-        # Counted from here, before its config: a half-open stream holds a handler thread too.
+            raise NotReady(_DRAINING)
+        # Counted from here, before its config: a half-open stream holds a slot too.
         stream = self.guard.admit(context)
-        # The first message is read by the stream's reader thread, so that a client that
-        # never sends it holds this handler only until --config-timeout.
-        first: queue.SimpleQueue[object] = queue.SimpleQueue()
-        start: queue.SimpleQueue[tuple[StreamSession, SharedMemoryRegion | None, ServedModel] | None] = (
-            queue.SimpleQueue()
-        )
-        session: StreamSession | None = None
+        session: LoopSession | None = None
         region: SharedMemoryRegion | None = None
+        reader: asyncio.Task[None] | None = None
         try:
-            threading.Thread(
-                target=_read_stream,
-                args=(request_iterator, stream, first, start, self.limits),
-                name="stream-reader",
-                daemon=True,
-            ).start()
-            try:
-                request = first.get(timeout=self.guard.config_timeout)
-            except queue.Empty:
-                raise self.guard.config_timed_out(stream) from None
+            request = await self.guard.first_message(stream, anext(request_iterator, None))
+            stream.touch()
             if request is None:  # the peer left, or half-closed before any message
                 return
-            if isinstance(request, EdgeInferError):
-                raise request
             assert isinstance(request, pb.StreamRequest)
             if request.WhichOneof("request") != "config":
                 raise InvalidRequest("the first message of a stream must be a StreamConfig (model, top_k, drop policy)")
             config = request.config
             model = self._resolve(config.model)
-            session = StreamSession(model, top_k=config.top_k, policy=_policy(config.drop_policy))
+            session = LoopSession(
+                model,
+                top_k=config.top_k,
+                policy=_policy(config.drop_policy),
+                decode=self.decode,
+                connection=context.peer(),
+            )
             if config.HasField("shared_memory"):
                 region = self._shared_memory(config, context.peer())
             stream.session = session
             if self.draining:  # began after drain() had gathered the open streams
-                session.fail(NotReady("the daemon is shutting down; reconnect to another replica or retry later"))
-            context.add_callback(session.abort)
-            start.put((session, region, model))
+                session.fail(NotReady(_DRAINING))
+            reader = asyncio.ensure_future(
+                _read_frames(request_iterator, stream, session, region, model, self.limits, self.budget)
+            )
             region = None  # the reader's now: it closes it when it stops reading
-            for outcome in session.results():
+            async for outcome in session.answers():
                 stream.sending = True
-                try:
-                    yield _stream_response(outcome, model)
-                finally:  # once gRPC has sent the answer: the metrics stay off the frame's path
-                    stream.sending = False
-                    stream.answers_out += 1
-                    stream.touch()
-                    _record(model, outcome)
+                yield _stream_response(outcome, model)
+                stream.sending = False  # gRPC took the answer (the front door's write returned)
+                stream.answers_out += 1
+                stream.touch()
+                _record(model, outcome)
         finally:
-            start.put(None)  # a reader still waiting for the go ends
             if session is not None:
                 session.abort()
                 log.info("stream on %s closed: %s", session.model.name, session.counts)
+            if reader is not None:
+                reader.cancel()
             if region is not None:
                 region.close()
             self.guard.release(stream)
@@ -151,7 +152,7 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         return SharedMemoryRegion.open(shm.key, shm.byte_size, max_bytes=self.max_shm_bytes, owner_uid=peer_uid(peer))
 
     def drain(self) -> int:
-        """Shutdown: refuse new calls; every open stream ends after the answers to the frames it has read."""
+        """Shutdown (on the event loop): refuse new calls; every open stream ends after the answers to what it read."""
         self.draining = True
         return self.guard.drain(
             NotReady(
@@ -162,41 +163,43 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
 
     # -- unary -------------------------------------------------------------------
 
-    def Classify(self, request: pb.ClassifyRequest, context: grpc.ServicerContext) -> pb.Prediction:
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.Prediction:  # type: ignore[override]
         model = self._resolve(request.model)
         image = image_from_proto(request.image, limits=self.limits, resize_size=model.preprocessing.resize_size)
-        with self.unary_call_slot("Classify", "StreamClassify"):
-            outcome = classify_one(model, image, request.top_k, timeout=_time_left(context))
+        check_top_k(request.top_k, model)
+        received = time.perf_counter()
+        answer: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
+        async with self.budget.frame(context.peer(), frame_bytes(request.image)):
+            job = await make_job(
+                model, image, request.top_k, lambda r: settle_from_thread(answer, r), self.decode, context.peer()
+            )
+            del image, request  # the job holds the frame now, until it is answered or withdrawn
+            model.scheduler.submit(job)
+            try:
+                result = await asyncio.wait_for(answer, time_left(context))
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"no answer from {model.name} within the call's deadline") from None
+            finally:
+                model.scheduler.cancel(job)  # a job that has not run (deadline, client gone) never will
+        outcome = predicted(FrameIn(0, 0, _NO_FRAME), result, model, received)
         _record(model, outcome)
         return _fill_prediction(pb.Prediction(), outcome, model)
 
-    @contextlib.contextmanager
-    def unary_call_slot(self, method: str, stream_method: str) -> Iterator[None]:
-        """Hold one of the MAX_UNARY_INFER_CALLS slots for a unary inference call, or refuse it at once.
-
-        However many calls a client sends, the handler threads they can hold while they wait for
-        the model stay bounded, and health checks and metadata calls keep threads of their own.
-        """
-        if not self._unary_calls.acquire(blocking=False):
-            raise LimitExceeded(
-                f"{MAX_UNARY_INFER_CALLS} unary inference calls are already running in this daemon; retry "
-                f"{method}, or send many frames over one {stream_method} stream"
-            )
-        try:
-            yield
-        finally:
-            self._unary_calls.release()
-
-    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:  # type: ignore[override]
         return pb.ListModelsResponse(models=[model_info(m) for m in self.table.all()])
 
-    def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:  # type: ignore[override]
         return model_info(self._resolve(request.model))
 
     def _resolve(self, selector: pb.ModelSelector) -> ServedModel:
         if self.draining:
-            raise NotReady("the daemon is shutting down; reconnect to another replica or retry later")
+            raise NotReady(_DRAINING)
         return self.table.resolve(selector.name, selector.precision)
+
+
+_NO_FRAME = InvalidFrame("no image kept")
 
 
 def _policy(value: int) -> DropPolicy:
@@ -206,70 +209,70 @@ def _policy(value: int) -> DropPolicy:
     return policy
 
 
-def _time_left(context: grpc.ServicerContext) -> float | None:
+def time_left(context: grpc.aio.ServicerContext) -> float | None:
     """Seconds left before the call's deadline; None for a call without one (gRPC reports ~9.2e18 s then)."""
     left = context.time_remaining()
-    return None if left is None or left >= threading.TIMEOUT_MAX else left
+    return None if left is None or left >= 1e9 else max(0.0, left)
 
 
-def _read_stream(
-    requests: Iterator[pb.StreamRequest],
+async def _read_frames(
+    requests: AsyncIterator[pb.StreamRequest],
     stream: GuardedStream,
-    first: queue.SimpleQueue[object],
-    start: queue.SimpleQueue[tuple[StreamSession, SharedMemoryRegion | None, ServedModel] | None],
-    limits: FrameLimits,
-) -> None:
-    """Reader thread of one stream: the config for the handler, then frames until the peer half-closes."""
-    try:
-        request: object = next(requests, None)
-    except EdgeInferError as exc:  # not a StreamRequest at all (server/malformed.py)
-        request = exc
-    except Exception:  # the RPC was cancelled or broke
-        request = None
-    stream.touch()
-    first.put(request)
-    started = start.get()
-    if started is None:
-        return
-    session, region, model = started
-    try:
-        _read_frames(requests, stream, session, region, model, limits)
-    finally:
-        if region is not None:
-            region.close()
-
-
-def _read_frames(
-    requests: Iterator[pb.StreamRequest],
-    stream: GuardedStream,
-    session: StreamSession,
+    session: LoopSession,
     region: SharedMemoryRegion | None,
     model: ServedModel,
     limits: FrameLimits,
+    budget: ByteBudget,
 ) -> None:
+    """The stream's reader task: frames until the peer half-closes, each within the stream's byte budget."""
+    connection = stream.peer
     try:
-        for request in requests:
+        while not session.ended:
+            # Nothing more is read (and gRPC's flow control holds the sender) while this stream,
+            # or the daemon, holds its budget of frame bytes.
+            await budget.room(connection)
+            request = await anext(requests, None)
+            if request is None:
+                session.finish()
+                return
             stream.touch()
             if request.WhichOneof("request") != "frame":
                 session.fail(InvalidRequest("only the first message of a stream may be a StreamConfig"))
                 return
             frame = request.frame
             stream.frames_in += 1
+            nbytes = frame_bytes(frame.image)
             try:  # every limit is checked here, before the frame is queued
                 image: FrameImage | EdgeInferError = image_from_proto(
                     frame.image, region, limits=limits, resize_size=model.preprocessing.resize_size
                 )
             except EdgeInferError as exc:  # answered in-band: the stream goes on
-                image = exc
-            if not session.submit(FrameIn(frame.sequence, frame.capture_time_ns, image)):
+                image, nbytes = exc.with_traceback(None), 0
+            held = budget.take(connection, nbytes)
+            answer = await session.submit(FrameIn(frame.sequence, frame.capture_time_ns, image))
+            del request, frame, image
+            if answer is None:
+                held.release()
                 return
+            answer.add_done_callback(held.on_answered)
     except EdgeInferError as exc:  # a message that is not a StreamRequest: answered after the frames before it
         session.fail(exc)
-        return
-    except Exception:  # the RPC was cancelled or broke: nobody is left to answer
+    except grpc.aio.AioRpcError as exc:  # the read failed (a message over the size limit)
+        session.fail(_read_error(exc))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the RPC was cancelled or broke: nobody is left to answer
+        log.debug("stream from %s: reading stopped: %r", connection, exc)
         session.abort()
-        return
-    session.finish()
+    finally:
+        if region is not None:
+            region.close()
+
+
+def _read_error(exc: grpc.aio.AioRpcError) -> EdgeInferError:
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return LimitExceeded(clip_details(exc.details() or "a message over this daemon's size limit"))
+    return InvalidRequest(clip_details(exc.details() or str(exc.code())))
 
 
 def image_from_proto(

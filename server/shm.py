@@ -18,7 +18,6 @@ Linux only (``/dev/shm``), which is what the robot boards run.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import re
 import stat
@@ -28,6 +27,7 @@ from urllib.parse import unquote
 
 from edgeinfer.server.errors import InvalidFrame, InvalidRequest, LimitExceeded, NotLocal, SharedMemoryNotFound
 from edgeinfer.server.frames import RawImage
+from edgeinfer.server.peers import Endpoint, parse_peer, private_unix_sockets, tcp_peer_uid
 
 __all__ = ["SHM_ROOT", "SharedMemoryRegion", "check_local", "is_local_peer", "peer_uid"]
 
@@ -37,24 +37,12 @@ _KEY = re.compile(r"/?[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}")
 
 
 def is_local_peer(peer: str) -> bool:
-    """True when a gRPC peer string (``context.peer()``) is on this host: a Unix socket or loopback.
+    """True when a gRPC peer string (``context.peer()``) is on this host: a Unix socket or a loopback address.
 
-    Decided from the parsed address, not the string's spelling: grpcio 1.85 percent-encodes
-    an IPv6 peer (``ipv6:%5B::1%5D:54142``), earlier ones did not (``ipv6:[::1]:54142``).
+    Read from the parsed address (grpcio 1.85 percent-encodes it: ``ipv6:%5B::1%5D:54142``), not a prefix.
     """
-    kind, _, rest = unquote(peer).partition(":")
-    if kind == "unix":
-        return True
-    if kind not in ("ipv4", "ipv6"):
-        return False
-    host = rest.rpartition(":")[0].removeprefix("[").removesuffix("]").partition("%")[0]  # no port, no zone
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+    where = parse_peer(peer)
+    return where == "unix" or (isinstance(where, Endpoint) and where.ip.is_loopback)
 
 
 class SharedMemoryRegion:
@@ -177,30 +165,30 @@ def _check_regular(key: str, mode: int) -> None:
         )
 
 
-def peer_uid(peer: str) -> int | None:
-    """The user id of a loopback TCP peer (``context.peer()``), from the kernel's socket table; None if unknown.
+def peer_uid(peer: str) -> int:
+    """The user id of the same-host client at the other end of ``peer`` (``context.peer()``), or NotLocal.
 
-    Both ends of a loopback connection are in this host's /proc/net/tcp{,6}: the
-    peer's end is the one whose local port is the peer's port. A Unix-socket peer
-    carries no port, and gRPC Python does not expose SO_PEERCRED: None.
+    From the connection's own 4-tuple for loopback TCP, from the socket's permissions for a Unix
+    socket (server/peers.py); a client the daemon cannot identify gets no shared memory.
     """
-    m = re.fullmatch(r"ipv[46]:(?:\[.*\]|[\d.]+):(\d+)", peer)
-    if m is None:
-        return None
-    port = f":{int(m.group(1)):04X}"
-    # Either table, whatever the peer string says: gRPC clients connect from dual-stack
-    # sockets, listed in tcp6 with a v4-mapped address even when the daemon sees IPv4.
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    if fields[1].endswith(port) and fields[3] == "01":  # the peer's end, ESTABLISHED
-                        return int(fields[7])
-        except (OSError, IndexError, ValueError, StopIteration):
-            continue
-    return None
+    where = parse_peer(peer)
+    if where == "unix":
+        private, open_to_others = private_unix_sockets()
+        if not private:
+            which = f"{', '.join(open_to_others)} admits other users" if open_to_others else "its socket was not found"
+            raise NotLocal(
+                f"shared-memory frames over a Unix socket need one only the daemon's user can connect to "
+                f"(the daemon cannot tell which user connects): {which}; make it private (no write permission "
+                f"for others, or a folder only the daemon's user may enter), or send raw frames (--encoding raw)"
+            )
+        return os.geteuid()
+    uid = tcp_peer_uid(where) if isinstance(where, Endpoint) and is_local_peer(peer) else None
+    if uid is None:
+        raise NotLocal(
+            f"cannot tell which local user this stream ({unquote(peer)}) comes from, so shared memory is "
+            f"refused; send raw frames instead (edgeclient --encoding raw)"
+        )
+    return uid
 
 
 def check_local(peer: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edgeinfer.server.artifacts import SIDECAR, onnx_artifact_dir
 from edgeinfer.server.errors import InvalidRequest, WeightsUnavailable
-from edgeinfer.server.model_names import canonical_name
+from edgeinfer.server.model_names import served_name
 
 __all__ = ["RUNTIME_CHOICES", "choose_runtime", "installed"]
 
@@ -40,7 +40,7 @@ def choose_runtime(name: str, precision: str, device: str, repository: Path | No
     """The runtime for ``name`` at ``precision`` ("auto", "fp32", "fp16", "int8") on ``device``."""
     if wanted not in RUNTIME_CHOICES:
         raise InvalidRequest(f"unknown runtime {wanted!r}; choose one of {', '.join(RUNTIME_CHOICES)}")
-    name = canonical_name(name)
+    name = served_name(name)
     on_cpu = device.split(":")[0] == "cpu"
     fits_onnx = on_cpu and precision in ("auto", "fp32", "int8")
     onnx_precision = "fp32" if precision == "auto" else precision

@@ -127,3 +127,70 @@ def test_unknown_model_is_reported_with_status(target: str, clip: Path) -> None:
 def test_missing_video_exit_code(target: str, tmp_path: Path) -> None:
     out = edgeclient("--server", target, "--video", str(tmp_path / "missing.mp4"))
     assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def _photos(folder: Path, sizes: list[tuple[int, int]]) -> list[Path]:
+    from helpers import synthetic_frame
+
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        path = folder / f"photo{i:02d}.jpg"
+        assert cv2.imwrite(str(path), synthetic_frame(i, w, h))
+        paths.append(path)
+    return paths
+
+
+def _frames_in(video: Path) -> list[tuple[int, ...]]:
+    cap = cv2.VideoCapture(str(video))
+    shapes = []
+    for _ in range(1000):  # bounded: the file holds a handful
+        ok, frame = cap.read()
+        if not ok:
+            break
+        shapes.append(frame.shape)
+    cap.release()
+    return shapes
+
+
+def test_save_keeps_every_frame_of_mixed_sizes(target: str, tmp_path: Path) -> None:
+    """OpenCV's writer skips frames of another size than the first: they are letterboxed instead."""
+    _photos(tmp_path / "photos", [(320, 240), (640, 360), (200, 300), (320, 240)])
+    saved = tmp_path / "annotated.mp4"
+    out = edgeclient("--server", target, "--images", str(tmp_path / "photos"), "--save", str(saved))
+    assert out.returncode == 0, out.stderr
+    shapes = _frames_in(saved)
+    assert shapes == [(240, 320, 3)] * 4
+    assert f"wrote {len(shapes)} annotated frames to {saved}" in out.stderr
+
+
+def test_a_folder_is_inferred_whole_and_each_answer_names_its_file(target: str, tmp_path: Path) -> None:
+    paths = _photos(tmp_path / "photos", [(320, 240)] * 12)
+    out = edgeclient("--server", target, "--images", str(tmp_path / "photos"), "--json")  # no --drop-policy
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["kind"] for r in records] == ["prediction"] * 12  # a folder is not a camera: nothing dropped
+    assert [r["file"] for r in records] == [str(p) for p in paths]
+    text = edgeclient("--server", target, "--images", str(paths[3]), "--top-k", "1")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines()[0].startswith(f"#0     {paths[3]} ")
+
+
+def test_ctrl_c_prints_the_summary_and_exits_130(target: str, tmp_path: Path) -> None:
+    import signal
+
+    _photos(tmp_path / "photos", [(160, 120)] * 20)
+    exe = shutil.which("edgeclient") or str(Path(sys.executable).with_name("edgeclient"))
+    args = [exe, "--server", target, "--images", str(tmp_path / "photos"), "--fps", "2"]  # 10 s of photos
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            first = proc.stdout.readline()  # type: ignore[union-attr]
+            assert first.startswith("#0"), first + proc.stderr.read()  # type: ignore[union-attr]
+            proc.send_signal(signal.SIGINT)
+            rest, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 130, err
+    counts = summary_counts(rest)
+    assert 1 <= counts["answered"] <= counts["sent"] < 20
+    assert "Traceback" not in err

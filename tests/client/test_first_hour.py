@@ -38,6 +38,9 @@ def run_cli(*args: str) -> tuple[int, str, str]:
         (["--wait", "nan"], "argument --wait: must be at least 0, got nan"),
         (["--max-outage", "-1"], "argument --max-outage: must be at least 0"),
         (["--client-resize", "maybe"], "argument --client-resize: invalid choice: 'maybe'"),
+        (["--server", "localhost:99999"], "argument --server: 'localhost:99999': port must be 1-65535, got '99999'"),
+        (["--server", "[::1]:0"], "argument --server: '[::1]:0': port must be 1-65535, got '0'"),
+        (["--server", ":50051"], "argument --server: ':50051': no host"),
     ],
 )
 def test_edgeclient_mistakes_are_one_line_and_exit_2(args: list[str], message: str, clip: Path) -> None:
@@ -56,6 +59,20 @@ def test_camera_error_is_the_first_and_only_line(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert out.stderr.splitlines() == ["edgeclient: OpenCV cannot open camera 42 (is it connected? try another index)"]
     assert out.stdout == ""  # no "summary: sent 0" when nothing was sent
+
+
+def test_a_file_that_is_no_video_is_named_in_one_line(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("shopping list\n")
+    exe = str(Path(sys.executable).with_name("edgeclient"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}
+    out = subprocess.run(
+        [exe, "--video", str(notes), "--server", "127.0.0.1:1"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        f"edgeclient: the video {notes} delivered no frames (is it a file OpenCV can decode?)"
+    ]  # and no FFmpeg lines ("[mjpeg @ 0x...] No JPEG data found in image") before it
 
 
 def test_random_weights_are_said_in_the_output(target: str, clip: Path) -> None:

@@ -77,11 +77,13 @@ def test_a_folder_with_bad_files_text_lines(target: str, folder: Path) -> None:
     assert out.returncode == 3, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == len(EXPECTED) + 1 and lines[-1].startswith("summary: sent 8")
-    for line, (kind, message) in zip(lines, EXPECTED, strict=False):
+    names = sorted(p for p in folder.iterdir() if p.suffix != ".txt")
+    for line, (kind, message), name in zip(lines, EXPECTED, names, strict=False):
+        assert line.split()[1] == str(name), line  # each answer names its file
         if kind == "error":
             assert " error    INVALID_ARGUMENT: " in line and message in line, line
         else:
-            assert line.split()[2] == "ms" and "%" in line, line  # probabilities as percentages
+            assert line.split()[3] == "ms" and "%" in line, line  # probabilities as percentages
 
 
 def test_jpeg_files_go_byte_for_byte_and_others_are_decoded(folder: Path) -> None:

@@ -44,6 +44,14 @@ def test_fidelity_is_measured_on_held_out_frames(squeezenet_int8: Artifact) -> N
     assert f["fp32_ms"] > 0 and f["int8_ms"] > 0  # timed, never asserted on
     table = squeezenet_int8.report.table("t")
     assert "top-1 agreement" in table and "logit SQNR" in table and "x smaller" in table
+    # Random weights say so first; 8 frames are flagged as weak evidence; every loss has its interval.
+    assert table.splitlines()[0].startswith("RANDOM WEIGHTS:")
+    assert "WEAK EVIDENCE: 8 frames measured the loss; one frame is 12.5 points" in table
+    assert "each 6 dB is about one bit" in table
+    loss = f["loss"]
+    assert loss["against"] == "fp32" and loss["frames"] == 8 and sum(loss["counts"]) == 8
+    assert loss["low"] <= loss["points"] <= loss["high"] and loss["high"] > 25  # 8 frames bound little
+    assert f["random_weights"] is True and f["weak_evidence"] is True
 
 
 def test_quantized_graph_keeps_fire_concat_and_classifier_in_int8(squeezenet_int8: Artifact) -> None:

@@ -42,6 +42,10 @@ def test_every_seed_model_has_a_measured_fidelity_report(artifacts: dict[str, Ar
         assert f["sqnr_db"] > 15, (name, f["sqnr_db"])
         assert f["int8_bytes"] < f["fp32_bytes"] / 3, name
     assert artifacts["inception_v3"].meta["input_size"] == 299
+    # Inception's 15 concatenations share one scale per group: none requantizes (4 of 15 did with
+    # torch.ao's defaults; 2 with the max-pool branches left out of their group).
+    assert artifacts["inception_v3"].meta["concatenations"] == {"concatenations": 15, "requantizing": 0}
+    assert artifacts["squeezenet1_0"].meta["concatenations"] == {"concatenations": 8, "requantizing": 0}
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ The last tests fuzz the request messages (hypothesis) for a fixed budget.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -393,13 +394,13 @@ def test_a_stream_stuck_in_a_send_is_cancelled_after_its_idle_error() -> None:
     from edgeinfer.server.stream_guard import StreamGuard
 
     class Context:
-        cancelled = threading.Event()
+        aborted: list = []
 
         def peer(self) -> str:
             return "ipv4:127.0.0.1:1"
 
-        def cancel(self) -> None:
-            self.cancelled.set()
+        async def abort(self, code: grpc.StatusCode, details: str) -> None:
+            self.aborted.append(code)
 
     class Session:
         failed: list = []
@@ -411,14 +412,22 @@ def test_a_stream_stuck_in_a_send_is_cancelled_after_its_idle_error() -> None:
         def abort(self) -> None:
             self.aborted = True
 
-    guard = StreamGuard(max_streams=1, idle_timeout=0.2)
-    context, session = Context(), Session()
-    stream = guard.admit(context)  # type: ignore[arg-type]
-    stream.session = session  # type: ignore[assignment]
-    try:
-        assert context.cancelled.wait(10)  # its error could not be sent: cancelled, the thread is free
-    finally:
-        guard.stop()
+    async def stuck_handler() -> tuple[StreamGuard, Session, bool]:
+        guard = StreamGuard(max_streams=1, idle_timeout=0.2)
+        session = Session()
+        stream = guard.admit(context)  # type: ignore[arg-type]
+        stream.session = session  # type: ignore[assignment]
+        try:
+            await asyncio.sleep(10)  # a send the client never takes
+        except asyncio.CancelledError:
+            return guard, session, True  # its error could not be sent: cancelled, the loop is free
+        finally:
+            guard.stop()
+        return guard, session, False
+
+    context = Context()
+    guard, session, cancelled = asyncio.run(stuck_handler())
+    assert cancelled and context.aborted == [grpc.StatusCode.CANCELLED]
     assert len(session.failed) == 1 and "--idle-timeout" in session.failed[0].details
     assert session.aborted and guard.timed_out["idle"] == 1
 

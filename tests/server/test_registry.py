@@ -34,12 +34,3 @@ def test_duplicate_names_are_refused() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_model("brand_new", weights=Inception_V3_Weights, aliases=("squeezenet",))(lambda **_: None)
     assert "brand_new" not in list_models()
-
-
-def test_the_torch_free_name_table_agrees_with_the_registry() -> None:
-    from edgeinfer.server.model_names import MODEL_NAMES, canonical_name
-
-    assert {name: get_spec(name).aliases for name in list_models()} == MODEL_NAMES
-    for name in list_models():
-        for alias in (name, *MODEL_NAMES[name], name.upper().replace("_", "-")):
-            assert canonical_name(alias) == get_spec(alias).name

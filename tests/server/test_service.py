@@ -230,8 +230,9 @@ def test_health_reflection_and_loading_state(make_daemon: MakeDaemon) -> None:
     channel.close()
 
 
-def test_a_call_stuck_in_a_hung_model_is_reported_after_the_drain(make_daemon: MakeDaemon) -> None:
-    """The command line exits anyway (status 1) when a handler outlives the drain; it asks busy_handlers()."""
+def test_a_call_waiting_on_a_hung_model_holds_no_thread_after_the_drain(make_daemon: MakeDaemon) -> None:
+    """A call waits for its model on the event loop, holding no thread: the drain cancels it after its grace,
+    and nothing of the daemon is left running for the command line to wait on (busy_handlers())."""
     entered = threading.Event()
 
     class Hung(SlowRunner):
@@ -249,12 +250,10 @@ def test_a_call_stuck_in_a_hung_model_is_reported_after_the_drain(make_daemon: M
         assert entered.wait(10)
         daemon.stop(grace=0.1)
         assert call.exception(5).code() == grpc.StatusCode.UNAVAILABLE  # cancelled by the drain
-        busy = daemon.busy_handlers(timeout=0.3)
-        assert len(busy) == 1 and busy[0].startswith("grpc-handler-")
+        assert daemon.busy_handlers(timeout=5) == []  # the model still hangs: nothing waits on it
     finally:
         runner.gate.set()
         channel.close()
-    assert daemon.busy_handlers(timeout=5) == []  # once the model answers, the handler ends
 
 
 def test_an_all_stream_sends_at_most_max_in_flight_frames_ahead(make_daemon: MakeDaemon) -> None:
