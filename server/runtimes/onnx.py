@@ -10,13 +10,14 @@ it runs; tests/quant/test_onnx_export.py checks it). No torch anywhere on this p
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeinfer.server.artifacts import FORMAT_VERSION, SIDECAR, onnx_artifact_dir, read_model_file, read_sidecar
+from edgeinfer.server.artifacts import FORMAT_VERSION, SIDECAR, onnx_artifact_dir, read_model_file
 from edgeinfer.server.errors import WeightsUnavailable
 from edgeinfer.server.runtimes import BatchOutput, NonFiniteScores, top_k
 
@@ -103,8 +104,8 @@ def load_onnx_artifact(
             f"{who}: no ONNX artifact in {repository} (looked for {folder / SIDECAR}); make one: {how}"
         )
     try:
-        meta = read_sidecar(folder)
-    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        meta = json.loads((folder / SIDECAR).read_bytes())  # its own keys: not a TorchScript artifact's
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise WeightsUnavailable(f"{who}: {folder / SIDECAR} cannot be read ({exc}); re-make it: {how}") from None
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION or meta.get("format") != "onnx":
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__

@@ -17,7 +17,7 @@ from edgeinfer.client import EdgeClient
 from edgeinfer.proto import kserve_v2_pb2 as v2
 from edgeinfer.proto import kserve_v2_pb2_grpc as v2_grpc
 from edgeinfer.server import load_model
-from edgeinfer.server.artifacts import file_sha256, read_sidecar
+from edgeinfer.server.artifacts import SIDECAR, file_sha256
 from edgeinfer.server.frames import RawImage
 from edgeinfer.server.preprocess_numpy import NumpyPreprocessor
 from edgeinfer.server.runtimes.onnx import OnnxRuntime
@@ -40,7 +40,7 @@ def test_onnx_model_answers_what_its_session_computes(onnx_repo: Path, make_daem
         info = client.model("squeezenet")
     assert info.runtime == "onnxruntime" and info.precision == "int8"
     # The same frames through the artifact's session and the numpy preprocessing, outside the daemon:
-    meta = read_sidecar(onnx_repo / ARTIFACT)
+    meta = _sidecar(onnx_repo / ARTIFACT)
     session = OnnxRuntime((onnx_repo / ARTIFACT / "model.onnx").read_bytes(), threads=1)
     pre = NumpyPreprocessor(model.preprocessing)
     for frame, answer in zip(frames, raw, strict=True):
@@ -130,16 +130,16 @@ def test_an_onnx_file_the_runtime_cannot_load_is_refused(onnx_repo: Path, tmp_pa
     repo = _copy(onnx_repo, tmp_path)
     model = repo / ARTIFACT / "model.onnx"
     model.write_bytes(b"not a protobuf of an ONNX model")
-    meta = read_sidecar(model.parent)
+    meta = _sidecar(model.parent)
     (model.parent / "edgeinfer.json").write_text(json.dumps({**meta, "sha256": file_sha256(model)}))
     line = _refused(tmp_path / "r", "--model", "squeezenet:int8", "--repository", str(repo))
     assert "squeezenet1_0 int8 on onnxruntime: onnxruntime cannot load" in line and "edgequant" in line
 
 
 def test_a_torch_model_on_a_board_without_torch_is_refused(onnx_repo: Path, tmp_path: Path) -> None:
-    line = _refused(tmp_path / "r", "--model", "resnet50:int8", "--repository", str(onnx_repo))
-    assert "resnet50 int8" in line and "torch runtime is not installed" in line
-    assert "edgequant --model resnet50 --format onnx" in line and "edgeinfer[server]" in line
+    line = _refused(tmp_path / "r", "--model", "resnet50", "--weights", "random", "--repository", str(onnx_repo))
+    assert "resnet50 fp32" in line and "torch runtime is not installed" in line
+    assert "edgequant --model resnet50 --format onnx-fp32" in line and "edgeinfer[server]" in line
     forced = _refused(
         tmp_path / "r", "--model", "squeezenet:int8", "--runtime", "torch", "--repository", str(onnx_repo)
     )
@@ -150,10 +150,14 @@ def test_a_torch_model_on_a_board_without_torch_is_refused(onnx_repo: Path, tmp_
     ("args", "message"),
     [
         (["--model", "squeezenet:fp32", "--runtime", "onnxruntime"], "no ONNX artifact"),
-        (["--model", "squeezenet:fp16", "--runtime", "onnxruntime"], "serves fp32 and int8 on the CPU"),
+        (["--model", "squeezenet:fp16", "--runtime", "onnxruntime"], "fp16 is served on CUDA only"),
         (["--model", "squeezenet:int8", "--runtime", "openvino"], "invalid choice: 'openvino'"),
     ],
 )
 def test_runtime_mistakes_are_one_line(onnx_repo: Path, tmp_path: Path, args: list[str], message: str) -> None:
     line = _refused(tmp_path / "r", *args, "--repository", str(onnx_repo))
     assert message in line
+
+
+def _sidecar(folder: Path) -> dict:
+    return json.loads((folder / SIDECAR).read_text())
