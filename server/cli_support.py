@@ -24,6 +24,7 @@ SERVER_MODULES = {
     "grpc_interceptor": "grpc-interceptor",
     "prometheus_client": "prometheus-client",
     "simplejpeg": "simplejpeg",
+    "cryptography": "cryptography",
 }
 # [quant] = [server] + [camera] + torchao: edgequant checks these (quant/cli.py)
 QUANT_MODULES = {**SERVER_MODULES, "cv2": "opencv-python-headless", "torchao": "torchao", "tqdm": "tqdm"}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import ssl
 import stat
@@ -30,6 +31,8 @@ import grpc
 from grpc_interceptor import ServerInterceptor
 
 from edgeinfer.server import metrics
+from edgeinfer.server.certificates import ExpiredCertificate, check_dates
+from edgeinfer.server.token_gate import TokenGate, token_strength_problem
 
 __all__ = [
     "AUTH_EXEMPT_SERVICES",
@@ -138,8 +141,11 @@ class ServerTls:
     or do not match, so a rotation never drops a connection or fails a handshake.
     """
 
-    def __init__(self, cert: str | Path, key: str | Path, client_ca: str | Path | None = None) -> None:
+    def __init__(
+        self, cert: str | Path, key: str | Path, client_ca: str | Path | None = None, *, allow_expired: bool = False
+    ) -> None:
         self.cert = Path(cert)
+        self.allow_expired = allow_expired  # tests only: what a client is told about an expired certificate
         self.key = Path(key)
         self.client_ca = Path(client_ca) if client_ca is not None else None
         self.reloads = 0  # how many times new files were taken after the first read
@@ -185,6 +191,16 @@ class ServerTls:
             except (ssl.SSLError, ValueError) as exc:
                 reason = getattr(exc, "reason", None) or str(exc)
                 raise SecurityConfigError(f"{self.client_ca} holds no PEM CA certificate ({reason})") from None
+        try:  # an expired certificate never serves: refused at start, and at a rotation the old one stays
+            soon = check_dates(blobs[0], self.cert)
+        except ExpiredCertificate as exc:
+            if not self.allow_expired:
+                raise SecurityConfigError(str(exc)) from None
+            soon = str(exc)
+        except ValueError as exc:  # OpenSSL took it, the X.509 parser did not
+            raise SecurityConfigError(f"{self.cert}: cannot read the certificate's dates ({exc})") from None
+        if soon:
+            log.warning("%s", soon)
         try:
             if [p.read_bytes() for p in self._paths] != blobs:  # rewritten while we checked: next time
                 raise SecurityConfigError(f"{self.cert} changed while it was read")
@@ -241,8 +257,12 @@ class ServerTls:
 class Tokens:
     """The accepted bearer tokens: from a file (one a line, ``#`` comments, blank lines) or given."""
 
-    def __init__(self, tokens: Iterable[str] = (), *, path: str | Path | None = None) -> None:
+    def __init__(
+        self, tokens: Iterable[str] = (), *, path: str | Path | None = None, gate: TokenGate | None = None
+    ) -> None:
         self.path = Path(path) if path is not None else None
+        # back-off per peer after wrong tokens (server/token_gate.py)
+        self.gate = gate if gate is not None else TokenGate()
         self._tokens: tuple[bytes, ...] = ()
         if self.path is not None:
             self.reload()
@@ -266,6 +286,10 @@ class Tokens:
         bad = [i for i, t in enumerate(tokens, 1) if any(c.isspace() or not c.isprintable() for c in t)]
         if bad:
             raise SecurityConfigError(f"token {bad[0]} in {source} has spaces or control characters")
+        weak = [(i, token_strength_problem(t)) for i, t in enumerate(tokens, 1)]
+        weak = [(i, problem) for i, problem in weak if problem]
+        if weak:
+            raise SecurityConfigError(f"token {weak[0][0]} in {source} {weak[0][1]}")
         self._tokens = tuple(t.encode() for t in tokens)
 
     def reload(self) -> None:
@@ -307,12 +331,9 @@ class BearerTokenInterceptor(ServerInterceptor):
         self._unlogged = 0
 
     def intercept(self, method: Callable, request_or_iterator: Any, context: grpc.ServicerContext, method_name: str):
-        service = method_name.lstrip("/").split("/", 1)[0]
-        if service not in self.exempt:
-            problem = self._problem(context.invocation_metadata() or ())
-            if problem is not None:
-                self._refused(method_name, context.peer(), problem)
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
+        problem = self.refusal(method_name, context.invocation_metadata() or (), context.peer())
+        if problem is not None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, problem)
         return method(request_or_iterator, context)
 
     def refusal(self, method_name: str, metadata: Iterable[Any], peer: str) -> str | None:
@@ -324,12 +345,20 @@ class BearerTokenInterceptor(ServerInterceptor):
         service = method_name.lstrip("/").split("/", 1)[0]
         if service in self.exempt:
             return None
-        problem = self._problem(metadata)
+        problem = self.problem(metadata, peer)
         if problem is not None:
             self._refused(method_name, peer, problem)
         return problem
 
-    def _problem(self, metadata: Iterable[Any]) -> str | None:
+    def problem(self, metadata: Iterable[Any], peer: str) -> str | None:
+        """Why a call from ``peer`` with ``metadata`` is refused, or None; counts its wrong tokens (TokenGate)."""
+        gate = self.tokens.gate
+        wait = gate.retry_after(peer)
+        if wait > 0:  # decided before any token is compared
+            return (
+                f"too many wrong bearer tokens from this client: retry in {math.ceil(wait)} s "
+                f"(see the daemon's --token-file)"
+            )
         values = [m.value for m in metadata if m.key == "authorization"]
         if not values:
             return (
@@ -341,7 +370,9 @@ class BearerTokenInterceptor(ServerInterceptor):
         if scheme.lower() != b"bearer" or not token.strip():
             return "the 'authorization' metadata must read 'Bearer <token>'"
         if not self.tokens.accepts(token.strip()):
+            gate.failed(peer)
             return "the bearer token was not accepted by this daemon (see its --token-file)"
+        gate.succeeded(peer)
         return None
 
     def _refused(self, method_name: str, peer: str, problem: str) -> None:

@@ -244,16 +244,17 @@ def test_insecure_serves_plaintext_says_so_once_and_metrics_stay_on_loopback(
     )
     (tmp_path / "tokens").write_text(TOKEN + "\n")
     (tmp_path / "tokens").chmod(0o600)
-    argv = ["--model", "squeezenet", "--weights", "/nonexistent.pth", "--host", "0.0.0.0", "--port", "0"]
+    (tmp_path / "weights.pth").write_bytes(b"not a checkpoint")  # found at load, after listening
+    argv = ["--model", "squeezenet", "--weights", str(tmp_path / "weights.pth"), "--host", "0.0.0.0", "--port", "0"]
     argv += ["--insecure", "--metrics-port", "9999"]
-    assert main([*argv, "--token-file", str(tmp_path / "tokens")]) == 2  # the missing weights, after listening
+    assert main([*argv, "--token-file", str(tmp_path / "tokens")]) == 2  # the unreadable weights, after listening
     out, err = capsys.readouterr()
     notes = [line for line in out.splitlines() if "--insecure" in line]
     assert notes == [
         "edgeserver: --insecure: serving 0.0.0.0:0 in plaintext: anyone on that network can read frames and "
         "answers and bearer tokens"
     ]
-    assert "/nonexistent.pth does not exist" in err
+    assert "weights.pth is not a state_dict" in err
     assert _FakeDaemon.created[-1]["addresses"] == ["0.0.0.0:0"] and _FakeDaemon.created[-1]["insecure"] is True
     assert metrics == [(9999, "127.0.0.1")]  # /metrics: loopback unless --metrics-host says otherwise
     assert build_parser().parse_args([*argv, "--metrics-host", "0.0.0.0"]).metrics_host == "0.0.0.0"
@@ -311,7 +312,7 @@ def test_plaintext_client_of_a_tls_daemon_is_told_to_use_tls(tls_daemon: Daemon)
 
 
 def test_expired_server_certificate_is_refused(pki: Pki) -> None:
-    with running(tls=ServerTls(pki.expired_cert, pki.expired_key)) as daemon:
+    with running(tls=ServerTls(pki.expired_cert, pki.expired_key, allow_expired=True)) as daemon:
         error = _refusal(_target(daemon), tls_ca=pki.ca)
     assert error.handshake and "the daemon's certificate has expired" in error.details
 
