@@ -59,7 +59,10 @@ def test_the_board_extra_serves_an_onnx_artifact(edge_venv: Path, onnx_repo: Pat
     try:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(3)]
-        assert "served by onnxruntime" in lines[0] and "SERVING" in lines[2], lines
+        if "SERVING" not in lines[2]:
+            proc.kill()
+            pytest.fail(f"{lines} {proc.communicate(timeout=10)[1][-2000:]}")
+        assert "served by onnxruntime" in lines[0]
         frames = [synthetic_frame(i) for i in range(4)]
         with EdgeClient(f"unix:{sock}") as client:
             answers = list(client.stream(frames, "squeezenet", drop_policy="all"))
