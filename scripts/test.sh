@@ -5,7 +5,7 @@
 #   PYTEST_PROCESSES=1 scripts/test.sh ...   one process (default 2: pytest-xdist)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh test
 
 # The client must also import under protobuf 7 (a robot's newer stack): keep a
 # protobuf 7 runtime aside for tests/proto/test_protobuf_compat.py.

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 tc = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is in the [dev] extra")
+from pathlib import Path  # noqa: E402
+
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from edgeinfer.client import EdgeClient  # noqa: E402
@@ -511,3 +513,16 @@ def test_frames_of_v2_requests_and_v1_streams_share_the_models_batches() -> None
     finally:
         runner.gate.set()
         daemon.stop(grace=1)
+
+
+def test_the_readmes_triton_example_runs_as_written(target: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Self-contained: it makes its own photo (it opened a cat.jpg that nothing provides)."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index("```python\n", text.index("## From Triton")) + len("```python\n")
+    code = text[start : text.index("```\n", start)].replace("localhost:50051", target)
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    answers = namespace["r"].as_numpy("PROBABILITIES")  # type: ignore[attr-defined]
+    assert answers.size == 5 and capsys.readouterr().out.startswith("[[b'")
+    score, index, label = answers.flat[0].decode().split(":", 2)
+    assert 0 < float(score) <= 1 and 0 <= int(index) < 1000 and label
