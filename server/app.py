@@ -51,12 +51,13 @@ from edgeinfer.server.security import (
 )
 from edgeinfer.server.servicer import EdgeInferenceServicer
 
-__all__ = ["MESSAGE_OVERHEAD", "SERVICE_NAME", "Daemon", "server_options"]
+__all__ = ["MESSAGE_OVERHEAD", "OVERSIZE_READ", "SERVICE_NAME", "Daemon", "server_options"]
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeInference"].full_name
 MESSAGE_OVERHEAD = 64 << 10  # a frame message's fields besides its image bytes, with room to spare
+OVERSIZE_READ = 2  # messages up to this many times --max-frame-bytes are read, and refused in-band
 MAX_CALLS_PER_CONNECTION = 128  # HTTP/2 streams one connection may have open: every kind of call together
 
 
@@ -64,10 +65,12 @@ def server_options(max_frame_bytes: int, reuse_port: bool = False) -> list[tuple
     """Every channel option the daemon sets, each named once and explained."""
     return [
         # Frames over --max-frame-bytes are answered with a per-frame
-        # RESOURCE_EXHAUSTED and the stream goes on; gRPC's own limit sits just
-        # above it (room for the message's other fields), so that a message far
-        # over it ends the stream before gRPC has buffered it (issue 16).
-        ("grpc.max_receive_message_length", max_frame_bytes + MESSAGE_OVERHEAD),
+        # RESOURCE_EXHAUSTED and the stream goes on. gRPC's own limit ends the
+        # call at once, with the answers to the frames before it unsent (issue 26),
+        # so it sits at twice --max-frame-bytes: a frame a little over the limit is
+        # read and answered in-band, and only a message far over it ends its stream
+        # before gRPC has buffered it (issue 16).
+        ("grpc.max_receive_message_length", OVERSIZE_READ * max_frame_bytes + MESSAGE_OVERHEAD),
         ("grpc.max_send_message_length", 4 << 20),
         # Robots lose Wi-Fi: let clients ping every 10 s to keep NAT entries and
         # detect dead peers, without the server answering with GOAWAY.

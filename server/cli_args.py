@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from edgeinfer.server.defaults import (
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
+    default_threads,
 )
 from edgeinfer.server.memory import DEFAULT_MALLOC_ARENAS
 from edgeinfer.server.options import Precision, PreprocessOn, WeightsKind, choices
@@ -151,8 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads",
         type=_int(1),
-        default=os.cpu_count() or 1,
-        help="torch intra-op threads for inference (default: all cores)",
+        default=default_threads(),
+        help=f"intra-op threads for inference, torch's or ONNX Runtime's (default: one below the cores, at least 1: "
+        f"{default_threads()} here; all cores stalled a camera stream on a busy board: bench/threads_default.py)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=["auto", "torch", "onnxruntime"],
+        default="auto",
+        help="what runs the models: onnxruntime for ONNX artifacts (edgequant --format onnx; no torch needed), "
+        "torch for torchvision fp32, CUDA fp16 and TorchScript int8; auto (default): onnxruntime where the "
+        "repository has an ONNX artifact of the model and precision, else torch",
     )
     p.add_argument(
         "--malloc-arenas",

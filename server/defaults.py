@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "DEFAULT_CONFIG_TIMEOUT_S",
     "DEFAULT_IDLE_TIMEOUT_S",
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MAX_SIDE",
+    "default_threads",
+    "usable_cores",
 ]
 
 DEFAULT_MAX_FRAME_BYTES = 8 << 20
@@ -20,3 +24,20 @@ DEFAULT_CONFIG_TIMEOUT_S = 10.0
 # A stream that neither sends a frame nor takes an answer this long is ended; long
 # enough for a camera that pauses, short enough that a vanished client's slot returns.
 DEFAULT_IDLE_TIMEOUT_S = 120.0
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask; all of the machine's where there is none)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_threads() -> int:
+    """``--threads``' default: one below the cores, at least 1.
+
+    Measured on a busy 2-core host (bench/threads_default.py, squeezenet, one 15 fps camera stream of 30
+    frames, `latest`, three interleaved rounds): all cores p50 354-2,301 ms with 23-27 of 30 dropped,
+    one below p50 64-76 ms with 0-3 dropped (issue 25 saw 1,103 ms / 27 against 63 ms / 4). An OpenMP team
+    as wide as the machine stalls at every barrier whenever anything else runs on one of its cores; one
+    core below leaves room for the client, gRPC and each stream's decode (``--preprocess-on auto``).
+    """
+    return max(1, usable_cores() - 1)

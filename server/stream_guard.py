@@ -172,36 +172,40 @@ class StreamGuard:
         tick = min(1.0, self.idle_timeout / 4) if self.idle_timeout > 0 else 1.0
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(tick)
+            await asyncio.sleep(tick)  # holding no stream meanwhile: a closed one's session goes at once
             now = time.monotonic()
-            streams = list(self._streams)
             if self._ended_since_trim and now - self._last_trim >= TRIM_EVERY_S:
                 self._ended_since_trim, self._last_trim = False, now
                 await loop.run_in_executor(None, release_freed_memory)
-            if self.idle_timeout <= 0:
-                continue
-            for stream in streams:
-                session = stream.session
-                if session is None:  # waiting for its config: its handler times that out itself
-                    continue
-                if stream.cancel_at:
-                    if now >= stream.cancel_at:
-                        stream.cancel_at = float("inf")
-                        session.abort()
-                        # Its handler sits in a send the client never takes: the call ends CANCELLED.
-                        cancelling = asyncio.ensure_future(_cancel(stream))
-                        self._cancelling.add(cancelling)  # kept until done: the loop holds tasks weakly
-                        cancelling.add_done_callback(self._cancelling.discard)
-                    continue
-                if now - stream.last_active > self.idle_timeout and stream.idle_by_client:
-                    stream.cancel_at = now + _CANCEL_AFTER_S
-                    self._count("idle", stream)
-                    session.fail(
-                        DeadlineExceeded(
-                            f"the stream sent no frame and took no answer for {self.idle_timeout:g} s "
-                            f"(--idle-timeout); open a new stream when the camera resumes"
-                        )
-                    )
+            if self.idle_timeout > 0:
+                self._check_all(now)
+
+    def _check_all(self, now: float) -> None:
+        for stream in list(self._streams):
+            self._check(stream, now)
+
+    def _check(self, stream: GuardedStream, now: float) -> None:
+        session = stream.session
+        if session is None:  # waiting for its first message: its handler times that out itself
+            return
+        if stream.cancel_at:
+            if now >= stream.cancel_at:
+                stream.cancel_at = float("inf")
+                session.abort()
+                # Its handler sits in a send the client never takes: the call ends CANCELLED.
+                cancelling = asyncio.ensure_future(_cancel(stream))
+                self._cancelling.add(cancelling)  # kept until done: the loop holds tasks weakly
+                cancelling.add_done_callback(self._cancelling.discard)
+            return
+        if now - stream.last_active > self.idle_timeout and stream.idle_by_client:
+            stream.cancel_at = now + _CANCEL_AFTER_S
+            self._count("idle", stream)
+            session.fail(
+                DeadlineExceeded(
+                    f"the stream sent no frame and took no answer for {self.idle_timeout:g} s "
+                    f"(--idle-timeout); open a new stream when the camera resumes"
+                )
+            )
 
 
 async def _cancel(stream: GuardedStream) -> None:

@@ -31,7 +31,7 @@ from edgeinfer.client import EdgeClient
 from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 from edgeinfer.server import Daemon, WeightsSource, load_model
-from edgeinfer.server.app import MESSAGE_OVERHEAD
+from edgeinfer.server.app import MESSAGE_OVERHEAD, OVERSIZE_READ
 from edgeinfer.server.shm import SHM_ROOT
 from helpers import SMALL_FRAME_LIMIT, jpeg, synthetic_frame
 
@@ -215,8 +215,8 @@ def test_max_frame_bytes_holds_before_queueing_for_every_policy(
     big = pb.Image(jpeg=b"\xff\xd8" + bytes(SMALL_FRAME_LIMIT + 1))
     images = [pb.Image(jpeg=GOOD) if i % 2 == 0 else big for i in range(12)]
     answers = list(stub.StreamClassify(iter([_config(policy), *(_frame(i, im) for i, im in enumerate(images))])))
-    # A message far over the limit ends its own stream at gRPC's limit, just above --max-frame-bytes.
-    too_big = pb.Image(jpeg=b"\xff\xd8" + bytes(SMALL_FRAME_LIMIT + MESSAGE_OVERHEAD))
+    # A message far over the limit ends its own stream at gRPC's limit, twice --max-frame-bytes.
+    too_big = pb.Image(jpeg=b"\xff\xd8" + bytes(OVERSIZE_READ * SMALL_FRAME_LIMIT + MESSAGE_OVERHEAD))
     with pytest.raises(grpc.RpcError) as ended:
         list(stub.StreamClassify(iter([_config(policy), _frame(0, too_big)]), timeout=30))
     normal.keeps_answering()
