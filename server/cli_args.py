@@ -152,8 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=_int(1),
         default=default_threads(),
-        help=f"torch intra-op threads for inference (default: one below the cores, at least 1: {default_threads()} "
-        "here; all cores stalled a camera stream on a busy board: bench/threads_default.py)",
+        help=f"intra-op threads for inference, torch's or ONNX Runtime's (default: one below the cores, at least 1: "
+        f"{default_threads()} here; all cores stalled a camera stream on a busy board: bench/threads_default.py)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=["auto", "torch", "onnxruntime"],
+        default="auto",
+        help="what runs the models: onnxruntime for ONNX artifacts (edgequant --format onnx; no torch needed), "
+        "torch for torchvision fp32, CUDA fp16 and TorchScript int8; auto (default): onnxruntime where the "
+        "repository has an ONNX artifact of the model and precision, else torch",
     )
     p.add_argument(
         "--malloc-arenas",

@@ -34,12 +34,12 @@ from edgeinfer.server.errors import (
 )
 from edgeinfer.server.event_loop import settle_from_thread
 from edgeinfer.server.fair_share import FairShare
+from edgeinfer.server.frames import FrameImage, JpegImage, RawImage
 from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.loading import ModelTable, ServedModel
 from edgeinfer.server.loop_session import LoopSession, make_job, predicted
 from edgeinfer.server.malformed import clip_details
 from edgeinfer.server.options import PreprocessOn
-from edgeinfer.server.preprocess import FrameImage, JpegImage, RawImage
 from edgeinfer.server.session import DropPolicy, FrameIn, FrameOutcome, check_top_k
 from edgeinfer.server.shm import SharedMemoryRegion, check_local, peer_uid
 from edgeinfer.server.stream_guard import GuardedStream, StreamGuard
@@ -380,6 +380,7 @@ def model_info(m: ServedModel) -> pb.ModelInfo:
         # The wire keeps its first name for the inference thread: clients compare against it.
         preprocess_on="worker" if m.preprocess_on is PreprocessOn.INFERENCE else m.preprocess_on.value,
         resize_size=m.preprocessing.resize_size,
+        runtime=m.runtime,
     )
     if m.fidelity:
         info.fidelity.CopyFrom(

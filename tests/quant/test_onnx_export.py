@@ -16,7 +16,7 @@ from edgeinfer.quant.cli import main as edgequant
 from edgeinfer.quant.onnx_export import OPSET, make_onnx_artifact
 from edgeinfer.quant.quantize import Artifact
 from edgeinfer.server import WeightsSource, get_spec
-from edgeinfer.server.artifacts import file_sha256, read_sidecar
+from edgeinfer.server.artifacts import SIDECAR, file_sha256
 from edgeinfer.server.runtimes.onnx import OnnxRuntime
 from edgeinfer.server.weights import build_model
 
@@ -67,7 +67,7 @@ def test_the_kept_layer_has_no_qdq_pair(squeezenet_onnx: Artifact) -> None:
 
 
 def test_sidecar_records_format_digest_and_fidelity_through_ort(squeezenet_onnx: Artifact) -> None:
-    meta = read_sidecar(squeezenet_onnx.folder)
+    meta = _sidecar(squeezenet_onnx.folder)
     assert (meta["format"], meta["precision"], meta["runtime"], meta["opset"]) == ("onnx", "int8", "onnxruntime", OPSET)
     assert meta["sha256"] == file_sha256(squeezenet_onnx.folder / "model.onnx")
     assert meta["quantization"]["fp32_layers"] == [KEPT]
@@ -114,3 +114,7 @@ def test_onnx_fp32_from_the_cli_matches_torch(tmp_path: Path, capsys: pytest.Cap
     assert (meta["format"], meta["precision"], meta["flow"]) == ("onnx", "fp32", "export")
     assert (tmp_path / "squeezenet1_1" / "onnx-fp32" / "model.onnx").is_file()
     assert meta["fidelity"]["top1_agreement"] == 1.0 and meta["fidelity"]["sqnr_db"] > 60  # fp32 both sides
+
+
+def _sidecar(folder: Path) -> dict:
+    return json.loads((folder / SIDECAR).read_text())

@@ -184,8 +184,8 @@ sys.argv = ["{prog}", "--model", "squeezenet", "--calib", "synthetic"]
             "edgeserver",
             ("torch", "torchvision", "grpc_interceptor", "grpc_health", "grpc_reflection"),
             "from edgeinfer.server.cli_support import edgeserver; sys.exit(edgeserver())",
-            "server",
-            "torch, torchvision, grpcio-health-checking, grpcio-reflection, grpc-interceptor",
+            "edge",
+            "grpcio-health-checking, grpcio-reflection, grpc-interceptor",  # torch: only for torch models
         ),
         (
             "edgequant",
@@ -200,9 +200,15 @@ def test_a_client_only_install_names_the_extra(prog: str, hidden: tuple[str, ...
     code = _CLIENT_ONLY.format(hidden=set(hidden), prog=prog, call=call)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and out.stdout == ""
+    how = f"(pip install 'edgeinfer[{extra}]')"
+    if prog == "edgeserver":
+        how = (
+            "for a board (ONNX models; pip install 'edgeinfer[edge]') or [server] for torch models "
+            "(pip install 'edgeinfer[server]')"
+        )
     assert out.stderr.splitlines() == [
         f"{prog}: error: this install of edgeinfer lacks {names}, which {prog} needs: install the [{extra}] extra "
-        f"(pip install 'edgeinfer[{extra}]'); the client alone needs none of them"
+        f"{how}; the client alone needs none of them"
     ]
 
 
