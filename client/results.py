@@ -136,6 +136,7 @@ class ModelInfo:
     preprocess_on: str = ""
     fidelity: Fidelity | None = field(default=None)
     resize_size: int = 0  # the daemon resizes frames' shorter side to this before its crop (0: not said)
+    runtime: str = ""  # "torch" or "onnxruntime": what runs the model in the daemon ("": an older daemon)
 
     @property
     def fit(self) -> Fit:
@@ -164,4 +165,5 @@ class ModelInfo:
             preprocess_on=m.preprocess_on,
             fidelity=fidelity,
             resize_size=m.resize_size,
+            runtime=m.runtime,
         )

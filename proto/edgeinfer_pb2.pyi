@@ -212,7 +212,7 @@ class Fidelity(_message.Message):
     def __init__(self, top1_agreement: _Optional[float] = ..., top5_overlap: _Optional[float] = ..., sqnr_db: _Optional[float] = ..., frames: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "architecture", "precision", "device", "input_height", "input_width", "num_classes", "weights", "aliases", "engine", "fidelity", "max_batch_size", "batch_sizes", "preprocess_on", "resize_size")
+    __slots__ = ("name", "architecture", "precision", "device", "input_height", "input_width", "num_classes", "weights", "aliases", "engine", "fidelity", "max_batch_size", "batch_sizes", "preprocess_on", "resize_size", "runtime")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +228,7 @@ class ModelInfo(_message.Message):
     BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
     PREPROCESS_ON_FIELD_NUMBER: _ClassVar[int]
     RESIZE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     architecture: str
     precision: str
@@ -243,4 +244,5 @@ class ModelInfo(_message.Message):
     batch_sizes: _containers.RepeatedScalarFieldContainer[int]
     preprocess_on: str
     resize_size: int
-    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., precision: _Optional[str] = ..., device: _Optional[str] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., num_classes: _Optional[int] = ..., weights: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., engine: _Optional[str] = ..., fidelity: _Optional[_Union[Fidelity, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., preprocess_on: _Optional[str] = ..., resize_size: _Optional[int] = ...) -> None: ...
+    runtime: str
+    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., precision: _Optional[str] = ..., device: _Optional[str] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., num_classes: _Optional[int] = ..., weights: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., engine: _Optional[str] = ..., fidelity: _Optional[_Union[Fidelity, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., preprocess_on: _Optional[str] = ..., resize_size: _Optional[int] = ..., runtime: _Optional[str] = ...) -> None: ...

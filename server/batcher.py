@@ -30,12 +30,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-import torch
-
 from edgeinfer.server.errors import InternalError
+from edgeinfer.server.frames import PreprocessedFrame
 from edgeinfer.server.inference_thread import InferenceThread
-from edgeinfer.server.preprocess import PreprocessedFrame
-from edgeinfer.server.runner import BatchOutput, ModelRunner
+from edgeinfer.server.runtimes import BatchOutput, Runtime, stack_frames
 
 __all__ = ["BatchScheduler", "Job", "JobResult", "allowed_sizes"]
 
@@ -121,7 +119,7 @@ class BatchScheduler:
 
     def __init__(
         self,
-        runner: ModelRunner,
+        runner: Runtime,
         *,
         max_batch: int = 8,
         max_wait_ms: float = 0.0,
@@ -232,7 +230,7 @@ class BatchScheduler:
         try:
             k = max(job.top_k for job in batch)
             frames = [job.prepared().tensor for job in batch]
-            inputs = torch.stack(frames) if len(frames) > 1 else frames[0][None]
+            inputs = stack_frames(frames)
             out = self.runner.infer(inputs, k)
             results = self._results(batch, out, started)
         except Exception as exc:  # fails its batch, not the daemon; logged here, once

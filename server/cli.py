@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from edgeinfer.server.cli_args import (
     Exposure,
@@ -35,6 +36,9 @@ from edgeinfer.server.security import (
 )
 from edgeinfer.server.startup_checks import check_startup
 
+if TYPE_CHECKING:
+    from edgeinfer.server.loading import ServedModel
+
 __all__ = ["Exposure", "build_parser", "exposure", "main"]
 
 log = logging.getLogger("edgeinfer.server")
@@ -45,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     worker = args.worker_index is not None
+    # Before the TLS files are read: a certificate about to expire is a warning in the daemon's log format.
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     try:  # who may connect first: it needs no model code
         security = exposure(args)
     except SecurityConfigError as exc:
@@ -65,28 +73,76 @@ def main(argv: list[str] | None = None) -> int:
         from edgeinfer.server.workers import run_workers
 
         return run_workers(argv, args)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
     # Before torch and gRPC start threads: a daemon's memory comes back after its streams end (server/memory.py).
     from edgeinfer.server.memory import cap_malloc_arenas
 
     if args.malloc_arenas:
         cap_malloc_arenas(args.malloc_arenas)
 
-    import torch
-
     from edgeinfer.server.app import Daemon
     from edgeinfer.server.errors import EdgeInferError
     from edgeinfer.server.limits import FrameLimits
     from edgeinfer.server.loading import load_model
-    from edgeinfer.server.weights import WeightsSource
-
-    torch.set_num_threads(max(1, args.threads))
-    # The inter-op pool stays at torch's default: the TorchScript executor of int8
-    # artifacts uses it, and capping it at 1 made them slower (bench/results/README.md).
+    from edgeinfer.server.runtimes.choice import choose_runtime
 
     started = time.perf_counter()
+    models = model_args(args.model, args.precision)
+    try:  # each model's runtime, chosen before listening: a missing one is one line and exit 2
+        runtimes = [choose_runtime(n, p, args.device, args.repository, args.runtime) for n, p in models]
+    except EdgeInferError as exc:
+        print(f"edgeserver: error: {exc.details}", file=sys.stderr)
+        return 2
+    weights = None
+    if "torch" in runtimes:  # torch only for a model that runs on it: a daemon of ONNX models never imports it
+        import torch
+
+        from edgeinfer.server.weights import WeightsSource
+
+        torch.set_num_threads(max(1, args.threads))
+        # The inter-op pool stays at torch's default: the TorchScript executor of int8
+        # artifacts uses it, and capping it at 1 made them slower (bench/results/README.md).
+        weights = WeightsSource.parse(args.weights, seed=args.seed)
+
+    def load(name: str, precision: str, runtime: str) -> ServedModel:
+        return load_model(
+            name,
+            precision=precision,
+            device=args.device,
+            weights=weights,
+            repository=args.repository,
+            max_frame_bytes=args.max_frame_bytes,
+            limits=FrameLimits(args.max_frame_bytes, args.max_pixels, args.max_side),
+            max_batch=args.max_batch,
+            max_wait_ms=args.batch_wait_ms,
+            batch_sizes=args.batch_sizes,
+            preprocess_on=args.preprocess_on,
+            cuda_graphs=args.cuda_graphs,
+            runtime=runtime,
+            threads=args.threads,
+        )
+
+    def said(model: ServedModel) -> None:
+        print(
+            f"edgeserver: loaded {model.name} {model.precision} on {model.device} "
+            f"(weights {model.weights}, input {model.input_size}x{model.input_size}, "
+            f"batch sizes {list(model.scheduler.batch_sizes)}, preprocessing on the {model.preprocess_on} thread"
+            f"{', CUDA graphs' if args.cuda_graphs else ''}), served by {model.runtime} {model.runtime_version}",
+            flush=True,
+        )
+
+    # ONNX models load before listening (a session takes well under a second): an artifact whose
+    # SHA-256 does not match, or that onnxruntime cannot load, is one line and exit 2 before "listening".
+    loaded = []
+    try:
+        for (name, precision), runtime in zip(models, runtimes, strict=True):
+            if runtime == "onnxruntime":
+                loaded.append(load(name, precision, runtime))
+                said(loaded[-1])
+    except EdgeInferError as exc:
+        print(f"edgeserver: error: {exc.details}", file=sys.stderr)
+        for model in loaded:
+            model.stop()
+        return 2
 
     def listen() -> Daemon:
         try:
@@ -128,36 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     # `kill -USR1 <pid>`: every thread's Python stack to stderr, for a daemon that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 
-    weights = WeightsSource.parse(args.weights, seed=args.seed)
-    loaded = []
+    if daemon is not None:
+        for model in loaded:
+            daemon.add_model(model)
     try:
-        for name, precision in model_args(args.model, args.precision):
-            model = load_model(
-                name,
-                precision=precision,
-                device=args.device,
-                weights=weights,
-                repository=args.repository,
-                max_frame_bytes=args.max_frame_bytes,
-                limits=FrameLimits(args.max_frame_bytes, args.max_pixels, args.max_side),
-                max_batch=args.max_batch,
-                max_wait_ms=args.batch_wait_ms,
-                batch_sizes=args.batch_sizes,
-                preprocess_on=args.preprocess_on,
-                cuda_graphs=args.cuda_graphs,
-            )
+        for (name, precision), runtime in zip(models, runtimes, strict=True):
+            if runtime == "onnxruntime" or stop.is_set():
+                continue
+            model = load(name, precision, runtime)
             loaded.append(model)
             if daemon is not None:
                 daemon.add_model(model)
-            print(
-                f"edgeserver: loaded {model.name} {model.precision} on {model.device} "
-                f"(weights {model.weights}, input {model.input_size}x{model.input_size}, "
-                f"batch sizes {list(model.scheduler.batch_sizes)}, preprocessing on the {model.preprocess_on} thread"
-                f"{', CUDA graphs' if args.cuda_graphs else ''})",
-                flush=True,
-            )
-            if stop.is_set():
-                break
+            said(model)
     except EdgeInferError as exc:
         print(f"edgeserver: error: {exc.details}", file=sys.stderr)
         if daemon is not None:

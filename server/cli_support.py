@@ -13,12 +13,21 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-__all__ = ["QUANT_MODULES", "SERVER_MODULES", "edgeserver", "missing_extra_line", "missing_modules", "require_extra"]
+__all__ = [
+    "DAEMON_MODULES",
+    "QUANT_MODULES",
+    "SERVER_MODULES",
+    "edgeserver",
+    "missing_extra_line",
+    "missing_modules",
+    "require_extra",
+]
 
-# import name -> the distribution pip knows it by (pyproject.toml's [server] extra)
-SERVER_MODULES = {
-    "torch": "torch",
-    "torchvision": "torchvision",
+# import name -> the distribution pip knows it by: what every daemon needs, whatever runs its models
+# (pyproject.toml's [edge] and [server] extras both have them). Torch is not among them: a board's
+# daemon serves ONNX models without it, and a model that needs torch says so when it is chosen
+# (server/runtimes/choice.py).
+DAEMON_MODULES = {
     "grpc_health": "grpcio-health-checking",
     "grpc_reflection": "grpcio-reflection",
     "grpc_interceptor": "grpc-interceptor",
@@ -26,6 +35,8 @@ SERVER_MODULES = {
     "simplejpeg": "simplejpeg",
     "cryptography": "cryptography",
 }
+# the workstation's daemon: [server]
+SERVER_MODULES = {"torch": "torch", "torchvision": "torchvision", **DAEMON_MODULES}
 # [quant] = [server] + [camera] + torchao: edgequant checks these (quant/cli.py)
 QUANT_MODULES = {**SERVER_MODULES, "cv2": "opencv-python-headless", "torchao": "torchao", "tqdm": "tqdm"}
 
@@ -59,7 +70,17 @@ def require_extra(prog: str, extra: str, modules: dict[str, str]) -> None:
 
 
 def edgeserver() -> int:
-    require_extra("edgeserver", "server", SERVER_MODULES)
+    missing = missing_modules(DAEMON_MODULES)
+    if missing:
+        print(
+            missing_extra_line("edgeserver", "edge", missing).replace(
+                "(pip install 'edgeinfer[edge]')",
+                "for a board (ONNX models; pip install 'edgeinfer[edge]') or [server] for torch models "
+                "(pip install 'edgeinfer[server]')",
+            ),
+            file=sys.stderr,
+        )
+        sys.exit(2)
     from edgeinfer.server.cli import main
 
     return main()

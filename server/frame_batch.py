@@ -18,8 +18,8 @@ from grpc_interceptor.exceptions import Cancelled
 
 from edgeinfer.server.batcher import JobResult
 from edgeinfer.server.errors import DeadlineExceeded, EdgeInferError, InternalError
+from edgeinfer.server.frames import FrameImage
 from edgeinfer.server.loading import ServedModel
-from edgeinfer.server.preprocess import FrameImage
 from edgeinfer.server.session import check_top_k, frame_job
 
 __all__ = ["FrameBatch"]

@@ -7,9 +7,18 @@ from edgeinfer.server import kserve_tensors as kt
 from edgeinfer.server import statistics
 from edgeinfer.server.loading import ServedModel
 
-__all__ = ["MAX_REQUEST_BATCH", "PLATFORM", "model_config", "model_statistics", "tensor_metadata"]
+__all__ = ["MAX_REQUEST_BATCH", "PLATFORM", "model_config", "model_statistics", "platform", "tensor_metadata"]
 
 PLATFORM = "pytorch_libtorch"  # TorchScript or eager PyTorch: Triton's name for a PyTorch model
+# Triton's platform and backend names for each of our runtimes
+_TRITON_NAMES = {"torch": (PLATFORM, "pytorch"), "onnxruntime": ("onnxruntime_onnx", "onnxruntime")}
+
+
+def platform(model: ServedModel) -> str:
+    """Triton's platform name for the runtime serving ``model`` (pytorch_libtorch or onnxruntime_onnx)."""
+    return _TRITON_NAMES.get(model.runtime, _TRITON_NAMES["torch"])[0]
+
+
 # The most frames one request may carry: its config's max_batch_size. The frames go to the
 # model's scheduler one job each, which runs them in passes of its own batch sizes (the
 # config's preferred_batch_size), with other requests' and streams' frames.
@@ -27,8 +36,8 @@ def model_config(model: ServedModel) -> v2.ModelConfig:
     gpu = model.device.type == "cuda"
     config = v2.ModelConfig(
         name=model.name,
-        platform=PLATFORM,
-        backend="pytorch",
+        platform=platform(model),
+        backend=_TRITON_NAMES.get(model.runtime, _TRITON_NAMES["torch"])[1],
         max_batch_size=MAX_REQUEST_BATCH,
         input=[
             v2.ModelInput(
@@ -57,6 +66,7 @@ def model_config(model: ServedModel) -> v2.ModelConfig:
     facts = {
         "precision": model.precision,
         "device": str(model.device),
+        "runtime": f"{model.runtime} {model.runtime_version}".strip(),
         "architecture": model.architecture,
         "weights": model.weights,
         "aliases": ",".join(model.aliases),

@@ -37,9 +37,9 @@ from edgeinfer.server.errors import EdgeInferError, ModelNotFound, NotReady
 from edgeinfer.server.kserve_infer import InferRequest, wait_frames
 from edgeinfer.server.kserve_metadata import (
     MAX_REQUEST_BATCH,
-    PLATFORM,
     model_config,
     model_statistics,
+    platform,
     tensor_metadata,
 )
 from edgeinfer.server.kserve_stream import V2Stream
@@ -119,7 +119,7 @@ class KServeServicer(v2_grpc.GRPCInferenceServiceServicer):
         return v2.ModelMetadataResponse(
             name=model.name,
             versions=versions,
-            platform=PLATFORM,
+            platform=platform(model),  # pytorch_libtorch or onnxruntime_onnx: the runtime serving it
             inputs=[tensor_metadata(s, lead) for s in kt.input_specs()],
             outputs=[tensor_metadata(s, lead) for s in kt.output_specs(model.num_classes)],
         )

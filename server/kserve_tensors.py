@@ -31,7 +31,7 @@ import numpy as np
 
 from edgeinfer.server.batcher import JobResult
 from edgeinfer.server.errors import InvalidFrame, InvalidRequest
-from edgeinfer.server.preprocess import FrameImage, JpegImage, RawImage
+from edgeinfer.server.frames import FrameImage, JpegImage, RawImage
 
 __all__ = [
     "CLASSIFICATION",

@@ -5,6 +5,10 @@ A :class:`ServedModel` bundles everything one (model, precision) needs at run
 time: preprocessing, runner, batch scheduler, labels and the facts that
 ``GetModel`` reports. The :class:`ModelTable` resolves a request's name (or
 alias) and optional precision to one of them.
+
+Each model has a runtime (server/runtimes/): ONNX Runtime for ONNX artifacts, with numpy
+preprocessing, or torch for everything else. This module imports neither: torch comes in
+through :mod:`edgeinfer.server.runtimes.torch`, only for a model that runs on it.
 """
 
 from __future__ import annotations
@@ -15,28 +19,29 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from edgeinfer.server.artifacts import load_int8_runner
 from edgeinfer.server.batcher import BatchScheduler
 from edgeinfer.server.errors import InvalidRequest, ModelNotFound, NotReady
+from edgeinfer.server.frames import CpuDevice, FramePreprocessor, Preprocessing
 from edgeinfer.server.inference_thread import InferenceThread, cpu_thread
 from edgeinfer.server.limits import FrameLimits
+from edgeinfer.server.model_names import MODEL_ALIASES, served_name
 from edgeinfer.server.options import Precision, PreprocessOn, choices
-from edgeinfer.server.preprocess import Preprocessor
 from edgeinfer.server.profiling import batch_ladder, profile_batch_sizes
-from edgeinfer.server.registry import ModelSpec, Preprocessing, get_spec
-from edgeinfer.server.runner import ModelRunner, NonFiniteScores
-from edgeinfer.server.weights import WeightsSource, build_model
+from edgeinfer.server.runtimes import NonFiniteScores, Runtime
+from edgeinfer.server.runtimes.choice import choose_runtime
+
+if TYPE_CHECKING:
+    from edgeinfer.server.weights import WeightsSource
+
+Device = Any  # torch.device, or CpuDevice for a model served without torch
 
 __all__ = [
     "BuiltRunner",
     "ModelTable",
     "ServedModel",
     "auto_placement",
-    "build_runner",
     "choose_batch_sizes",
     "load_model",
     "resolve_precision",
@@ -51,16 +56,18 @@ class ServedModel:
     aliases: tuple[str, ...]
     architecture: str
     precision: Precision
-    device: torch.device
+    device: Device
     weights: str
     categories: list[str]
     preprocessing: Preprocessing
-    preprocessor: Preprocessor
+    preprocessor: FramePreprocessor
     scheduler: BatchScheduler
     preprocess_on: PreprocessOn = PreprocessOn.STREAM
     engine: str = ""
     fidelity: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    runtime: str = "torch"  # "torch" or "onnxruntime": GetModel and the KServe metadata say which
+    runtime_version: str = ""
 
     @property
     def input_size(self) -> int:
@@ -77,17 +84,19 @@ class ServedModel:
 @dataclass
 class BuiltRunner:
     """A model ready to run, and what it is: its weights as described to clients, its int8
-    engine and fidelity report (artifacts only), and the largest batch it accepts."""
+    engine and fidelity report (artifacts only), the largest batch it accepts, its labels."""
 
-    runner: ModelRunner
+    runner: Runtime
     preprocessing: Preprocessing
     weights: str
     engine: str = ""
     fidelity: dict[str, Any] | None = None
     max_batch: int | None = None  # pt2e packages are compiled for a fixed batch size
+    architecture: str = ""
+    categories: list[str] = field(default_factory=list)
 
 
-def resolve_precision(precision: str, device: torch.device) -> Precision:
+def resolve_precision(precision: str, device: Device) -> Precision:
     try:
         wanted = Precision(precision)
     except ValueError:
@@ -103,29 +112,11 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
     return wanted
 
 
-def build_runner(
-    spec: ModelSpec, precision: Precision, device: torch.device, weights: WeightsSource, repository: Path | None
-) -> BuiltRunner:
-    """The runner for one (model, precision): an int8 artifact from ``repository``, or fp32/fp16 weights."""
-    if precision is Precision.INT8:
-        runner, preprocessing, meta = load_int8_runner(spec, repository)
-        return BuiltRunner(
-            runner, preprocessing, meta["weights"], meta["engine"], meta.get("fidelity"), meta.get("max_batch")
-        )
-    module = build_model(spec, weights)
-    if precision is Precision.FP16:
-        module = module.to(device=device, dtype=torch.float16, memory_format=torch.channels_last)
-        runner = ModelRunner(module, device=device, dtype=torch.float16, channels_last=True)
-    else:
-        runner = ModelRunner(module.to(device), device=device)
-    return BuiltRunner(runner, spec.preprocessing, weights.describe(spec))
-
-
 def choose_batch_sizes(
     built: BuiltRunner,
     *,
     precision: Precision,
-    device: torch.device,
+    device: Device,
     max_batch: int,
     batch_sizes: Sequence[int] | None,
     warmup: bool,
@@ -158,7 +149,7 @@ def choose_batch_sizes(
     return sizes
 
 
-def auto_placement(device: torch.device, threads: int) -> PreprocessOn:
+def auto_placement(device: Device, threads: int) -> PreprocessOn:
     """Where ``--preprocess-on auto`` decodes: beside the model when it has a core to do it on.
 
     On CUDA, and on a CPU whose cores the model's intra-op threads leave one free, each
@@ -177,7 +168,7 @@ def load_model(
     name: str,
     *,
     precision: str = "auto",
-    device: str | torch.device = "cpu",
+    device: str | Device = "cpu",
     weights: WeightsSource | None = None,
     repository: Path | None = None,
     max_frame_bytes: int = 8 << 20,
@@ -188,14 +179,19 @@ def load_model(
     preprocess_on: str = "auto",
     warmup: bool = True,
     cuda_graphs: bool = False,
+    runtime: str = "auto",
+    threads: int | None = None,
 ) -> ServedModel:
     """Load one model for serving, on the inference thread that will run it.
 
+    ``runtime``: "auto" (ONNX Runtime for a model with an ONNX artifact of that precision in
+    ``repository``, else torch), "torch" or "onnxruntime" (server/runtimes/choice.py).
     ``batch_sizes``: the sizes the scheduler may run (up to ``max_batch``); None chooses
     them (:func:`choose_batch_sizes`). ``cuda_graphs``: on CUDA, replay each of those sizes
     as a CUDA graph (:meth:`ModelRunner.capture_graphs`).
     ``limits``: the frame limits its preprocessor holds each frame to (default: ``max_frame_bytes``
-    and the default pixel limits).
+    and the default pixel limits). ``threads``: ONNX Runtime's intra-op threads (default: torch's
+    count on the torch runtime, all cores on ONNX Runtime).
     """
     try:
         placement = PreprocessOn(preprocess_on)
@@ -203,27 +199,53 @@ def load_model(
         raise InvalidRequest(
             f"preprocess_on must be one of {', '.join(choices(PreprocessOn))}, got {preprocess_on!r}"
         ) from None
-    spec = get_spec(name)
-    device = torch.device(device)
-    if cuda_graphs and device.type != "cuda":
-        raise InvalidRequest(f"--cuda-graphs replays GPU work: it needs --device cuda, not {device}")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InvalidRequest("--device cuda asked for, but torch sees no CUDA device here")
-        # A served model sees one input shape per batch size: let cuDNN pick its
-        # fastest kernels once (during warm-up) instead of a generic default.
-        torch.backends.cudnn.benchmark = True
-    resolved = resolve_precision(precision, device)
+    canonical = served_name(name)
+    limits = limits or FrameLimits(max_frame_bytes=max_frame_bytes)
+    chosen = choose_runtime(canonical, precision, str(device), repository, runtime)
+    if chosen == "onnxruntime":
+        if cuda_graphs:
+            raise InvalidRequest(f"--cuda-graphs replays GPU work: {canonical} runs on onnxruntime, on the CPU")
+        device = CpuDevice()
+        resolved = resolve_precision(precision, device)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        intra = max(1, threads or cores)
+
+        def build() -> BuiltRunner:
+            return _build_onnx(canonical, resolved, repository, intra)
+
+        def preprocessor(built: BuiltRunner) -> FramePreprocessor:
+            from edgeinfer.server.preprocess_numpy import NumpyPreprocessor
+
+            return NumpyPreprocessor(built.preprocessing, limits=limits)
+
+    else:
+        from edgeinfer.server.runtimes import torch as torch_runtime
+
+        device = torch_runtime.prepare_device(device, cuda_graphs=cuda_graphs)
+        resolved = resolve_precision(precision, device)
+        intra = torch_runtime.torch.get_num_threads()
+        source = weights
+
+        def build() -> BuiltRunner:
+            from edgeinfer.server.weights import WeightsSource
+
+            return torch_runtime.build_runner(
+                canonical, resolved, device, source or WeightsSource("imagenet"), repository
+            )
+
+        def preprocessor(built: BuiltRunner) -> FramePreprocessor:
+            return torch_runtime.make_preprocessor(built, device, limits)
+
     if placement is PreprocessOn.AUTO:
-        placement = auto_placement(device, torch.get_num_threads())
-    label = f"{spec.name} {resolved}"
+        placement = auto_placement(device, intra)
+    label = f"{canonical} {resolved}"
     # CPU models load, warm up and run on the daemon's one CPU inference thread (one
     # OpenMP team; see server/inference_thread.py); a CUDA model gets a dedicated one,
     # which ends with the model.
-    thread = cpu_thread() if device.type == "cpu" else InferenceThread(f"infer-{spec.name}-{resolved}")
+    thread = cpu_thread() if device.type == "cpu" else InferenceThread(f"infer-{canonical}-{resolved}")
 
     def assemble() -> ServedModel:
-        built = build_runner(spec, resolved, device, weights or WeightsSource("imagenet"), repository)
+        built = build()
         most = min(max_batch, built.max_batch or max_batch)
         sizes = choose_batch_sizes(
             built,
@@ -235,36 +257,38 @@ def load_model(
             label=label,
         )
         if cuda_graphs:
-            built.runner.capture_graphs(built.preprocessing.crop_size, sizes or batch_ladder(most))
+            built.runner.capture_graphs(built.preprocessing.crop_size, sizes or batch_ladder(most))  # type: ignore[attr-defined]
         scheduler = BatchScheduler(
             built.runner, max_batch=most, max_wait_ms=max_wait_ms, batch_sizes=sizes, name=label, thread=thread
         )
+        described = built.runner.describe()
         log.debug(  # edgeserver prints its own line for each model: one is enough in its log
-            "loaded %s on %s (weights %s; batch sizes %s; preprocessing on the %s thread%s)",
+            "loaded %s on %s with %s %s (weights %s; batch sizes %s; preprocessing on the %s thread%s)",
             label,
             device,
+            described["runtime"],
+            described["version"],
             built.weights,
             list(scheduler.batch_sizes),
             placement,
-            f"; CUDA graphs for {list(built.runner.graph_sizes)}" if cuda_graphs else "",
-        )
-        preprocessor = Preprocessor(
-            built.preprocessing, device=device, dtype=built.runner.dtype, max_frame_bytes=max_frame_bytes, limits=limits
+            f"; CUDA graphs for {list(built.runner.graph_sizes)}" if cuda_graphs else "",  # type: ignore[attr-defined]
         )
         return ServedModel(
-            name=spec.name,
-            aliases=spec.aliases,
-            architecture=spec.build.__name__.lstrip("_"),
+            name=canonical,
+            aliases=MODEL_ALIASES[canonical],
+            architecture=built.architecture,
             precision=resolved,
             device=device,
             weights=built.weights,
-            categories=spec.categories,
+            categories=built.categories,
             preprocessing=built.preprocessing,
-            preprocessor=preprocessor,
+            preprocessor=preprocessor(built),
             scheduler=scheduler,
             preprocess_on=placement,
             engine=built.engine,
             fidelity=built.fidelity,
+            runtime=described["runtime"],
+            runtime_version=described["version"],
         )
 
     try:
@@ -273,6 +297,23 @@ def load_model(
         if thread.dedicated:
             thread.stop()
         raise
+
+
+def _build_onnx(name: str, precision: Precision, repository: Path | None, threads: int) -> BuiltRunner:
+    from edgeinfer.server.runtimes.onnx import load_onnx_artifact
+
+    runner, meta = load_onnx_artifact(name, str(precision), repository, threads=threads)
+    folder = Path(repository or "model-repo") / name / f"onnx-{precision}"
+    return BuiltRunner(
+        runner,
+        Preprocessing.from_dict(meta["preprocessing"]),
+        f"artifact:{folder} (from {meta.get('weights', 'unknown')})",
+        "",
+        meta.get("fidelity"),
+        meta.get("max_batch"),
+        architecture=str(meta.get("architecture", name)),
+        categories=[str(label) for label in meta["labels"]],
+    )
 
 
 class ModelTable:
@@ -299,13 +340,13 @@ class ModelTable:
             raise NotReady("the daemon is still loading its models; retry when health reports SERVING")
         if not name:
             raise InvalidRequest("no model named: set model.name (e.g. 'squeezenet')")
-        spec = get_spec(name)  # unknown architecture -> NOT_FOUND naming the known ones
-        loaded = [m for m in self.all() if m.name == spec.name]
+        canonical = served_name(name)  # unknown architecture -> NOT_FOUND naming the known ones
+        loaded = [m for m in self.all() if m.name == canonical]
         if not loaded:
             served = ", ".join(f"{m.name}:{m.precision}" for m in self.all())
             raise ModelNotFound(
-                f"model {spec.name} is not loaded in this daemon (serving: {served}); "
-                f"start edgeserver with --model {spec.name}"
+                f"model {canonical} is not loaded in this daemon (serving: {served}); "
+                f"start edgeserver with --model {canonical}"
             )
         if not precision:
             return loaded[0]
@@ -314,8 +355,8 @@ class ModelTable:
                 return m
         have = ", ".join(m.precision for m in loaded)
         raise ModelNotFound(
-            f"{spec.name} is served in {have}, not {precision}: ask for --precision {loaded[0].precision}, "
-            f"or start edgeserver with --model {spec.name}:{precision}"
+            f"{canonical} is served in {have}, not {precision}: ask for --precision {loaded[0].precision}, "
+            f"or start edgeserver with --model {canonical}:{precision}"
         )
 
     def stop(self) -> None:

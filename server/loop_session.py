@@ -25,9 +25,9 @@ from edgeinfer.server.batcher import Job, JobResult
 from edgeinfer.server.errors import EdgeInferError, InternalError, InvalidRequest
 from edgeinfer.server.event_loop import settle_from_thread
 from edgeinfer.server.fair_share import FairShare, Turns
+from edgeinfer.server.frames import FrameImage
 from edgeinfer.server.loading import ServedModel
 from edgeinfer.server.options import PreprocessOn
-from edgeinfer.server.preprocess import FrameImage
 from edgeinfer.server.session import WINDOW, DropPolicy, FrameIn, FrameOutcome, check_top_k, frame_job
 
 __all__ = ["LoopSession", "frame_error", "make_job", "predicted"]

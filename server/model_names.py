@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from edgeinfer.server.options import Precision, choices
 
-__all__ = ["MODEL_ALIASES", "UnknownModel", "canonical_name", "known_models", "split_model_arg"]
+__all__ = ["MODEL_ALIASES", "UnknownModel", "canonical_name", "known_models", "served_name", "split_model_arg"]
 
 # canonical name -> aliases, as the registry registers them
 MODEL_ALIASES: dict[str, tuple[str, ...]] = {
@@ -39,6 +39,16 @@ def canonical_name(name: str) -> str:
         if key == canonical or key in aliases:
             return canonical
     raise UnknownModel(f"unknown model {name!r}; known models: {known_models()}")
+
+
+def served_name(name: str) -> str:
+    """:func:`canonical_name` for a request or a load: an unknown name is the daemon's ModelNotFound (NOT_FOUND)."""
+    from edgeinfer.server.errors import ModelNotFound
+
+    try:
+        return canonical_name(name)
+    except UnknownModel as exc:
+        raise ModelNotFound(str(exc)) from None
 
 
 def split_model_arg(value: str, default_precision: str) -> tuple[str, str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,8 +21,8 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from edgeinfer.server.errors import InvalidFrame
+from edgeinfer.server.frames import FrameImage, JpegImage, PreprocessedFrame, Preprocessing, RawImage
 from edgeinfer.server.limits import FrameLimits
-from edgeinfer.server.registry import Preprocessing
 
 try:  # libjpeg-turbo that reports damage: see Preprocessor._decode_jpeg
     import simplejpeg
@@ -43,29 +42,6 @@ warnings.filterwarnings(
 warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
 
 __all__ = ["FrameImage", "JpegImage", "PreprocessedFrame", "Preprocessor", "RawImage"]
-
-
-@dataclass(frozen=True)
-class JpegImage:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class RawImage:
-    height: int
-    width: int
-    data: bytes | memoryview  # the message's bytes, or a slice of a shared-memory map (server/shm.py)
-    bgr: bool = False  # OpenCV's order; RGB otherwise
-
-
-FrameImage = JpegImage | RawImage
-
-
-@dataclass
-class PreprocessedFrame:
-    tensor: torch.Tensor  # 3 x crop x crop, model dtype, on the model's device
-    decode_ms: float
-    preprocess_ms: float
 
 
 class Preprocessor:

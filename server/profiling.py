@@ -8,10 +8,9 @@ so a CPU model's sizes are timed before it serves (:func:`profile_batch_sizes`).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-import torch
-
-from edgeinfer.server.runner import ModelRunner
+from edgeinfer.server.runtimes import Runtime
 
 __all__ = ["BATCH_COST_MS", "batch_ladder", "profile_batch_sizes"]
 
@@ -30,7 +29,7 @@ BATCH_COST_MS = 0.3
 
 
 def profile_batch_sizes(
-    runner: ModelRunner,
+    runner: Runtime,
     crop_size: int,
     max_batch: int,
     *,
@@ -57,12 +56,12 @@ def profile_batch_sizes(
     """
     budget_ms = budget_s * 1e3
     spent_ms = 0.0
-    inputs: dict[int, torch.Tensor] = {}
+    inputs: dict[int, Any] = {}
     pass_ms: dict[int, float] = {}  # one pass at each size, after warm-up
     for n in batch_ladder(max_batch):
         if inputs and spent_ms + 5 * n * pass_ms[1] > budget_ms:  # 2 warm-up + 3 timed passes
             break
-        inputs[n] = torch.zeros(n, 3, crop_size, crop_size, dtype=runner.dtype, device=runner.device)
+        inputs[n] = _zeros(runner, n, crop_size)
         for _ in range(2):
             pass_ms[n] = runner.infer(inputs[n], 1).inference_ms
             spent_ms += pass_ms[n]
@@ -91,3 +90,14 @@ def profile_batch_sizes(
         chosen,
     )
     return tuple(chosen)
+
+
+def _zeros(runner: Runtime, n: int, crop_size: int) -> Any:
+    """A batch of zeros as the runtime takes it: numpy for ONNX Runtime, a torch tensor for torch."""
+    if getattr(runner, "name", "torch") == "onnxruntime":
+        import numpy as np
+
+        return np.zeros((n, 3, crop_size, crop_size), np.float32)
+    import torch  # the torch runtime: imported already
+
+    return torch.zeros(n, 3, crop_size, crop_size, dtype=runner.dtype, device=runner.device)  # type: ignore[attr-defined]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from torch import nn
 from torchvision import models as tvm
 from torchvision.models import WeightsEnum
 
 from edgeinfer.server.errors import ModelNotFound
+from edgeinfer.server.frames import Preprocessing
 
 __all__ = [
     "ModelSpec",
@@ -27,47 +27,6 @@ __all__ = [
     "register_model",
     "strip_training_heads",
 ]
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """Resize the shorter side, center-crop a square, scale to [0, 1], normalize."""
-
-    resize_size: int
-    crop_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-
-    @classmethod
-    def from_weights(cls, weights: WeightsEnum) -> Preprocessing:
-        t = weights.transforms()
-        return cls(
-            resize_size=int(t.resize_size[0]),
-            crop_size=int(t.crop_size[0]),
-            mean=tuple(float(v) for v in t.mean),
-            std=tuple(float(v) for v in t.std),
-            interpolation=t.interpolation.value,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "resize_size": self.resize_size,
-            "crop_size": self.crop_size,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "interpolation": self.interpolation,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
-        return cls(
-            resize_size=int(d["resize_size"]),
-            crop_size=int(d["crop_size"]),
-            mean=tuple(d["mean"]),
-            std=tuple(d["std"]),
-            interpolation=d.get("interpolation", "bilinear"),
-        )
 
 
 Builder = Callable[..., nn.Module]

@@ -8,26 +8,20 @@ TorchScript artifact on the CPU: all look the same from outside.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from edgeinfer.server.runtimes import BatchOutput, NonFiniteScores
+
 __all__ = ["BatchOutput", "ModelRunner", "NonFiniteScores"]
 
 
-class NonFiniteScores(RuntimeError):
-    """The model's scores came out NaN or infinite: its activations overflow its precision (fp16), or bad weights."""
-
-
-@dataclass
-class BatchOutput:
-    probabilities: torch.Tensor  # N x k, float32, CPU, descending
-    indices: torch.Tensor  # N x k, int64, CPU
-    inference_ms: float
-
-
 class ModelRunner:
+    """The torch runtime's model: an ``nn.Module`` or TorchScript/AOTInductor module on one device."""
+
+    name = "torch"
+
     def __init__(
         self,
         module: nn.Module | torch.jit.ScriptModule,
@@ -42,6 +36,9 @@ class ModelRunner:
         self.channels_last = channels_last
         # batch size -> (graph, its input buffer, its scores buffer); see capture_graphs()
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+
+    def describe(self) -> dict[str, str]:
+        return {"runtime": self.name, "version": torch.__version__, "threads": str(torch.get_num_threads())}
 
     @property
     def graph_sizes(self) -> tuple[int, ...]:

@@ -28,18 +28,18 @@ from edgeinfer.server.errors import (
     EdgeInferError,
     InvalidFrame,
     InvalidRequest,
-    LimitExceeded,
     NotLocal,
     NotReady,
 )
 from edgeinfer.server.event_loop import settle_from_thread
 from edgeinfer.server.fair_share import FairShare, Turns
+from edgeinfer.server.frames import FrameImage, JpegImage, RawImage
+from edgeinfer.server.front_door import read_error
 from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.loading import ModelTable, ServedModel
 from edgeinfer.server.loop_session import LoopSession, make_job, predicted
 from edgeinfer.server.malformed import clip_details
 from edgeinfer.server.options import PreprocessOn
-from edgeinfer.server.preprocess import FrameImage, JpegImage, RawImage
 from edgeinfer.server.session import DropPolicy, FrameIn, FrameOutcome, check_top_k
 from edgeinfer.server.shm import SharedMemoryRegion, check_local, peer_uid
 from edgeinfer.server.stream_guard import GuardedStream, StreamGuard
@@ -265,7 +265,7 @@ async def _read_frames(
     except EdgeInferError as exc:  # a message that is not a StreamRequest: answered after the frames before it
         session.fail(exc)
     except grpc.aio.AioRpcError as exc:  # the read failed (a message over the size limit)
-        session.fail(_read_error(exc))
+        session.fail(read_error(exc))
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # the RPC was cancelled or broke: nobody is left to answer
@@ -274,12 +274,6 @@ async def _read_frames(
     finally:
         if region is not None:
             region.close()
-
-
-def _read_error(exc: grpc.aio.AioRpcError) -> EdgeInferError:
-    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return LimitExceeded(clip_details(exc.details() or "a message over this daemon's size limit"))
-    return InvalidRequest(clip_details(exc.details() or str(exc.code())))
 
 
 def image_from_proto(
@@ -387,6 +381,7 @@ def model_info(m: ServedModel) -> pb.ModelInfo:
         # The wire keeps its first name for the inference thread: clients compare against it.
         preprocess_on="worker" if m.preprocess_on is PreprocessOn.INFERENCE else m.preprocess_on.value,
         resize_size=m.preprocessing.resize_size,
+        runtime=m.runtime,
     )
     if m.fidelity:
         info.fidelity.CopyFrom(

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 from edgeinfer.server.batcher import Job, JobResult
 from edgeinfer.server.errors import DeadlineExceeded, EdgeInferError, InternalError, InvalidRequest
+from edgeinfer.server.frames import FrameImage
 from edgeinfer.server.loading import ServedModel
 from edgeinfer.server.options import PreprocessOn
-from edgeinfer.server.preprocess import FrameImage
 
 __all__ = [
     "DropPolicy",

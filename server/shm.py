@@ -26,8 +26,8 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from edgeinfer.server.errors import InvalidFrame, InvalidRequest, LimitExceeded, NotLocal, SharedMemoryNotFound
+from edgeinfer.server.frames import RawImage
 from edgeinfer.server.peers import Endpoint, parse_peer, private_unix_sockets, tcp_peer_uid
-from edgeinfer.server.preprocess import RawImage
 
 __all__ = ["SHM_ROOT", "SharedMemoryRegion", "check_local", "is_local_peer", "peer_uid"]
 

@@ -100,3 +100,21 @@ def squeezenet_int8(calib_clip: Path, repo: Path) -> Any:
         frames=32,
         latency_iterations=5,
     )
+
+
+@pytest.fixture(scope="session")
+def onnx_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with SqueezeNet 1.0 as an ONNX int8 artifact (random weights, seed 0)."""
+    from edgeinfer.quant.onnx_export import make_onnx_artifact
+    from edgeinfer.server import WeightsSource
+
+    repo = tmp_path_factory.mktemp("onnx-repo")
+    make_onnx_artifact(
+        "squeezenet",
+        calib="synthetic",
+        out=repo,
+        weights=WeightsSource("random", seed=0),
+        frames=16,
+        latency_iterations=2,
+    )
+    return repo

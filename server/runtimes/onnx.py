@@ -10,15 +10,18 @@ it runs; tests/quant/test_onnx_export.py checks it). No torch anywhere on this p
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeinfer.server.artifacts import FORMAT_VERSION, SIDECAR, onnx_artifact_dir, read_model_file
+from edgeinfer.server.errors import WeightsUnavailable
 from edgeinfer.server.runtimes import BatchOutput, NonFiniteScores, top_k
 
-__all__ = ["OnnxRuntime", "ort_available", "session_options"]
+__all__ = ["OnnxRuntime", "load_onnx_artifact", "ort_available", "session_options"]
 
 
 def ort_available() -> bool:
@@ -82,3 +85,47 @@ class OnnxRuntime:
 
     def describe(self) -> dict[str, str]:
         return {"runtime": self.name, "version": self.version, "threads": str(self.threads)}
+
+
+def load_onnx_artifact(
+    name: str, precision: str, repository: Path | None, *, threads: int = 1
+) -> tuple[OnnxRuntime, dict[str, Any]]:
+    """The ONNX artifact of ``name`` at ``precision`` in ``repository``, checked (SHA-256) and in a session.
+
+    Every refusal is one line naming the model, the runtime and the fix (WeightsUnavailable).
+    """
+    repository = Path(repository or "model-repo")
+    folder = onnx_artifact_dir(repository, name, precision)
+    fmt = "onnx" if precision == "int8" else "onnx-fp32"
+    how = f"edgequant --model {name} --format {fmt} --calib PATH --out {repository} (on a workstation)"
+    who = f"{name} {precision} on onnxruntime"
+    if not (folder / SIDECAR).is_file():
+        raise WeightsUnavailable(
+            f"{who}: no ONNX artifact in {repository} (looked for {folder / SIDECAR}); make one: {how}"
+        )
+    try:
+        meta = json.loads((folder / SIDECAR).read_bytes())  # its own keys: not a TorchScript artifact's
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise WeightsUnavailable(f"{who}: {folder / SIDECAR} cannot be read ({exc}); re-make it: {how}") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION or meta.get("format") != "onnx":
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise WeightsUnavailable(
+            f"{who}: {folder / SIDECAR} is not an ONNX artifact's sidecar ({found}); re-make: {how}"
+        )
+    missing = [key for key in ("preprocessing", "labels", "precision") if key not in meta]
+    if missing or not isinstance(meta.get("labels"), list):
+        raise WeightsUnavailable(
+            f"{who}: {folder / SIDECAR} lacks {', '.join(missing) or 'a labels list'}; re-make: {how}"
+        )
+    try:
+        _, data = read_model_file(folder, meta, repository)
+    except WeightsUnavailable as exc:
+        raise WeightsUnavailable(f"{who}: {exc.details}") from None
+    try:
+        runtime = OnnxRuntime(data, threads=threads)
+    except Exception as exc:  # onnxruntime's InvalidProtobuf, Fail, NotImplemented...: its own classes
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise WeightsUnavailable(
+            f"{who}: onnxruntime cannot load {folder / meta['file']}: {reason[:200]}; re-make: {how}"
+        ) from None
+    return runtime, meta

@@ -16,7 +16,7 @@ from edgeinfer.quant.cli import main as edgequant
 from edgeinfer.quant.onnx_export import OPSET, make_onnx_artifact
 from edgeinfer.quant.quantize import Artifact
 from edgeinfer.server import WeightsSource, get_spec
-from edgeinfer.server.artifacts import file_sha256, read_sidecar
+from edgeinfer.server.artifacts import SIDECAR, file_sha256
 from edgeinfer.server.runtimes.onnx import OnnxRuntime
 from edgeinfer.server.weights import build_model
 
@@ -67,7 +67,7 @@ def test_the_kept_layer_has_no_qdq_pair(squeezenet_onnx: Artifact) -> None:
 
 
 def test_sidecar_records_format_digest_and_fidelity_through_ort(squeezenet_onnx: Artifact) -> None:
-    meta = read_sidecar(squeezenet_onnx.folder)
+    meta = _sidecar(squeezenet_onnx.folder)
     assert (meta["format"], meta["precision"], meta["runtime"], meta["opset"]) == ("onnx", "int8", "onnxruntime", OPSET)
     assert meta["sha256"] == file_sha256(squeezenet_onnx.folder / "model.onnx")
     assert meta["quantization"]["fp32_layers"] == [KEPT]
@@ -98,11 +98,12 @@ def test_unknown_fp32_layer_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     assert len(err) == 1 and "features.99" in err[0] and "features.0" in err[0]
 
 
-def test_fp32_layers_need_the_onnx_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        edgequant(["--model", "squeezenet", "--calib", "synthetic", "--fp32-layers", "features.0"])
-    assert exit_.value.code == 2
-    assert "--format onnx" in capsys.readouterr().err
+def test_fp32_layers_need_an_int8_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # (TorchScript int8 keeps fp32 layers too: tests/quant/test_mixed_precision.py)
+    argv = ["--model", "squeezenet", "--calib", "synthetic", "--fp32-layers", "features.0", "--format", "onnx-fp32"]
+    assert edgequant(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "apply to int8 (--format torchscript or onnx)" in err[0]
 
 
 def test_onnx_fp32_from_the_cli_matches_torch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,3 +114,7 @@ def test_onnx_fp32_from_the_cli_matches_torch(tmp_path: Path, capsys: pytest.Cap
     assert (meta["format"], meta["precision"], meta["flow"]) == ("onnx", "fp32", "export")
     assert (tmp_path / "squeezenet1_1" / "onnx-fp32" / "model.onnx").is_file()
     assert meta["fidelity"]["top1_agreement"] == 1.0 and meta["fidelity"]["sqnr_db"] > 60  # fp32 both sides
+
+
+def _sidecar(folder: Path) -> dict:
+    return json.loads((folder / SIDECAR).read_text())

@@ -346,13 +346,14 @@ def test_a_frame_with_non_finite_scores_gets_an_error_and_its_batch_mates_their_
 def test_a_model_whose_scores_overflow_is_refused_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
     from torch import nn
 
-    from edgeinfer.server import WeightsSource, load_model, loading
+    from edgeinfer.server import WeightsSource, load_model
     from edgeinfer.server.errors import InvalidRequest
+    from edgeinfer.server.runtimes import torch as torch_runtime
 
     class Overflowing(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.full((x.shape[0], 1000), float("inf"))
 
-    monkeypatch.setattr(loading, "build_model", lambda spec, weights: Overflowing())
+    monkeypatch.setattr(torch_runtime, "build_model", lambda spec, weights: Overflowing())
     with pytest.raises(InvalidRequest, match=r"squeezenet1_0 fp32 \(weights random:seed=0\) gives NaN or infinite"):
         load_model("squeezenet", weights=WeightsSource("random", seed=0), batch_sizes=[1], max_batch=1)

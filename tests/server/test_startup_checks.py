@@ -184,8 +184,8 @@ sys.argv = ["{prog}", "--model", "squeezenet", "--calib", "synthetic"]
             "edgeserver",
             ("torch", "torchvision", "grpc_interceptor", "grpc_health", "grpc_reflection"),
             "from edgeinfer.server.cli_support import edgeserver; sys.exit(edgeserver())",
-            "server",
-            "torch, torchvision, grpcio-health-checking, grpcio-reflection, grpc-interceptor",
+            "edge",
+            "grpcio-health-checking, grpcio-reflection, grpc-interceptor",  # torch: only for torch models
         ),
         (
             "edgequant",
@@ -200,9 +200,15 @@ def test_a_client_only_install_names_the_extra(prog: str, hidden: tuple[str, ...
     code = _CLIENT_ONLY.format(hidden=set(hidden), prog=prog, call=call)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and out.stdout == ""
+    how = f"(pip install 'edgeinfer[{extra}]')"
+    if prog == "edgeserver":
+        how = (
+            "for a board (ONNX models; pip install 'edgeinfer[edge]') or [server] for torch models "
+            "(pip install 'edgeinfer[server]')"
+        )
     assert out.stderr.splitlines() == [
         f"{prog}: error: this install of edgeinfer lacks {names}, which {prog} needs: install the [{extra}] extra "
-        f"(pip install 'edgeinfer[{extra}]'); the client alone needs none of them"
+        f"{how}; the client alone needs none of them"
     ]
 
 
@@ -220,3 +226,14 @@ def test_threads_default_is_one_below_the_cores_in_code_and_help() -> None:
     assert f"(default: one below the cores, at least 1: {max(1, cores - 1)} here;" in text
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert "`--threads` (default: one below the core count, at least 1" in " ".join(readme.split())
+
+
+def test_a_bind_failure_after_the_checks_names_the_unix_socket(tmp_path: Path) -> None:
+    from edgeinfer.server.cli_args import listen_error
+
+    sock = tmp_path / "gone" / "edge.sock"  # its folder vanished between the check and the bind
+    line = listen_error(RuntimeError("Failed to bind to address"), ["localhost:50051", f"unix:{sock}"])
+    expected = f"folder {sock.parent} does not exist (create it, or name a socket in an existing folder)"
+    assert line == f"cannot listen on unix:{sock}: {expected}"
+    line = listen_error(RuntimeError("Failed to bind to address"), ["localhost:50051"])
+    assert "the port is in use or the address is not this host's (another edgeserver?" in line
