@@ -36,7 +36,7 @@ from edgeinfer.server.defaults import (
     DEFAULT_MAX_SIDE,
 )
 from edgeinfer.server.event_loop import EventLoopThread
-from edgeinfer.server.fair_share import FairShare
+from edgeinfer.server.fair_share import FairShare, Turns
 from edgeinfer.server.front_door import FrontDoor
 from edgeinfer.server.kserve_servicer import KSERVE_SERVICE_NAME, KServeServicer, add_kserve_to_server
 from edgeinfer.server.limits import FrameLimits
@@ -143,6 +143,7 @@ class Daemon:
             idle_timeout=idle_timeout,
             decode=self.decode,
             budget=self.budget,
+            turns=Turns(),
         )
         self.kserve = KServeServicer(self.table, self.servicer)
         self.admission = Admission(default_caps(max_streams))
