@@ -36,9 +36,13 @@ class CalibrationSet:
     held_out: torch.Tensor
     source: str
 
-    def batches(self, size: int = 8) -> Iterator[torch.Tensor]:
-        for i in range(0, len(self.calibration), size):
-            yield self.calibration[i : i + size]
+    def batches(self, size: int = 8, limit: int | None = None) -> Iterator[torch.Tensor]:
+        """The calibration frames in batches; with ``limit``, that many spread evenly over them."""
+        frames = self.calibration
+        if limit is not None and len(frames) > limit:
+            frames = frames[torch.linspace(0, len(frames) - 1, limit).round().long()]
+        for i in range(0, len(frames), size):
+            yield frames[i : i + size]
 
 
 def offline_preprocessor(config: Preprocessing) -> Preprocessor:

@@ -34,6 +34,7 @@ from edgeinfer.quant.fidelity import FidelityReport, agreement, interleaved_late
 from edgeinfer.quant.mixed import check_layers, choose
 from edgeinfer.quant.onnx_quantizer import BoardQuantizer, quantizable_layers
 from edgeinfer.quant.quantize import (
+    MAX_CALIBRATION,
     MIN_BUDGET_FRAMES,
     SENSITIVITY_CHART,
     Artifact,
@@ -173,7 +174,10 @@ def make_onnx_artifact(
 
             def build(plan: Plan) -> Callable[[torch.Tensor], torch.Tensor]:
                 q = quantize_for_onnx(
-                    copy.deepcopy(model), data.batches(), example=example, fp32_layers=plan.fp32_layers
+                    copy.deepcopy(model),
+                    data.batches(limit=MAX_CALIBRATION),
+                    example=example,
+                    fp32_layers=plan.fp32_layers,
                 )
                 path = export_onnx(q, example, stage / f"candidate-{len(candidates)}.onnx")
                 candidates[plan] = (path, OnnxRuntime(path.read_bytes(), threads=torch.get_num_threads()))
@@ -183,7 +187,7 @@ def make_onnx_artifact(
                 model,
                 build,
                 judge,
-                data.batches,
+                lambda: data.batches(limit=MAX_CALIBRATION),
                 fp32_layers=sorted(set(fp32_layers)),
                 max_loss=max_loss,
                 sensitivity=sensitivity,
@@ -274,7 +278,7 @@ def make_onnx_artifact(
             "max_batch": MAX_BATCH,
             "calibration": {
                 "source": data.source,
-                "frames": len(data.calibration) if precision == "int8" else 0,
+                "frames": min(len(data.calibration), MAX_CALIBRATION) if precision == "int8" else 0,
                 "build_seconds": round(build_s, 1),
             },
             "fidelity": report.to_dict(),

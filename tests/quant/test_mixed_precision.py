@@ -192,3 +192,13 @@ def test_the_budget_runs_through_onnx_runtime_for_the_onnx_format(tmp_path: Path
 
 def read_sidecar_json(folder: Path) -> dict:
     return json.loads((folder / "edgeinfer.json").read_text())
+
+
+def test_calibration_uses_at_most_the_cap_spread_over_all_frames() -> None:
+    from edgeinfer.quant.calibration import CalibrationSet
+
+    frames = torch.arange(1500, dtype=torch.float32).view(1500, 1, 1, 1)
+    data = CalibrationSet(frames, frames[:1], "t")
+    used = torch.cat(list(data.batches(limit=256))).flatten()
+    assert len(used) == 256 and used[0] == 0 and used[-1] == 1499  # evenly spread, ends included
+    assert len(torch.cat(list(data.batches()))) == 1500
