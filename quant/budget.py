@@ -100,10 +100,12 @@ def search(
     observers: tuple[str, ...] = ("histogram", "minmax"),
     start: Plan | None = None,
     on_step: Callable[[Step], None] | None = None,
+    max_builds: int | None = None,
 ) -> BudgetResult:
     """Cheapest remedies first, then fp32 layers one at a time; see the module docstring.
 
     rerank(plan): the layers still in int8, most sensitive first, under ``plan``.
+    max_builds: give up (``met`` False, the last plan kept) after this many builds.
     """
     result = BudgetResult(max_loss)
     cache: dict[Plan, tuple[Loss, Any]] = {}
@@ -140,7 +142,7 @@ def search(
             return result
     plan = best_plan
     result.model = best_model
-    while len(plan.fp32_layers) < len(layers):
+    while len(plan.fp32_layers) < len(layers) and (max_builds is None or len(result.steps) < max_builds):
         ranked = [name for name in rerank(plan) if name not in plan.fp32_layers]
         if not ranked:
             break

@@ -100,6 +100,7 @@ def choose(
     chart_path: Path | None = None,
     title: str = "",
     on_step: Callable[[Step], None] | None = None,
+    max_builds: int | None = None,
 ) -> MixedOutcome:
     """Build the artifact's model: as asked (``fp32_layers``), or the budget's choice; rank layers if asked."""
     check_layers(model, fp32_layers)
@@ -142,6 +143,7 @@ def choose(
         observers=observers,
         start=start,
         on_step=on_step,
+        max_builds=max_builds,
     )
     chosen = result.chosen
     return MixedOutcome(
