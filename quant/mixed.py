@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from edgeinfer.quant.accuracy import Judge
@@ -103,28 +104,33 @@ def choose(
     """Build the artifact's model: as asked (``fp32_layers``), or the budget's choice; rank layers if asked."""
     check_layers(model, fp32_layers)
     start = Plan(observers[0], tuple(fp32_layers))
-    fq: FakeQuantizer | None = None
-    subset = judge.inputs[:RANK_FRAMES]
+    subset = judge.inputs[:RANK_FRAMES].float()
+    ranked: dict[str, Any] = {}
+
+    def ranking() -> tuple[FakeQuantizer, torch.Tensor, list[LayerSensitivity]]:
+        # Calibrated and ranked once, on first need: a budget met by the first build never pays for it.
+        if not ranked:
+            fq = FakeQuantizer(model, reduce_range=reduce_range, observer=observers[0])
+            fq.calibrate(calibration())
+            ref = fq.logits([], subset)  # fp32 with BatchNorm folded, the int8 side's own preprocessing
+            ranked.update(fq=fq, ref=ref, rows=rank(fq, subset, ref, alone=sensitivity))
+        return ranked["fq"], ranked["ref"], ranked["rows"]
+
     rows: list[LayerSensitivity] = []
-    if sensitivity or max_loss is not None:
-        fq = FakeQuantizer(model, reduce_range=reduce_range, observer=observers[0])
-        fq.calibrate(calibration())
-        ref = fq.logits([], subset)  # fp32 with BatchNorm folded, the int8 side's own preprocessing
-        rows = rank(fq, subset, ref, alone=sensitivity)
-        if chart_path is not None and sensitivity:
+    if sensitivity:
+        rows = ranking()[2]
+        if chart_path is not None:
             chart(rows, chart_path, title)
 
     if max_loss is None:
         m = build(start)
-        return MixedOutcome(m, start, judge.measure(m)[0], sensitivity=rows if sensitivity else [])
-
-    assert fq is not None
-    order = [r.layer for r in rows]
+        return MixedOutcome(m, start, judge.measure(m)[0], sensitivity=rows)
 
     def rerank(plan: Plan) -> list[str]:
-        left = [n for n in order if n not in plan.fp32_layers]
+        fq, ref, first = ranking()
+        left = [r.layer for r in first if r.layer not in plan.fp32_layers]
         top = left[:RERANK_TOP]
-        again = rank(fq, subset, fq.logits([], subset), fp32_layers=plan.fp32_layers, candidates=top, alone=False)
+        again = rank(fq, subset, ref, fp32_layers=plan.fp32_layers, candidates=top, alone=False)
         return [r.layer for r in again] + left[RERANK_TOP:]
 
     result = search(
@@ -132,7 +138,7 @@ def choose(
         judge,
         max_loss=max_loss,
         rerank=rerank,
-        layers=fq.layers,
+        layers=quantizable_layers(model),
         observers=observers,
         start=start,
         on_step=on_step,
@@ -145,5 +151,5 @@ def choose(
         plain_loss=result.first.loss,
         plain_model=result.plain_model,
         budget=result,
-        sensitivity=rows if sensitivity else [],
+        sensitivity=rows,
     )

@@ -38,6 +38,7 @@ __all__ = [
     "Endpoint",
     "SocketEntry",
     "connection_uid",
+    "listening_unix_paths",
     "own_socket_inodes",
     "parse_peer",
     "parse_tcp_table",

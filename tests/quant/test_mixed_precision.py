@@ -164,3 +164,31 @@ def test_bad_input_found_later_is_one_line_exit_2_and_leaves_nothing_half_writte
     meta = json.loads(out.stdout[out.stdout.index("{") :])
     assert meta["eval"] == {"images": 2, "skipped": 1, "classes": 2}
     assert meta["fidelity"]["loss"]["against"] == "labels" and meta["fidelity"]["loss"]["frames"] == 2
+
+
+@pytest.mark.slow
+def test_the_budget_runs_through_onnx_runtime_for_the_onnx_format(tmp_path: Path) -> None:
+    from edgeinfer.quant.onnx_export import make_onnx_artifact
+
+    artifact = make_onnx_artifact(
+        "squeezenet1_1",
+        calib="synthetic",
+        out=tmp_path,
+        weights=WeightsSource("random", seed=0),
+        frames=200,  # 50 held out: the least --max-loss accepts
+        latency_iterations=1,
+        max_loss=0.3,
+    )
+    mixed = read_sidecar_json(artifact.folder)["mixed_precision"]
+    budget = mixed["budget"]
+    # Random weights answer alike in fp32 and int8 (the loss is 0 of 50): met by the first ORT build,
+    # and the report still says 50 frames cannot show a 0.3-point budget is met.
+    assert budget["max_loss"] == 0.3 and budget["met"] and len(budget["steps"]) == 1
+    assert budget["steps"][0]["why"] == "everything int8" and budget["steps"][0]["loss"]["frames"] == 50
+    assert mixed["verdict"] == "cannot tell" and mixed["frames_needed"] > 1000
+    assert "CANNOT TELL from 50 frames" in artifact.report.table("t")
+    assert sorted(p.name for p in artifact.folder.iterdir()) == ["edgeinfer.json", "model.onnx"]
+
+
+def read_sidecar_json(folder: Path) -> dict:
+    return json.loads((folder / "edgeinfer.json").read_text())
