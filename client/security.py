@@ -155,7 +155,9 @@ class Credentials:
         insecure: bool = False,
     ) -> None:
         if (tls_cert is None) != (tls_key is None):
-            raise ValueError("tls_cert and tls_key go together: a client certificate and its private key")
+            raise ValueError(
+                "--tls-cert and --tls-key (tls_cert, tls_key) go together: a client certificate and its private key"
+            )
         self.ca_name = _name(tls_ca)
         self.tls_ca = read_pem(tls_ca, "CA certificate")
         self.tls_cert = read_pem(tls_cert, "client certificate")

@@ -4,6 +4,7 @@
     edgequant --model resnet50 --calib photos/ --eval imagenet/val --out model-repo/
     edgequant --model squeezenet --calib synthetic --weights random --seed 0 --out model-repo/
     edgequant --model squeezenet --calib photos/ --format onnx --out model-repo/   # for a board (no torch there)
+    edgequant --model squeezenet --calib clip.mp4 --frames 800 --max-loss 0.3 --sensitivity --out model-repo/
 
 Prints a fidelity table per model and writes it into the artifact's sidecar.
 """
@@ -56,9 +57,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--fp32-layers",
         default="",
         metavar="A,B",
-        help="with --format onnx: conv/linear layers (module names) to keep in fp32",
+        help="conv/linear layers (module names, e.g. features.0,classifier.1) to keep in fp32: mixed precision",
     )
-    p.add_argument("--frames", type=int, default=64, help="frames sampled from --calib; 1/4 held out (default: 64)")
+    p.add_argument(
+        "--max-loss",
+        type=float,
+        default=None,
+        metavar="POINTS",
+        help="accuracy budget in top-1 points: try the other activation observer, then put the most sensitive "
+        "layers back in fp32 one at a time until the loss (vs --eval's labels, else vs fp32's answers on the "
+        "held-out frames) is within it; the report gives the loss's 95%% interval and the speed it cost",
+    )
+    p.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="rank every layer by how much int8 moves the logits (table, sidecar, sensitivity.png)",
+    )
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=64,
+        help="frames sampled from --calib; 1/4 held out and never calibrated (default: 64; 200+ held out for a "
+        "loss you can trust: --frames 800)",
+    )
     p.add_argument("--eval", type=Path, default=None, metavar="DIR", help="ImageFolder for real top-1/top-5")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate at most this many images")
     p.add_argument(
@@ -79,6 +100,23 @@ def _progress(desc: str, total: int) -> Any:
     return tqdm(total=total, desc=desc, unit="frame" if "calib" in desc else "step", file=sys.stderr, leave=False)
 
 
+def _mistake(args: argparse.Namespace, fp32_layers: list[str]) -> str | None:
+    mixing = fp32_layers or args.max_loss is not None or args.sensitivity
+    if args.max_loss is not None and args.max_loss < 0:
+        return f"--max-loss {args.max_loss:g}: no budget below 0 points can be met (all-fp32 loses exactly 0)"
+    if mixing and args.format == "onnx-fp32":
+        return "--fp32-layers, --max-loss and --sensitivity apply to int8 (--format torchscript or onnx)"
+    if mixing and args.flow == "pt2e":
+        return "--fp32-layers, --max-loss and --sensitivity need --flow fx (or --format onnx)"
+    if args.format != "torchscript" and (args.flow != "auto" or args.engine):
+        return "--flow and --engine apply to --format torchscript only"
+    if args.eval is not None and not args.eval.is_dir():
+        return f"--eval {args.eval}: not a folder (an ImageFolder: one folder of images per class)"
+    if args.frames < 4:
+        return f"--frames {args.frames}: calibration needs at least 4 frames"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from edgeinfer.server.cli_support import QUANT_MODULES, require_extra
 
@@ -86,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     fp32_layers = [name.strip() for name in args.fp32_layers.split(",") if name.strip()]
-    if fp32_layers and args.format != "onnx":
-        parser.error("--fp32-layers applies to --format onnx (int8 ONNX) only")
-    if args.format != "torchscript" and (args.flow != "auto" or args.engine or args.eval):
-        parser.error("--flow, --engine and --eval apply to --format torchscript only")
+    mistake = _mistake(args, fp32_layers)
+    if mistake:  # one line, before torch loads
+        print(f"edgequant: {mistake}", file=sys.stderr)
+        return 2
     # Before torch loads (seconds): a mistake in the command line is one line at once.
     for name in args.model:
         try:
@@ -124,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
                     weights=weights,
                     precision="fp32" if args.format == "onnx-fp32" else "int8",
                     fp32_layers=fp32_layers,
+                    max_loss=args.max_loss,
+                    sensitivity=args.sensitivity,
                     frames=args.frames,
+                    eval_dir=args.eval,
+                    eval_limit=args.eval_limit,
                     inception_transform=args.inception_transform,
                     latency_iterations=args.latency_iterations,
                     progress=_progress,
@@ -143,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                     inception_transform=args.inception_transform,
                     latency_iterations=args.latency_iterations,
                     progress=_progress,
+                    fp32_layers=fp32_layers,
+                    max_loss=args.max_loss,
+                    sensitivity=args.sensitivity,
                 )
         except EdgeInferError as exc:
             print(f"edgequant: {name}: {exc.details}", file=sys.stderr)

@@ -52,7 +52,8 @@ def agree_top1(reference: torch.Tensor, approx: torch.Tensor) -> list[bool]:
 
 def logits(model: Model, inputs: torch.Tensor, batch: int = 1) -> torch.Tensor:
     with torch.inference_mode():
-        return torch.cat([model(inputs[i : i + batch]).float() for i in range(0, len(inputs), batch)])
+        # .float(): inputs may be stored in float16 (the stand-ins' 21,600 test renders), models take float32
+        return torch.cat([model(inputs[i : i + batch].float()).float() for i in range(0, len(inputs), batch)])
 
 
 def interleaved_latency(

@@ -26,12 +26,25 @@ import torch
 import torchvision
 from torch import nn
 
-from edgeinfer.quant.artifact import write_sidecar
+from edgeinfer.quant.accuracy import load_labelled, make_judge
+from edgeinfer.quant.artifact import staged_folder, write_sidecar
+from edgeinfer.quant.budget import Plan
 from edgeinfer.quant.calibration import CalibrationSet, load_frames, offline_preprocessor
 from edgeinfer.quant.fidelity import FidelityReport, agreement, interleaved_latency, logits, sqnr_db
+from edgeinfer.quant.mixed import check_layers, choose
 from edgeinfer.quant.onnx_quantizer import BoardQuantizer, quantizable_layers
-from edgeinfer.quant.quantize import Artifact, _reference_inputs, _state_bytes, prepare_for_int8
+from edgeinfer.quant.quantize import (
+    MIN_BUDGET_FRAMES,
+    SENSITIVITY_CHART,
+    Artifact,
+    _accuracy,
+    _state_bytes,
+    prepare_for_int8,
+    reference_inputs,
+    speed_line,
+)
 from edgeinfer.server.artifacts import ONNX_FILE, file_sha256, onnx_artifact_dir
+from edgeinfer.server.options import WeightsKind
 from edgeinfer.server.registry import get_spec
 from edgeinfer.server.runtimes.onnx import OnnxRuntime
 from edgeinfer.server.weights import WeightsSource, build_model
@@ -117,95 +130,166 @@ def make_onnx_artifact(
     inception_transform: str = "fold",
     latency_iterations: int = 20,
     progress: Callable[[str, int], Any] | None = None,
+    max_loss: float | None = None,
+    sensitivity: bool = False,
+    eval_dir: Path | None = None,
+    eval_limit: int | None = None,
 ) -> Artifact:
-    """Export ``name`` to ONNX (``precision`` int8 or fp32) under ``out``; its fidelity measured through ORT."""
+    """Export ``name`` to ONNX (``precision`` int8 or fp32) under ``out``; its fidelity measured through ORT.
+
+    int8 only: ``fp32_layers`` keep no QDQ pair; ``max_loss`` searches for them (each candidate
+    exported and measured through ONNX Runtime); ``sensitivity`` ranks every layer. The
+    artifact is written to a temporary folder and renamed into place when complete.
+    """
     if precision not in ("int8", "fp32"):
         raise ValueError(f"ONNX artifacts are int8 or fp32, not {precision!r}")
     spec = get_spec(name)
     fp32 = build_model(spec, weights)
     model, preprocessing = prepare_for_int8(spec, copy.deepcopy(fp32), inception_transform)
+    check_layers(model, list(fp32_layers))
     data: CalibrationSet = load_frames(calib, offline_preprocessor(preprocessing), count=frames)
     example = data.calibration[:2]
+
+    def to_fp32(x: torch.Tensor) -> torch.Tensor:
+        return reference_inputs(spec, x, preprocessing)
+
+    labelled = None
+    if eval_dir is not None:
+        pre = offline_preprocessor(preprocessing)
+        labelled = load_labelled(eval_dir, pre, num_classes=len(spec.categories), limit=eval_limit)
+        judge = make_judge(labelled.inputs, fp32, to_fp32, labelled.labels)
+    else:
+        judge = make_judge(data.held_out, fp32, to_fp32, None)
+    if max_loss is not None and judge.frames < MIN_BUDGET_FRAMES:
+        raise ValueError(
+            f"--max-loss needs at least {MIN_BUDGET_FRAMES} frames to measure a loss on; it has {judge.frames}"
+        )
     folder = onnx_artifact_dir(out, spec.name, precision)
-    path = folder / ONNX_FILE
-    kept = sorted(set(fp32_layers))
-    started = time.perf_counter()
-    if precision == "int8":
-        bar = progress("calibrating", len(data.calibration)) if progress else None
-        model = quantize_for_onnx(
-            model,
-            data.batches(),
-            example=example,
-            fp32_layers=kept,
-            on_batch=(lambda n: bar.update(n)) if bar is not None else None,
+    with staged_folder(folder) as stage:
+        started = time.perf_counter()
+        outcome = None
+        if precision == "int8":
+            candidates: dict[Plan, tuple[Path, OnnxRuntime]] = {}
+
+            def build(plan: Plan) -> Callable[[torch.Tensor], torch.Tensor]:
+                q = quantize_for_onnx(
+                    copy.deepcopy(model), data.batches(), example=example, fp32_layers=plan.fp32_layers
+                )
+                path = export_onnx(q, example, stage / f"candidate-{len(candidates)}.onnx")
+                candidates[plan] = (path, OnnxRuntime(path.read_bytes(), threads=torch.get_num_threads()))
+                return _ort_model(candidates[plan][1])
+
+            outcome = choose(
+                model,
+                build,
+                judge,
+                data.batches,
+                fp32_layers=sorted(set(fp32_layers)),
+                max_loss=max_loss,
+                sensitivity=sensitivity,
+                reduce_range=False,  # uint8 0..255 activations, as BoardQuantizer makes them
+                observers=("histogram",),  # BoardQuantizer's one observer: the budget goes to fp32 layers
+                chart_path=stage / SENSITIVITY_CHART,
+                title=f"{spec.name} ONNX ({weights.describe(spec)}): per-layer sensitivity",
+            )
+            path, runtime = candidates[outcome.plan]
+            path.rename(stage / ONNX_FILE)
+            for other, _ in candidates.values():
+                other.unlink(missing_ok=True)
+        else:
+            export_onnx(model, example, stage / ONNX_FILE)
+            runtime = OnnxRuntime((stage / ONNX_FILE).read_bytes(), threads=torch.get_num_threads())
+        path = stage / ONNX_FILE
+        build_s = time.perf_counter() - started
+        kept = list(outcome.plan.fp32_layers) if outcome else []
+
+        reference = judge.reference if labelled is None else logits(fp32, to_fp32(data.held_out))
+        approx = logits(_ort_model(runtime), data.held_out)
+        top1, top5 = agreement(reference, approx)
+        judged = logits(_ort_model(runtime), judge.inputs) if labelled is not None else approx
+        loss = judge.loss_of(judged)
+        models: dict[str, Any] = {"fp32": fp32, "onnx": _ort_model(runtime)}
+        if outcome is not None and outcome.plain_model is not None and outcome.plan.fp32_layers:
+            models = {"fp32": fp32, "int8": outcome.plain_model, "onnx": _ort_model(runtime)}
+        bar = progress(f"latency torch fp32 vs onnxruntime {precision}", latency_iterations) if progress else None
+        latency = interleaved_latency(
+            models,
+            data.held_out[:1],
+            iterations=latency_iterations,
+            on_step=(lambda: bar.update(1)) if bar is not None else None,
         )
         if bar is not None:
             bar.close()
-    export_onnx(model, example, path)
-    build_s = time.perf_counter() - started
-
-    runtime = OnnxRuntime(path.read_bytes(), threads=torch.get_num_threads())
-    reference = logits(fp32, _reference_inputs(spec, data, preprocessing))
-    approx = logits(_ort_model(runtime), data.held_out)
-    top1, top5 = agreement(reference, approx)
-    bar = progress(f"latency torch fp32 vs onnxruntime {precision}", latency_iterations) if progress else None
-    latency = interleaved_latency(
-        {"fp32": fp32, "onnx": _ort_model(runtime)},
-        data.held_out[:1],
-        iterations=latency_iterations,
-        on_step=(lambda: bar.update(1)) if bar is not None else None,
-    )
-    if bar is not None:
-        bar.close()
-    report = FidelityReport(
-        frames=len(data.held_out),
-        top1_agreement=top1,
-        top5_overlap=top5,
-        sqnr_db=sqnr_db(reference, approx),
-        fp32_ms=latency["fp32"],
-        int8_ms=latency["onnx"],
-        fp32_bytes=_state_bytes(fp32),
-        int8_bytes=path.stat().st_size,
-        notes=[
-            f"measured through onnxruntime {runtime.version} ({precision}) against torch fp32"
-            + (f"; fp32 layers: {', '.join(kept)}" if kept else "")
-        ],
-    )
-    meta = {
-        "model": spec.name,
-        "architecture": spec.build.__name__.lstrip("_"),
-        "format": "onnx",
-        "precision": precision,
-        "flow": "pt2e-qdq" if precision == "int8" else "export",
-        "runtime": "onnxruntime",
-        "checked_with": f"onnxruntime {runtime.version}",
-        "opset": OPSET,
-        "quantization": (
-            {"weights": "int8 per-channel symmetric", "activations": "uint8 per-tensor, histogram", "fp32_layers": kept}
-            if precision == "int8"
-            else None
-        ),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "file": path.name,
-        "file_bytes": path.stat().st_size,
-        "sha256": file_sha256(path),
-        "input_size": preprocessing.crop_size,
-        "preprocessing": preprocessing.to_dict(),
-        "inception_transform": inception_transform if spec.name == "inception_v3" else None,
-        # The board has no torchvision to read the labels from: they travel in the sidecar.
-        "labels": spec.categories,
-        "num_classes": len(spec.categories),
-        "weights": weights.describe(spec),
-        "max_batch": MAX_BATCH,
-        "calibration": {
-            "source": data.source,
-            "frames": len(data.calibration) if precision == "int8" else 0,
-            "build_seconds": round(build_s, 1),
-        },
-        "fidelity": report.to_dict(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    write_sidecar(folder, meta)
-    log.debug("wrote %s (%d bytes, %s)", path, path.stat().st_size, np.round(build_s, 1))
+        notes = outcome.lines(judge) if outcome else []
+        if "int8" in latency:
+            notes.append(speed_line({"fp32": latency["fp32"], "int8": latency["int8"], "mixed": latency["onnx"]}))
+        report = FidelityReport(
+            frames=len(data.held_out),
+            top1_agreement=top1,
+            top5_overlap=top5,
+            sqnr_db=sqnr_db(reference, approx),
+            fp32_ms=latency["fp32"],
+            int8_ms=latency["onnx"],
+            fp32_bytes=_state_bytes(fp32),
+            int8_bytes=path.stat().st_size,
+            notes=[
+                f"measured through onnxruntime {runtime.version} ({precision}) against torch fp32"
+                + (f"; fp32 layers: {', '.join(kept)}" if kept else ""),
+                *notes,
+            ],
+            accuracy=_accuracy(judge, judged) if labelled is not None else None,
+            random_weights=weights.kind is WeightsKind.RANDOM,
+            loss=loss.to_dict(),
+        )
+        meta = {
+            "model": spec.name,
+            "architecture": spec.build.__name__.lstrip("_"),
+            "format": "onnx",
+            "precision": precision,
+            "flow": "pt2e-qdq" if precision == "int8" else "export",
+            "runtime": "onnxruntime",
+            "checked_with": f"onnxruntime {runtime.version}",
+            "opset": OPSET,
+            "quantization": (
+                {
+                    "weights": "int8 per-channel symmetric",
+                    "activations": "uint8 per-tensor, histogram",
+                    "fp32_layers": kept,
+                }
+                if precision == "int8"
+                else None
+            ),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "file": path.name,
+            "file_bytes": path.stat().st_size,
+            "sha256": file_sha256(path),
+            "input_size": preprocessing.crop_size,
+            "preprocessing": preprocessing.to_dict(),
+            "inception_transform": inception_transform if spec.name == "inception_v3" else None,
+            # The board has no torchvision to read the labels from: they travel in the sidecar.
+            "labels": spec.categories,
+            "num_classes": len(spec.categories),
+            "weights": weights.describe(spec),
+            "max_batch": MAX_BATCH,
+            "calibration": {
+                "source": data.source,
+                "frames": len(data.calibration) if precision == "int8" else 0,
+                "build_seconds": round(build_s, 1),
+            },
+            "fidelity": report.to_dict(),
+            "mixed_precision": (
+                {**outcome.to_dict(), "latency_ms": latency}
+                if outcome and (kept or max_loss is not None or sensitivity)
+                else None
+            ),
+            "eval": {"images": judge.frames, "skipped": labelled.skipped, "classes": labelled.classes}
+            if labelled
+            else None,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if not (outcome and outcome.sensitivity):
+            (stage / SENSITIVITY_CHART).unlink(missing_ok=True)
+        write_sidecar(stage, meta)
+    log.debug("wrote %s (%d bytes, %s)", folder / ONNX_FILE, meta["file_bytes"], np.round(build_s, 1))
     return Artifact(folder, meta, report)

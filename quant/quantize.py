@@ -21,26 +21,29 @@ import torch
 import torchvision
 from torch import nn
 
-from edgeinfer.quant.artifact import write_sidecar
-from edgeinfer.quant.calibration import CalibrationSet, load_frames, offline_preprocessor, read_image
+from edgeinfer.quant.accuracy import Judge, load_labelled, make_judge
+from edgeinfer.quant.artifact import staged_folder, write_sidecar
+from edgeinfer.quant.budget import Plan
+from edgeinfer.quant.calibration import CalibrationSet, load_frames, offline_preprocessor
 from edgeinfer.quant.fidelity import (
     FidelityReport,
-    agree_top1,
     agreement,
-    evaluate_folder,
     interleaved_latency,
     logits,
     sqnr_db,
 )
-from edgeinfer.quant.flows import quantize_fx, quantize_pt2e
-from edgeinfer.quant.intervals import paired_loss
+from edgeinfer.quant.flows import OBSERVERS, quantize_fx, quantize_pt2e
+from edgeinfer.quant.mixed import MixedOutcome, check_layers, choose
 from edgeinfer.server.artifacts import MODEL_FILES, artifact_dir, default_engine, file_sha256, quiet_deprecations
 from edgeinfer.server.options import WeightsKind
-from edgeinfer.server.preprocess import FrameImage, Preprocessor
 from edgeinfer.server.registry import ModelSpec, Preprocessing, get_spec
 from edgeinfer.server.weights import WeightsSource, build_model
 
-__all__ = ["DEFAULT_FLOW", "Artifact", "prepare_for_int8", "quantize"]
+__all__ = ["DEFAULT_FLOW", "MIN_BUDGET_FRAMES", "SENSITIVITY_CHART", "Artifact", "prepare_for_int8", "quantize"]
+
+# Fewer frames than this cannot resolve any budget a user would set (one frame = 2 points).
+MIN_BUDGET_FRAMES = 50
+SENSITIVITY_CHART = "sensitivity.png"
 
 log = logging.getLogger(__name__)
 
@@ -101,102 +104,171 @@ def quantize(
     inception_transform: str = "fold",
     latency_iterations: int = 20,
     progress: Callable[[str, int], Any] | None = None,
+    fp32_layers: list[str] | None = None,
+    max_loss: float | None = None,
+    sensitivity: bool = False,
 ) -> Artifact:
-    """Quantize ``name`` to int8 and write its artifact under ``out``. See module docstring."""
+    """Quantize ``name`` to int8 and write its artifact under ``out``. See module docstring.
+
+    fp32_layers: conv/linear layers kept in fp32; max_loss: the accuracy budget in top-1 points
+    (:mod:`edgeinfer.quant.budget`); sensitivity: rank every layer (table, sidecar, PNG chart).
+    The artifact is written to a temporary folder and renamed into place when complete.
+    """
     spec = get_spec(name)
     engine = engine or default_engine()
     flow = flow or DEFAULT_FLOW[spec.name]
+    mixing = bool(fp32_layers) or max_loss is not None or sensitivity
+    if mixing and flow != "fx":
+        raise ValueError("--fp32-layers, --max-loss and --sensitivity need --flow fx (or --format onnx)")
     fp32 = build_model(spec, weights)
     model, preprocessing = prepare_for_int8(spec, copy.deepcopy(fp32), inception_transform)
+    check_layers(model, list(fp32_layers or []))
     data: CalibrationSet = load_frames(calib, offline_preprocessor(preprocessing), count=frames)
     example = data.calibration[:1]
 
-    bar = progress("calibrating", len(data.calibration)) if progress else None
-    on_batch = (lambda n: bar.update(n)) if bar is not None else None
-    folder = artifact_dir(out, spec.name, engine)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / MODEL_FILES[flow]
-    started = time.perf_counter()
-    concat_stats: dict[str, int] = {}
-    if flow == "fx":
-        quantized: Any = quantize_fx(
-            model, data.batches(), engine=engine, example=example, on_batch=on_batch, concat_stats=concat_stats
-        )
-        with quiet_deprecations():
-            torch.jit.save(quantized, str(path))
-    elif flow == "pt2e":
-        quantize_pt2e(model, data.batches(), engine=engine, example=example, package_path=path, on_batch=on_batch)
-        quantized = torch._inductor.aoti_load_package(str(path))
-    else:
-        raise ValueError(f"unknown flow {flow!r}; choose fx or pt2e")
-    if bar is not None:
-        bar.close()
-    build_s = time.perf_counter() - started
+    def to_fp32(x: torch.Tensor) -> torch.Tensor:
+        return reference_inputs(spec, x, preprocessing)
 
-    # The fp32 reference is the unmodified model on its own preprocessing: for a
-    # folded Inception that is the same arithmetic, so this measures int8 alone.
-    fp32_inputs = _reference_inputs(spec, data, preprocessing)
-    reference = logits(fp32, fp32_inputs)
-    approx = logits(quantized, data.held_out)
-    top1, top5 = agreement(reference, approx)
-    bar = progress("latency fp32 vs int8", latency_iterations) if progress else None
-    latency = interleaved_latency(
-        {"fp32": fp32, "int8": quantized},
-        example,
-        iterations=latency_iterations,
-        on_step=(lambda: bar.update(1)) if bar is not None else None,
-    )
-    if bar is not None:
-        bar.close()
-    accuracy = None
+    labelled = None
     if eval_dir is not None:
-        accuracy = _evaluate(spec, eval_dir, eval_limit, fp32, quantized, preprocessing)
-    report = FidelityReport(
-        frames=len(data.held_out),
-        top1_agreement=top1,
-        top5_overlap=top5,
-        sqnr_db=sqnr_db(reference, approx),
-        fp32_ms=latency["fp32"],
-        int8_ms=latency["int8"],
-        fp32_bytes=_state_bytes(fp32),
-        int8_bytes=path.stat().st_size,
-        accuracy=accuracy,
-        random_weights=weights.kind is WeightsKind.RANDOM,
-        loss=paired_loss([True] * len(reference), agree_top1(reference, approx), against="fp32").to_dict(),
-    )
-    meta = {
-        "model": spec.name,
-        "architecture": spec.build.__name__.lstrip("_"),
-        "precision": "int8",
-        "format": "torchscript" if flow == "fx" else "aoti",
-        "runtime": "torch",
-        "flow": flow,
-        "engine": engine,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "file": path.name,
-        "file_bytes": report.int8_bytes,
-        "sha256": file_sha256(path),  # the daemon loads the file only if it still has this digest
-        "input_size": preprocessing.crop_size,
-        "preprocessing": preprocessing.to_dict(),
-        "inception_transform": inception_transform if spec.name == "inception_v3" else None,
-        "labels": f"torchvision:{spec.default_weights}",
-        "num_classes": len(spec.categories),
-        "weights": weights.describe(spec),
-        "max_batch": 1 if flow == "pt2e" else 0,  # 0: any batch size
-        "calibration": {"source": data.source, "frames": len(data.calibration), "build_seconds": round(build_s, 1)},
-        "concatenations": concat_stats or None,  # fx: how many, and how many still requantize (0: one scale each)
-        "fidelity": report.to_dict(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    write_sidecar(folder, meta)
+        labelled = load_labelled(
+            eval_dir, offline_preprocessor(preprocessing), num_classes=len(spec.categories), limit=eval_limit
+        )
+        judge = make_judge(labelled.inputs, fp32, to_fp32, labelled.labels)
+    else:
+        judge = make_judge(data.held_out, fp32, to_fp32, None)
+    if max_loss is not None and judge.frames < MIN_BUDGET_FRAMES:
+        raise ValueError(
+            f"--max-loss needs at least {MIN_BUDGET_FRAMES} frames to measure a loss on; it has {judge.frames} "
+            f"(raise --frames: a quarter is held out; or give --eval DIR)"
+        )
+
+    folder = artifact_dir(out, spec.name, engine)
+    with staged_folder(folder) as stage:
+        path = stage / MODEL_FILES[flow]
+        bar = progress("building", 1) if progress else None
+        started = time.perf_counter()
+        concat_stats: dict[str, int] = {}
+        outcome: MixedOutcome | None = None
+        if flow == "fx":
+
+            def build(plan: Plan) -> Any:
+                return quantize_fx(
+                    copy.deepcopy(model),
+                    data.batches(),
+                    engine=engine,
+                    example=example,
+                    observer=plan.observer,
+                    fp32_layers=plan.fp32_layers,
+                    concat_stats=concat_stats,
+                )
+
+            outcome = choose(
+                model,
+                build,
+                judge,
+                data.batches,
+                fp32_layers=list(fp32_layers or []),
+                max_loss=max_loss,
+                sensitivity=sensitivity,
+                reduce_range=engine == "x86",
+                observers=OBSERVERS,
+                chart_path=stage / SENSITIVITY_CHART,
+                title=f"{spec.name} ({weights.describe(spec)}): per-layer sensitivity",
+                on_step=(lambda st: bar.set_postfix_str(f"{st.why}: {st.loss.points:+.2f}")) if bar else None,
+            )
+            quantized: Any = outcome.model
+            with quiet_deprecations():
+                torch.jit.save(quantized, str(path))
+        elif flow == "pt2e":
+            quantize_pt2e(model, data.batches(), engine=engine, example=example, package_path=path)
+            quantized = torch._inductor.aoti_load_package(str(path))
+        else:
+            raise ValueError(f"unknown flow {flow!r}; choose fx or pt2e")
+        if bar is not None:
+            bar.close()
+        build_s = time.perf_counter() - started
+
+        # The fp32 reference is the unmodified model on its own preprocessing: for a
+        # folded Inception that is the same arithmetic, so this measures int8 alone.
+        reference = judge.reference if labelled is None else logits(fp32, to_fp32(data.held_out))
+        approx = logits(quantized, data.held_out)
+        top1, top5 = agreement(reference, approx)
+        judged = None
+        if labelled is not None:
+            judged = logits(quantized, judge.inputs, batch=16)
+            loss = judge.loss_of(judged)
+        else:
+            loss = outcome.loss if outcome else judge.loss_of(approx)
+        models = {"fp32": fp32, "int8": quantized}
+        if outcome is not None and outcome.plain_model is not None and outcome.plan.fp32_layers:
+            models = {"fp32": fp32, "int8": outcome.plain_model, "mixed": quantized}
+        bar = progress(f"latency {' vs '.join(models)}", latency_iterations) if progress else None
+        latency = interleaved_latency(
+            models,
+            example,
+            iterations=latency_iterations,
+            on_step=(lambda: bar.update(1)) if bar is not None else None,
+        )
+        if bar is not None:
+            bar.close()
+        notes = outcome.lines(judge) if outcome else []
+        if "mixed" in latency:
+            notes.append(speed_line(latency))
+        report = FidelityReport(
+            frames=len(data.held_out),
+            top1_agreement=top1,
+            top5_overlap=top5,
+            sqnr_db=sqnr_db(reference, approx),
+            fp32_ms=latency["fp32"],
+            int8_ms=latency.get("mixed", latency["int8"]),
+            fp32_bytes=_state_bytes(fp32),
+            int8_bytes=path.stat().st_size,
+            accuracy=_accuracy(judge, judged) if labelled is not None else None,
+            random_weights=weights.kind is WeightsKind.RANDOM,
+            loss=loss.to_dict(),
+            notes=notes,
+        )
+        meta = {
+            "model": spec.name,
+            "architecture": spec.build.__name__.lstrip("_"),
+            "precision": "int8",
+            "format": "torchscript" if flow == "fx" else "aoti",
+            "runtime": "torch",
+            "flow": flow,
+            "engine": engine,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "file": path.name,
+            "file_bytes": report.int8_bytes,
+            "sha256": file_sha256(path),  # the daemon loads the file only if it still has this digest
+            "input_size": preprocessing.crop_size,
+            "preprocessing": preprocessing.to_dict(),
+            "inception_transform": inception_transform if spec.name == "inception_v3" else None,
+            "labels": f"torchvision:{spec.default_weights}",
+            "num_classes": len(spec.categories),
+            "weights": weights.describe(spec),
+            "max_batch": 1 if flow == "pt2e" else 0,  # 0: any batch size
+            "calibration": {"source": data.source, "frames": len(data.calibration), "build_seconds": round(build_s, 1)},
+            "concatenations": concat_stats or None,
+            "mixed_precision": {**outcome.to_dict(), "latency_ms": latency} if outcome and mixing else None,
+            "eval": {"images": judge.frames, "skipped": labelled.skipped, "classes": labelled.classes}
+            if labelled
+            else None,  # fx: how many, and how many still requantize (0: one scale each)
+            "fidelity": report.to_dict(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if not (outcome and outcome.sensitivity):
+            (stage / SENSITIVITY_CHART).unlink(missing_ok=True)
+        write_sidecar(stage, meta)
     return Artifact(folder, meta, report)
 
 
-def _reference_inputs(spec: ModelSpec, data: CalibrationSet, preprocessing: Preprocessing) -> torch.Tensor:
+def reference_inputs(spec: ModelSpec, x: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """``x`` (preprocessed for the int8 model) as fp32's own preprocessing would have made it."""
     original = spec.preprocessing
     if preprocessing == original:
-        return data.held_out
+        return x
 
     # Undo the folded normalization and apply the original one: same pixels, fp32 path.
     def stats(p: Preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,20 +276,30 @@ def _reference_inputs(spec: ModelSpec, data: CalibrationSet, preprocessing: Prep
 
     m_new, s_new = stats(preprocessing)
     m_old, s_old = stats(original)
-    pixels = data.held_out * s_new + m_new
-    return (pixels - m_old) / s_old
+    return (x * s_new + m_new - m_old) / s_old
 
 
-def _evaluate(
-    spec: ModelSpec, folder: Path, limit: int | None, fp32: nn.Module, int8: Any, preprocessing: Preprocessing
-) -> dict[str, dict[str, float]]:
-    fp32_pre, int8_pre = offline_preprocessor(spec.preprocessing), offline_preprocessor(preprocessing)
+def _reference_inputs(spec: ModelSpec, data: CalibrationSet, preprocessing: Preprocessing) -> torch.Tensor:
+    return reference_inputs(spec, data.held_out, preprocessing)
 
-    cache: dict[Path, FrameImage] = {}
 
-    def run(pre: Preprocessor) -> Callable[[Path], torch.Tensor]:
-        return lambda p: pre(cache[p] if p in cache else cache.setdefault(p, read_image(p))).tensor
+def _accuracy(judge: Judge, approx: torch.Tensor) -> dict[str, dict[str, float]]:
+    assert judge.labels is not None
+    out = {}
+    for name, lg in (("fp32", judge.reference), ("int8", approx)):
+        top5 = lg.topk(5, 1).indices
+        out[name] = {
+            "top1": float((top5[:, 0] == judge.labels).float().mean()),
+            "top5": float((top5 == judge.labels[:, None]).any(1).float().mean()),
+            "images": judge.frames,
+        }
+    return out
 
-    fp = evaluate_folder(folder, run(fp32_pre), {"fp32": fp32}, limit=limit)
-    q = evaluate_folder(folder, run(int8_pre), {"int8": int8}, limit=limit)
-    return {**fp, **q}
+
+def speed_line(latency: dict[str, float]) -> str:
+    fp32 = latency["fp32"]
+    return (
+        f"speed (batch 1, interleaved medians): fp32 {fp32:.1f} ms, all-int8 {latency['int8']:.1f} ms "
+        f"({fp32 / latency['int8']:.1f}x), this mixed artifact {latency['mixed']:.1f} ms "
+        f"({fp32 / latency['mixed']:.1f}x)"
+    )

@@ -97,6 +97,16 @@ def quiet_deprecations() -> Iterator[None]:
         yield
 
 
+def _spend_quantized_tensor_warning() -> None:
+    """PyTorch warns once per process that quantized tensor creation is deprecated (a C++ warn-once).
+    Raised inside torch.jit.load or a TorchScript forward it bypasses Python's warnings and lands on the
+    daemon's stderr; raised from a Python call it is a UserWarning that quiet_deprecations() filters.
+    So it is raised here, once, from Python: the model's own calls then have nothing left to say."""
+    import torch
+
+    torch.quantize_per_tensor(torch.zeros(1), 1.0, 0, torch.quint8)
+
+
 def file_sha256(path: Path) -> str:
     """The hex SHA-256 of a file, read in chunks (what the sidecar records as ``sha256``)."""
     digest = hashlib.sha256()
@@ -196,6 +206,7 @@ def load_int8_runner(
     torch.backends.quantized.engine = engine
     if meta["flow"] == "fx":
         with quiet_deprecations():
+            _spend_quantized_tensor_warning()  # before the load: unpickling int8 weights creates quantized tensors
             module = torch.jit.load(io.BytesIO(data), map_location="cpu")
     else:
         # AOTInductor loads from a path only: the file was checked just now, inside the repository.

@@ -12,8 +12,6 @@ import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-
 __all__ = ["WARN_DAYS", "CertificateDates", "ExpiredCertificate", "check_dates", "leaf_dates"]
 
 WARN_DAYS = 14
@@ -32,6 +30,8 @@ class CertificateDates:
 
 def leaf_dates(pem: bytes) -> CertificateDates:
     """The dates of the first certificate in a PEM chain (the server's own; the rest are its issuers)."""
+    from cryptography import x509  # only when TLS is configured: edgeserver's mistakes answer before it loads
+
     cert = x509.load_pem_x509_certificate(pem)
     return CertificateDates(cert.subject.rfc4514_string(), cert.not_valid_before_utc, cert.not_valid_after_utc)
 

@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     worker = args.worker_index is not None
+    # Before the TLS files are read: a certificate about to expire is a warning in the daemon's log format.
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     try:  # who may connect first: it needs no model code
         security = exposure(args)
     except SecurityConfigError as exc:
@@ -69,9 +73,6 @@ def main(argv: list[str] | None = None) -> int:
         from edgeinfer.server.workers import run_workers
 
         return run_workers(argv, args)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
     # Before torch and gRPC start threads: a daemon's memory comes back after its streams end (server/memory.py).
     from edgeinfer.server.memory import cap_malloc_arenas
 

@@ -29,6 +29,7 @@ from edgeinfer.server.security import (
     check_exposure,
     tcp_address,
 )
+from edgeinfer.server.startup_checks import unix_socket_problem
 
 __all__ = ["Exposure", "build_parser", "exposure", "listen_error", "model_args"]
 
@@ -323,10 +324,15 @@ def exposure(args: argparse.Namespace) -> Exposure:
 
 def listen_error(exc: BaseException, addresses: list[str]) -> str:
     """grpc's bind failure as one line a person can act on."""
+    for address in addresses:  # a Unix socket says what is wrong with it (a TCP port may be our own by now)
+        problem = unix_socket_problem(Path(address[5:])) if address.startswith("unix:") else None
+        if problem:
+            return f"cannot listen on {address}: {problem}"
     text = str(exc)
     if "bind" in text.lower() or "address" in text.lower():
+        unix = ", or the Unix socket cannot be made there" if any(a.startswith("unix:") for a in addresses) else ""
         return (
-            f"cannot listen on {', '.join(addresses)}: the port is in use or the address is not this host's "
+            f"cannot listen on {', '.join(addresses)}: the port is in use or the address is not this host's{unix} "
             f"(another edgeserver? pick another --port, or --port 0 for a free one)"
         )
     return f"cannot listen on {', '.join(addresses)}: {text.splitlines()[0] if text else type(exc).__name__}"

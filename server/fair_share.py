@@ -15,14 +15,15 @@ The result comes back to the event loop through an asyncio future
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import Counter, OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from edgeinfer.server.event_loop import settle_from_thread
 
-__all__ = ["FairShare"]
+__all__ = ["FairShare", "Turns"]
 
 T = TypeVar("T")
 
@@ -84,3 +85,86 @@ class FairShare:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+
+
+class Turns:
+    """Frames into the models in turn per connection, so that many frames from some cannot starve another's.
+
+    A connection may have ``share / active connections`` jobs (at least one) at the models
+    at once, waiting or running; its next waits in a line of its own, and when any job is
+    answered the lines are served round-robin. A lone stream still has ``share`` frames
+    at the model (batching needs them); with sixteen busy connections, another stream's
+    frame waits behind at most one frame of each, not behind their whole windows (a
+    camera beside 15 fast senders waited 9.9 s for its answers before, bench/doors.py).
+    Everything here runs on the event loop.
+    """
+
+    def __init__(self, share: int = 8) -> None:
+        self.share = share
+        self._at_models: Counter[str] = Counter()
+        self._lines: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
+
+    def at_models(self, key: str) -> int:
+        return self._at_models[key]
+
+    def waiting(self, key: str) -> int:
+        return len(self._lines.get(key, ()))
+
+    def _limit(self) -> int:
+        active = len(self._at_models.keys() | self._lines.keys())
+        return max(1, self.share // max(1, active))
+
+    async def enter(self, key: str) -> None:
+        """Until ``key`` may put one more job to the models (then it counts as there until :meth:`leave`)."""
+        if key not in self._lines and self._at_models[key] < self._limit():
+            self._at_models[key] += 1
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lines.setdefault(key, deque()).append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # its turn came as it was cancelled: give it back
+                self.leave(key)
+            else:
+                line = self._lines.get(key)
+                if line is not None and turn in line:
+                    line.remove(turn)
+                    if not line:
+                        del self._lines[key]
+            raise
+
+    @contextlib.asynccontextmanager
+    async def turn(self, key: str) -> AsyncIterator[None]:
+        """One job's turn for the block (a unary call, a KServe request)."""
+        await self.enter(key)
+        try:
+            yield
+        finally:
+            self.leave(key)
+
+    def leave(self, key: str) -> None:
+        """One of ``key``'s jobs was answered (or withdrawn)."""
+        self._at_models[key] -= 1
+        if self._at_models[key] <= 0:
+            del self._at_models[key]
+        self._serve()
+
+    def _serve(self) -> None:
+        """Give turns round-robin to the lines under their share."""
+        served = True
+        while served and self._lines:
+            served = False
+            limit = self._limit()
+            for key in list(self._lines):
+                if self._at_models[key] >= limit:
+                    continue
+                line = self._lines.pop(key)
+                turn = line.popleft()
+                if line:
+                    self._lines[key] = line  # to the back of the ring
+                if turn.done():  # cancelled while it waited
+                    continue
+                self._at_models[key] += 1
+                turn.set_result(None)
+                served = True

@@ -29,11 +29,11 @@ import grpc
 from grpc_interceptor.exceptions import GrpcException
 
 from edgeinfer.server.admission import Admission, Ticket, kind_of
-from edgeinfer.server.errors import DeadlineExceeded, InvalidRequest
+from edgeinfer.server.errors import DeadlineExceeded, EdgeInferError, InvalidRequest, LimitExceeded
 from edgeinfer.server.malformed import Malformed, clip_details, tolerant
 from edgeinfer.server.security import BearerTokenInterceptor
 
-__all__ = ["FrontDoor", "checked_requests"]
+__all__ = ["FrontDoor", "checked_requests", "read_error"]
 
 log = logging.getLogger(__name__)
 
@@ -164,3 +164,10 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
         code, details = grpc.StatusCode.INTERNAL, clip_details(repr(exc))
     del exc
     await context.abort(code, details)
+
+
+def read_error(exc: grpc.aio.AioRpcError) -> EdgeInferError:
+    """A stream's failed read as the error it ends with, after the answers to the frames read before it."""
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return LimitExceeded(clip_details(exc.details() or "a message over this daemon's size limit"))
+    return InvalidRequest(clip_details(exc.details() or str(exc.code())))

@@ -161,7 +161,7 @@ class KServeServicer(v2_grpc.GRPCInferenceServiceServicer):
         model = self._resolve(request.model_name, request.model_version)
         peer = context.peer()
         try:
-            async with self.edge.budget.frame(peer, request.ByteSize()):
+            async with self.edge.budget.frame(peer, request.ByteSize()), self.edge.turns.turn(peer):
                 # The tensors are read (and with --preprocess-on stream, decoded) on a decode thread, in turn.
                 infer = await self.edge.decode.run(peer, lambda: InferRequest.start(model, request))
                 results = await wait_frames(infer.frames, time_left(context))
@@ -177,7 +177,7 @@ class KServeServicer(v2_grpc.GRPCInferenceServiceServicer):
             raise NotReady("the daemon is shutting down; reconnect to another replica or retry later")
         # One of the daemon's --max-streams slots, shared with edgeinfer.v1 streams, under the same clocks.
         guarded = self.edge.guard.admit(context)
-        stream = V2Stream(self._resolve, self.edge.decode, self.edge.budget, guarded)
+        stream = V2Stream(self._resolve, self.edge.decode, self.edge.budget, guarded, self.edge.turns)
         try:
             async for response in stream.answers(request_iterator, self.edge.guard):
                 guarded.sending = True

@@ -20,11 +20,11 @@ import grpc
 
 from edgeinfer.proto import kserve_v2_pb2 as v2
 from edgeinfer.server.byte_budget import ByteBudget
-from edgeinfer.server.errors import EdgeInferError, InternalError, LimitExceeded
-from edgeinfer.server.fair_share import FairShare
+from edgeinfer.server.errors import EdgeInferError, InternalError
+from edgeinfer.server.fair_share import FairShare, Turns
+from edgeinfer.server.front_door import read_error
 from edgeinfer.server.kserve_infer import InferRequest, failed, stream_error, wait_frames
 from edgeinfer.server.loading import ServedModel
-from edgeinfer.server.malformed import clip_details
 from edgeinfer.server.stream_guard import GuardedStream, StreamGuard
 
 __all__ = ["STREAM_WINDOW", "V2Stream"]
@@ -43,12 +43,14 @@ class V2Stream:
         decode: FairShare,
         budget: ByteBudget,
         guarded: GuardedStream,
+        turns: Turns | None = None,
     ) -> None:
         self._resolve = resolve
         self._decode = decode
         self._budget = budget
         self._guarded = guarded
         self._peer = guarded.peer
+        self._turns = turns or Turns()
         self._order: deque[asyncio.Task[v2.ModelStreamInferResponse]] = deque()
         self._room = asyncio.Semaphore(STREAM_WINDOW)
         self._changed = asyncio.Event()
@@ -106,7 +108,7 @@ class V2Stream:
         except EdgeInferError as exc:  # a message that is not a ModelInferRequest: after the answers before it
             self.fail(exc)
         except grpc.aio.AioRpcError as exc:  # the read failed (a message over the size limit)
-            self.fail(LimitExceeded(clip_details(exc.details() or "a message over this daemon's size limit")))
+            self.fail(read_error(exc))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the RPC was cancelled or broke: nobody is left to answer
@@ -126,8 +128,9 @@ class V2Stream:
         try:
             model = self._resolve(request.model_name, request.model_version)
             resolved = model
-            infer = await self._decode.run(self._peer, lambda: InferRequest.start(resolved, request))
-            results = await wait_frames(infer.frames, None)
+            async with self._turns.turn(self._peer):  # each request in turn with other connections' frames
+                infer = await self._decode.run(self._peer, lambda: InferRequest.start(resolved, request))
+                results = await wait_frames(infer.frames, None)
             return v2.ModelStreamInferResponse(infer_response=infer.response(results))
         except EdgeInferError as exc:
             return stream_error(request, failed(model, exc.with_traceback(None)))

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from edgeinfer.server.batcher import Job, JobResult
 from edgeinfer.server.errors import EdgeInferError, InternalError, InvalidRequest
 from edgeinfer.server.event_loop import settle_from_thread
-from edgeinfer.server.fair_share import FairShare
+from edgeinfer.server.fair_share import FairShare, Turns
 from edgeinfer.server.frames import FrameImage
 from edgeinfer.server.loading import ServedModel
 from edgeinfer.server.options import PreprocessOn
@@ -74,8 +74,11 @@ class LoopSession:
         policy: DropPolicy,
         decode: FairShare,
         connection: str,
+        turns: Turns | None = None,
     ) -> None:
         self.model = model
+        # `all` frames take turns with other connections' at the models; `latest` keeps one waiting anyway.
+        self._turns = turns if policy is DropPolicy.ALL else None
         self.top_k = check_top_k(top_k, model)
         self.policy = policy
         self._decode = decode
@@ -113,6 +116,12 @@ class LoopSession:
             answer.set_result(FrameOutcome(meta.sequence, meta.capture_time_ns, error=frame.image))
             return answer
         model = self.model
+        if self._turns is not None:
+            turns, connection = self._turns, self._connection
+            await turns.enter(connection)
+            answer.add_done_callback(lambda _: turns.leave(connection))
+            if answer.done():  # aborted while it waited for its turn
+                return answer
 
         def answered(result: JobResult | BaseException) -> None:  # on the inference thread
             if isinstance(result, BaseException):

@@ -30,7 +30,7 @@ import stat
 import struct
 import sys
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,7 @@ __all__ = [
     "Endpoint",
     "SocketEntry",
     "connection_uid",
+    "listening_unix_paths",
     "own_socket_inodes",
     "parse_peer",
     "parse_tcp_table",
@@ -122,10 +123,20 @@ def parse_tcp_table(text: str) -> list[SocketEntry]:
     return out
 
 
-def connection_uid(peer: Endpoint, entries: Iterable[SocketEntry], own_inodes: set[int]) -> int | None:
-    """The uid of the client at ``peer`` on a connection this process accepted; None unless exactly one fits."""
+def connection_uid(
+    peer: Endpoint, entries: Iterable[SocketEntry], own_inodes: set[int] | Callable[[], set[int]] | None
+) -> int | None:
+    """The uid of the client at ``peer`` on a connection this process accepted; None unless exactly one fits.
+
+    ``own_inodes``: this process's socket inodes (or a function that lists them); None takes a single
+    established entry whose remote end is ``peer`` as the daemon's without asking (the token gate's
+    cheap key: one connection end has one owner), and still refuses to choose between several.
+    """
     entries = [e for e in entries if e.state == ESTABLISHED]
-    ours = [e for e in entries if e.inode in own_inodes and e.remote == peer]
+    ours = [e for e in entries if e.remote == peer]
+    if own_inodes is not None and ours:
+        inodes = own_inodes() if callable(own_inodes) else own_inodes
+        ours = [e for e in ours if e.inode in inodes]
     if len(ours) != 1:
         return None
     theirs = [e for e in entries if e.local == peer and e.remote == ours[0].local]
@@ -156,13 +167,20 @@ def _read(path: Path) -> str:
         return ""
 
 
-def tcp_peer_uid(peer: Endpoint, net: Path = Path("/proc/self/net")) -> int | None:
-    """The uid of the local client at ``peer`` (a loopback connection to this process), or None."""
+def tcp_peer_uid(peer: Endpoint, net: Path = Path("/proc/self/net"), *, verify: bool = True) -> int | None:
+    """The uid of the local client at ``peer`` (a loopback connection to this process), or None.
+
+    Only the lines that carry the peer's port are parsed (the tables list every socket of the host).
+    ``verify=False`` skips listing this process's sockets when one entry alone fits (see connection_uid).
+    """
     if not sys.platform.startswith("linux"):
         return None
-    inodes = own_socket_inodes()
-    entries = parse_tcp_table(_read(net / "tcp")) + parse_tcp_table(_read(net / "tcp6"))
-    return connection_uid(peer, entries, inodes)
+    needle = f":{peer.port:04X} "
+    entries = []
+    for table in ("tcp", "tcp6"):
+        lines = [line for line in _read(net / table).splitlines()[1:] if needle in line]
+        entries += parse_tcp_table("\n".join(["", *lines]))
+    return connection_uid(peer, entries, own_socket_inodes if verify else None)
 
 
 def listening_unix_paths(text: str, own_inodes: set[int]) -> list[str]:

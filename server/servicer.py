@@ -28,13 +28,13 @@ from edgeinfer.server.errors import (
     EdgeInferError,
     InvalidFrame,
     InvalidRequest,
-    LimitExceeded,
     NotLocal,
     NotReady,
 )
 from edgeinfer.server.event_loop import settle_from_thread
-from edgeinfer.server.fair_share import FairShare
+from edgeinfer.server.fair_share import FairShare, Turns
 from edgeinfer.server.frames import FrameImage, JpegImage, RawImage
+from edgeinfer.server.front_door import read_error
 from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.loading import ModelTable, ServedModel
 from edgeinfer.server.loop_session import LoopSession, make_job, predicted
@@ -69,6 +69,7 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
         decode: FairShare | None = None,
         budget: ByteBudget | None = None,
+        turns: Turns | None = None,
     ) -> None:
         self.table = table
         self.max_streams = max_streams
@@ -78,6 +79,7 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         self.draining = False
         self.decode = decode or FairShare(1)
         self.budget = budget or ByteBudget.for_frames(self.limits.max_frame_bytes)
+        self.turns = turns or Turns()
 
     @property
     def open_streams(self) -> int:
@@ -117,6 +119,7 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
                 policy=_policy(config.drop_policy),
                 decode=self.decode,
                 connection=context.peer(),
+                turns=self.turns,
             )
             if config.HasField("shared_memory"):
                 region = self._shared_memory(config, context.peer())
@@ -169,18 +172,22 @@ class EdgeInferenceServicer(pb_grpc.EdgeInferenceServicer):
         check_top_k(request.top_k, model)
         received = time.perf_counter()
         answer: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
-        async with self.budget.frame(context.peer(), frame_bytes(request.image)):
-            job = await make_job(
-                model, image, request.top_k, lambda r: settle_from_thread(answer, r), self.decode, context.peer()
-            )
-            del image, request  # the job holds the frame now, until it is answered or withdrawn
-            model.scheduler.submit(job)
+        peer, top_k = context.peer(), request.top_k
+        async with self.budget.frame(peer, frame_bytes(request.image)):
+            del request  # the image (and then the job) holds the frame, until it is answered or withdrawn
+            await self.turns.enter(peer)
             try:
-                result = await asyncio.wait_for(answer, time_left(context))
-            except asyncio.TimeoutError:
-                raise DeadlineExceeded(f"no answer from {model.name} within the call's deadline") from None
+                job = await make_job(model, image, top_k, lambda r: settle_from_thread(answer, r), self.decode, peer)
+                del image
+                model.scheduler.submit(job)
+                try:
+                    result = await asyncio.wait_for(answer, time_left(context))
+                except asyncio.TimeoutError:
+                    raise DeadlineExceeded(f"no answer from {model.name} within the call's deadline") from None
+                finally:
+                    model.scheduler.cancel(job)  # a job that has not run (deadline, client gone) never will
             finally:
-                model.scheduler.cancel(job)  # a job that has not run (deadline, client gone) never will
+                self.turns.leave(peer)
         outcome = predicted(FrameIn(0, 0, _NO_FRAME), result, model, received)
         _record(model, outcome)
         return _fill_prediction(pb.Prediction(), outcome, model)
@@ -258,7 +265,7 @@ async def _read_frames(
     except EdgeInferError as exc:  # a message that is not a StreamRequest: answered after the frames before it
         session.fail(exc)
     except grpc.aio.AioRpcError as exc:  # the read failed (a message over the size limit)
-        session.fail(_read_error(exc))
+        session.fail(read_error(exc))
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # the RPC was cancelled or broke: nobody is left to answer
@@ -267,12 +274,6 @@ async def _read_frames(
     finally:
         if region is not None:
             region.close()
-
-
-def _read_error(exc: grpc.aio.AioRpcError) -> EdgeInferError:
-    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return LimitExceeded(clip_details(exc.details() or "a message over this daemon's size limit"))
-    return InvalidRequest(clip_details(exc.details() or str(exc.code())))
 
 
 def image_from_proto(

@@ -69,6 +69,10 @@ class _Record:
     seen: float = 0.0
 
 
+def _quick_uid(where: Endpoint) -> int | None:
+    return tcp_peer_uid(where, verify=False)
+
+
 class TokenGate:
     """Per-peer back-off after repeated wrong tokens; thread-safe, bounded in the peers it remembers."""
 
@@ -81,7 +85,8 @@ class TokenGate:
         forget_s: float = 600.0,
         max_peers: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
-        uid_of: Callable[[Endpoint], int | None] = tcp_peer_uid,
+        uid_of: Callable[[Endpoint], int | None] | None = None,
+        lookups_per_s: int = 20,
     ) -> None:
         self.free_failures = free_failures
         self.base_s = base_s
@@ -89,7 +94,9 @@ class TokenGate:
         self.forget_s = forget_s
         self.max_peers = max_peers
         self._clock = clock
-        self._uid_of = uid_of
+        self._uid_of = uid_of or _quick_uid
+        self.lookups_per_s = lookups_per_s
+        self._window = (0, 0)  # (second, lookups in it)
         self._lock = threading.Lock()
         self._records: OrderedDict[Any, _Record] = OrderedDict()
         self._uids: OrderedDict[Endpoint, tuple[int | None, float]] = OrderedDict()
@@ -119,6 +126,14 @@ class TokenGate:
             cached = self._uids.get(where)
             if cached is not None and cached[1] > now:
                 return cached[0]
+        with self._lock:
+            second, used = self._window
+            second, used = (second, used + 1) if int(now) == second else (int(now), 1)
+            self._window = (second, used)
+        # The kernel's tables are read at most lookups_per_s times a second (a flood of new loopback
+        # connections would otherwise stall whoever asks); past that a peer counts as unidentified.
+        if used > self.lookups_per_s:
+            return None
         uid = self._uid_of(where)
         with self._lock:
             self._uids[where] = (uid, now + UID_CACHE_S)

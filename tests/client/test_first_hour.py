@@ -61,6 +61,20 @@ def test_camera_error_is_the_first_and_only_line(tmp_path: Path) -> None:
     assert out.stdout == ""  # no "summary: sent 0" when nothing was sent
 
 
+def test_client_messages_name_the_flags_a_user_types(clip: Path, tmp_path: Path) -> None:
+    pem = tmp_path / "me.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    code, out, err = run_cli("--video", str(clip), "--server", "127.0.0.1:1", "--tls-cert", str(pem))
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        "edgeclient: --tls-cert and --tls-key (tls_cert, tls_key) go together: a client certificate and its private key"
+    ]
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    code, out, err = run_cli("--video", str(clip), "--server", "192.0.2.7:50051", "--token-file", str(token))
+    assert code == 2 and err.count("\n") == 1 and "give --tls-ca (tls_ca) for a TLS daemon, or --insecure" in err
+
+
 def test_a_file_that_is_no_video_is_named_in_one_line(tmp_path: Path) -> None:
     notes = tmp_path / "notes.jpg"
     notes.write_text("shopping list\n")

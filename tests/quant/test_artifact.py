@@ -82,6 +82,21 @@ def test_artifact_runs_in_a_fresh_process_without_torchvision(squeezenet_int8: A
     assert expected.shape == (2, 1000)  # traced at batch 1, runs at any batch
 
 
+def test_serving_int8_prints_no_deprecation_of_quantized_tensors(squeezenet_int8: Artifact) -> None:
+    """PyTorch's warn-once about quantize_per_tensor came out of the first int8 forward onto the daemon's
+    stderr (C++, past Python's warnings filters); a fresh process, since it is said once per process."""
+    code = (
+        "import torch\n"
+        "from edgeinfer.server import get_spec\n"
+        "from edgeinfer.server.artifacts import load_int8_runner\n"
+        f"runner, _, _ = load_int8_runner(get_spec('squeezenet'), {str(squeezenet_int8.folder.parents[1])!r})\n"
+        "print(tuple(runner.module(torch.zeros(1, 3, 224, 224)).shape))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "(1, 1000)"
+    assert "quantize_per_tensor" not in out.stderr and "deprecated" not in out.stderr, out.stderr
+
+
 def _copy(artifact: Artifact, tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     shutil.copytree(artifact.folder, repo / "squeezenet1_0" / artifact.folder.name)

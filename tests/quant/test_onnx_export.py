@@ -98,11 +98,12 @@ def test_unknown_fp32_layer_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     assert len(err) == 1 and "features.99" in err[0] and "features.0" in err[0]
 
 
-def test_fp32_layers_need_the_onnx_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        edgequant(["--model", "squeezenet", "--calib", "synthetic", "--fp32-layers", "features.0"])
-    assert exit_.value.code == 2
-    assert "--format onnx" in capsys.readouterr().err
+def test_fp32_layers_need_an_int8_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # (TorchScript int8 keeps fp32 layers too: tests/quant/test_mixed_precision.py)
+    argv = ["--model", "squeezenet", "--calib", "synthetic", "--fp32-layers", "features.0", "--format", "onnx-fp32"]
+    assert edgequant(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "apply to int8 (--format torchscript or onnx)" in err[0]
 
 
 def test_onnx_fp32_from_the_cli_matches_torch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -119,3 +119,13 @@ def test_rotation_to_an_expired_certificate_keeps_the_old_one(
         assert tls.reloads == 1
     finally:
         daemon.stop(grace=0)
+
+
+def test_edgeserver_warns_in_its_log_format_about_a_certificate_near_its_end(ca: trustme.CA, tmp_path: Path) -> None:
+    cert = _leaf(ca, tmp_path, "soon", NOW - datetime.timedelta(days=85), 90)
+    argv = ["--model", "alexnet", "--port", "0", "--tls-cert", str(cert), "--tls-key", str(tmp_path / "soon.key.pem")]
+    code = f"import sys\nfrom edgeinfer.server.cli import main\nsys.exit(main({argv!r}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    warning, error = out.stderr.splitlines()  # the warning, then the mistake that stops it (an unknown model)
+    assert f"WARNING edgeinfer.server.security: TLS certificate {cert} expires on " in warning
+    assert out.returncode == 2 and error.startswith("edgeserver: error: argument --model: unknown model 'alexnet'")

@@ -61,3 +61,35 @@ def test_an_exception_goes_back_to_its_caller_and_the_thread_goes_on() -> None:
         assert asyncio.run(scenario()) == "next"
     finally:
         share.stop()
+
+
+def test_a_lone_connection_keeps_its_whole_share_and_a_second_one_goes_next() -> None:
+    from edgeinfer.server.fair_share import Turns
+
+    async def scenario() -> tuple[list[str], int]:
+        turns = Turns(share=8)
+        for _ in range(8):  # alone, a stream keeps the batcher's worth of frames at the model
+            await turns.enter("busy")
+        order: list[str] = []
+
+        async def one(key: str) -> None:
+            await turns.enter(key)
+            order.append(key)
+
+        waiting = [asyncio.ensure_future(one("busy")) for _ in range(3)]
+        await asyncio.sleep(0)
+        quiet = asyncio.ensure_future(one("quiet"))  # under the share of two connections: at once
+        await asyncio.sleep(0)
+        assert order == ["quiet"] and turns.waiting("busy") == 3
+        for _ in range(4):  # busy's answers come back: with two connections its share is 4, and it has 4
+            turns.leave("busy")
+        await asyncio.sleep(0)
+        assert order == ["quiet"]
+        for _ in range(3):  # each answer now lets one more of its frames go
+            turns.leave("busy")
+        await asyncio.gather(*waiting)
+        await quiet
+        return order, turns.at_models("busy")
+
+    order, busy = asyncio.run(scenario())
+    assert order == ["quiet", "busy", "busy", "busy"] and busy == 4

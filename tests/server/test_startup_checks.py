@@ -226,3 +226,14 @@ def test_threads_default_is_one_below_the_cores_in_code_and_help() -> None:
     assert f"(default: one below the cores, at least 1: {max(1, cores - 1)} here;" in text
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert "`--threads` (default: one below the core count, at least 1" in " ".join(readme.split())
+
+
+def test_a_bind_failure_after_the_checks_names_the_unix_socket(tmp_path: Path) -> None:
+    from edgeinfer.server.cli_args import listen_error
+
+    sock = tmp_path / "gone" / "edge.sock"  # its folder vanished between the check and the bind
+    line = listen_error(RuntimeError("Failed to bind to address"), ["localhost:50051", f"unix:{sock}"])
+    expected = f"folder {sock.parent} does not exist (create it, or name a socket in an existing folder)"
+    assert line == f"cannot listen on unix:{sock}: {expected}"
+    line = listen_error(RuntimeError("Failed to bind to address"), ["localhost:50051"])
+    assert "the port is in use or the address is not this host's (another edgeserver?" in line

@@ -153,3 +153,21 @@ def test_peer_keys_use_the_parsed_address() -> None:
     gate.failed("ipv6:%5B::ffff:127.0.0.1%5D:5000")
     assert seen == [Endpoint(ipaddress.ip_address("127.0.0.1"), 5000)]
     assert gate.retry_after("ipv4:127.0.0.1:6000") > 0  # mapped and plain IPv4: one address, the same user 7
+
+
+def test_kernel_lookups_are_bounded_per_second_and_cached() -> None:
+    clock = Clock()
+    asked: list[int] = []
+    gate = TokenGate(
+        free_failures=0, base_s=10, clock=clock, lookups_per_s=3, uid_of=lambda e: asked.append(e.port) or 1
+    )
+    gate.failed("ipv4:127.0.0.1:1")  # a failure on loopback: later calls from 127.0.0.1 need their uid
+    for port in range(2, 12):
+        gate.retry_after(f"ipv4:127.0.0.1:{port}")
+    assert asked == [1, 2, 3]  # 3 a second; the rest count as unidentified meanwhile
+    gate.retry_after("ipv4:127.0.0.1:2")
+    assert asked == [1, 2, 3]  # cached
+    clock.now += 1.0
+    gate.retry_after("ipv4:127.0.0.1:11")
+    assert asked == [1, 2, 3, 11]
+    assert gate.retry_after("ipv4:127.0.0.1:1") > 0 and gate.retry_after("ipv4:192.0.2.1:1") == 0

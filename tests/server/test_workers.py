@@ -134,10 +134,13 @@ def test_a_worker_that_dies_stops_the_daemon_with_its_status() -> None:
     [
         (["--workers", "2", "--unix-socket", "/tmp/edge-workers.sock"], "--unix-socket cannot be shared by --workers"),
         (["--workers", "0"], "argument --workers: must be 1..64, got 0"),
-        (["--workers", "2", "--precision", "fp16"], "[worker 0] edgeserver: error: fp16 is served on CUDA only"),
+        # found before any worker starts (server/startup_checks.py): one line from the supervisor
+        (["--workers", "2", "--precision", "fp16"], "edgeserver: error: argument --model: squeezenet1_1 in fp16: fp16"),
+        # found only when a worker loads the model: its line, prefixed
+        (["--workers", "2", "--weights", __file__], f"[worker 0] edgeserver: error: {__file__} is not a state_dict"),
     ],
 )
 def test_workers_config_errors_exit_2(args: list[str], message: str) -> None:
-    with edgeserver(*args, "--port", "0", *MODEL) as sup:
+    with edgeserver("--port", "0", *MODEL, *args) as sup:  # args last: they win over MODEL's --weights
         assert sup.proc.wait(120) == 2
         sup.wait_for(re.escape(message), timeout=10)
