@@ -91,8 +91,10 @@ def test_a_daemon_of_onnx_models_never_imports_torch(onnx_repo: Path, tmp_path: 
         with EdgeClient(f"unix:{sock}") as client:
             answers = list(client.stream(frames, "squeezenet", drop_policy="all"))
             raw = list(client.stream(frames, "squeezenet", drop_policy="all", encoding="raw"))
+            shared = list(client.stream(frames, "squeezenet", drop_policy="all", encoding="shm"))
             assert client.model("squeezenet").runtime == "onnxruntime"
-        assert [a.kind for a in answers + raw] == ["prediction"] * 6
+        assert [a.kind for a in answers + raw + shared] == ["prediction"] * 9
+        assert [a.prediction.top1.index for a in shared] == [a.prediction.top1.index for a in raw]
         proc.terminate()
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
