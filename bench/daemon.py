@@ -30,13 +30,15 @@ class DaemonProcess:
         max_batch: int,
         extra: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        launcher: list[str] | None = None,
     ) -> None:
-        """``sock``: also listen on this Unix socket (None: TCP only, as --workers needs)."""
+        """``sock``: also listen on this Unix socket (None: TCP only, as --workers needs).
+        ``launcher``: the edgeserver command (default: this environment's; bench/board.py runs a board venv's)."""
         self.port = free_port()
         self.sock = sock
         exe = shutil.which("edgeserver") or Path(sys.executable).with_name("edgeserver")
         # Without the console script (a checkout on PYTHONPATH, as bench/gpu_check.sh runs it): the module.
-        launcher = [str(exe)] if Path(exe).exists() else [sys.executable, "-m", "edgeinfer.server.cli"]
+        launcher = launcher or ([str(exe)] if Path(exe).exists() else [sys.executable, "-m", "edgeinfer.server.cli"])
         cmd = [
             *launcher,
             "--weights",

@@ -26,9 +26,9 @@ machine's noise hits all of them alike:
   (e) same host   a robot's camera frames (BGR arrays), one in flight, at the JPEG
                   size and at 640x480: TCP + JPEG (the client encodes), Unix socket +
                   raw pixels in the message, Unix socket + pixels in shared memory
-Then ONNX Runtime (CPU provider) on the same models, fp32 and its own static int8
-(best of several settings), model only; and the footprint: daemon RSS, time to
-SERVING, client import time and memory.
+Then ONNX Runtime (CPU provider) on the same models, fp32 and edgequant --format onnx's
+int8 (the QDQ layout ORT fuses; the daemon serves it with --runtime onnxruntime), model only;
+and the footprint: daemon RSS, time to SERVING, client import time and memory.
 
 Prints one table and the ratios the issue asks about; writes serve_bench.json and
 serve_bench.png (latency over time, per-stage medians).
@@ -210,7 +210,7 @@ def main() -> int:
                 for mode, s in modes.items():
                     results["rows"].append({"model": name, "precision": precision, "mode": mode, **s.row()})
                 if not args.no_onnx and precision == "fp32":
-                    log(f"{name}: ONNX Runtime peer (export, quantize_static variants, timing)")
+                    log(f"{name}: ONNX Runtime peer (fp32 and edgequant --format onnx int8, timing)")
 
                     calib = inproc.preprocessed(jpegs)
                     peer = functools.partial(onnx_peer, name, calib, max(10, args.frames // 2), tmp, args.threads)

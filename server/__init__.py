@@ -1,7 +1,7 @@
 """The edgeinfer daemon: model registry, loading, decoding, batching, gRPC servicers.
 
-Needs the ``[server]`` extra (torch, torchvision). Start it with ``edgeserver``
-or, in Python::
+Needs the ``[edge]`` extra (ONNX Runtime, for ONNX artifacts: no torch) or ``[server]`` (torch and
+torchvision, for everything else). Start it with ``edgeserver`` or, in Python::
 
     from edgeinfer.server import Daemon, load_model, WeightsSource
     daemon = Daemon(["localhost:50051"]).start()  # loopback; see Daemon for TLS and tokens

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edgeinfer.proto import edgeinfer_pb2 as pb
@@ -38,6 +38,7 @@ from edgeinfer.server.defaults import (
 from edgeinfer.server.event_loop import EventLoopThread
 from edgeinfer.server.fair_share import FairShare, Turns
 from edgeinfer.server.front_door import FrontDoor
+from edgeinfer.server.health_watch import HealthServicer
 from edgeinfer.server.kserve_servicer import KSERVE_SERVICE_NAME, KServeServicer, add_kserve_to_server
 from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.loading import ModelTable, ServedModel
@@ -169,7 +170,7 @@ class Daemon:
         pb_grpc.add_EdgeInferenceServicer_to_server(self.servicer, self.server)
         # The Open Inference Protocol (KServe v2) on the same server: same models, door and ports.
         add_kserve_to_server(self.kserve, self.server)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (

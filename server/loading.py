@@ -145,7 +145,10 @@ def choose_batch_sizes(
         )
         raise InvalidRequest(f"{label} (weights {built.weights}) gives {exc}; {hint}") from None
     if sizes is None and max_batch > 1:
-        sizes = profile_batch_sizes(built.runner, crop, max_batch, log_as=label)
+        # A board's daemon (ONNX Runtime) should serve within a second of starting (issue 27): its
+        # profile gets half a second, enough for sizes 1-2 of SqueezeNet; a workstation's gets three.
+        budget_s = 0.5 if getattr(built.runner, "name", "torch") == "onnxruntime" else 3.0
+        sizes = profile_batch_sizes(built.runner, crop, max_batch, budget_s=budget_s, log_as=label)
     return sizes
 
 

@@ -60,18 +60,28 @@ def antialias_weights(in_size: int, out_size: int, first: int, count: int) -> tu
     return np.minimum(index, in_size - 1), weights.astype(np.float32)
 
 
-def _resample(pixels: np.ndarray, axis: int, out_size: int, first: int, count: int) -> np.ndarray:
-    """Resample ``pixels`` (H x W x 3 uint8) along ``axis`` to ``out_size``, keeping outputs first..first+count."""
-    index, weights = antialias_weights(pixels.shape[axis], out_size, first, count)
-    if axis == 0:
-        out = np.zeros((count, pixels.shape[1], pixels.shape[2]), np.float32)
-        for tap in range(index.shape[1]):
-            out += weights[:, tap, None, None] * pixels[index[:, tap]]
-    else:
-        out = np.zeros((pixels.shape[0], count, pixels.shape[2]), np.float32)
-        for tap in range(index.shape[1]):
-            out += weights[None, :, tap, None] * pixels[:, index[:, tap]]
+def _resample_rows(pixels: np.ndarray, out_size: int, first: int, count: int) -> np.ndarray:
+    """Resample the rows (axis 0) of ``pixels`` (H x W x 3 uint8), keeping outputs first..first+count-1.
+
+    Each tap gathers whole rows (contiguous memory), weighs them and adds them up in float32.
+    """
+    index, weights = antialias_weights(pixels.shape[0], out_size, first, count)
+    out = np.zeros((count, *pixels.shape[1:]), np.float32)
+    for tap in range(index.shape[1]):
+        out += weights[:, tap, None, None] * pixels[index[:, tap]]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _resample_columns(pixels: np.ndarray, out_size: int, first: int, count: int) -> np.ndarray:
+    """The same along the columns: on a transposed copy of the columns read (gathering rows is 3x faster
+    than gathering columns of an H x W x 3 image), transposed back."""
+    index, weights = antialias_weights(pixels.shape[1], out_size, first, count)
+    lo, hi = int(index.min()), int(index.max()) + 1
+    columns = np.ascontiguousarray(pixels[:, lo:hi].transpose(1, 0, 2))
+    out = np.zeros((count, *columns.shape[1:]), np.float32)
+    for tap in range(index.shape[1]):
+        out += weights[:, tap, None, None] * columns[index[:, tap] - lo]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8).transpose(1, 0, 2)
 
 
 class NumpyPreprocessor:
@@ -128,8 +138,8 @@ class NumpyPreprocessor:
         if top < 0 or left < 0:
             raise InvalidFrame(f"a {h}x{w} frame resized to {out_h}x{out_w} is smaller than the {crop}px crop")
         # width first, then height, as torchvision's uint8 kernel (and PIL)
-        pixels = _resample(pixels, 1, out_w, left, crop) if out_w != w else pixels[:, left : left + crop]
-        pixels = _resample(pixels, 0, out_h, top, crop) if out_h != h else pixels[top : top + crop]
+        pixels = _resample_columns(pixels, out_w, left, crop) if out_w != w else pixels[:, left : left + crop]
+        pixels = _resample_rows(pixels, out_h, top, crop) if out_h != h else pixels[top : top + crop]
         if bgr:
             pixels = pixels[..., ::-1]
         chw = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)

@@ -182,7 +182,15 @@ def test_ctrl_c_prints_the_summary_and_exits_130(target: str, tmp_path: Path) ->
     _photos(tmp_path / "photos", [(160, 120)] * 20)
     exe = shutil.which("edgeclient") or str(Path(sys.executable).with_name("edgeclient"))
     args = [exe, "--server", target, "--images", str(tmp_path / "photos"), "--fps", "2"]  # 10 s of photos
-    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+
+    # As a terminal's foreground job gets it: a shell without job control (CI) starts background
+    # commands with SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    with subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    ) as proc:
         try:
             first = proc.stdout.readline()  # type: ignore[union-attr]
             assert first.startswith("#0"), first + proc.stderr.read()  # type: ignore[union-attr]

@@ -344,3 +344,26 @@ def test_nothing_a_closed_stream_touched_stays_reachable(daemon: Daemon) -> None
     assert not [o for o in gc.get_objects() if isinstance(o, LoopSession)]
     held = [o for o in gc.get_objects() if isinstance(o, BaseException) and o.__traceback__ is not None]
     assert not [e for e in held if "could not be decoded" in str(e)]
+
+
+def test_every_health_watcher_hears_a_change_when_another_watcher_of_its_service_has_left(runner: SlowRunner) -> None:
+    """grpc's asyncio Watch forgot the other watchers of a service when one ended: they missed NOT_SERVING."""
+    d = Daemon(["127.0.0.1:0"], max_streams=1)
+    d.start()
+    try:
+        d.add_model(fake_model(SlowRunner()))
+        d.mark_ready()
+        with grpc.insecure_channel(_target(d)) as ch:
+            watch = ch.unary_stream(
+                HEALTH + "Watch",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            stays, leaves = (watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(2))
+            assert next(stays).status == next(leaves).status == health_pb2.HealthCheckResponse.SERVING
+            leaves.cancel()
+            _wait(lambda: d.health.watchers("") == 1, "the cancelled watch was not counted out")
+            d.stop(grace=0.5)  # the drain says NOT_SERVING to every watcher before it ends the calls
+            assert next(stays).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        d.stop(grace=0)

@@ -21,7 +21,7 @@ from edgeinfer.server.artifacts import SIDECAR, file_sha256
 from edgeinfer.server.frames import RawImage
 from edgeinfer.server.preprocess_numpy import NumpyPreprocessor
 from edgeinfer.server.runtimes.onnx import OnnxRuntime
-from helpers import MakeDaemon, synthetic_frame
+from helpers import MakeDaemon, jpeg, synthetic_frame
 
 pytestmark = pytest.mark.slow  # the session's ONNX artifact is a torch.export + ONNX export (~20 s)
 
@@ -52,7 +52,7 @@ def test_onnx_model_answers_what_its_session_computes(onnx_repo: Path, make_daem
         assert answer.prediction.classes[0].probability == pytest.approx(float(expected.probabilities[0][0]), 1e-5)
 
 
-def test_kserve_metadata_names_the_runtime(onnx_repo: Path, make_daemon: MakeDaemon) -> None:
+def test_kserve_names_the_runtime_and_answers_as_v1_does(onnx_repo: Path, make_daemon: MakeDaemon) -> None:
     model = load_model("squeezenet", precision="int8", repository=onnx_repo, threads=1, warmup=False)
     daemon = make_daemon(model)
     with grpc.insecure_channel(f"127.0.0.1:{daemon.port}") as channel:
@@ -62,6 +62,19 @@ def test_kserve_metadata_names_the_runtime(onnx_repo: Path, make_daemon: MakeDae
     assert metadata.platform == "onnxruntime_onnx"
     assert (config.platform, config.backend) == ("onnxruntime_onnx", "onnxruntime")
     assert config.parameters["runtime"].string_value.startswith("onnxruntime 1.")
+    tc = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is in the [dev] extra")
+    frame = jpeg(synthetic_frame(7))
+    with EdgeClient(f"127.0.0.1:{daemon.port}") as client:
+        v1 = client.classify(frame, "squeezenet", top_k=5)
+    triton = tc.InferenceServerClient(f"127.0.0.1:{daemon.port}")
+    try:
+        image = tc.InferInput("IMAGE", [1, 1], "BYTES")
+        image.set_data_from_numpy(np.array([[frame]], dtype=np.object_))
+        probs = triton.infer("squeezenet", [image]).as_numpy("PROBABILITIES")  # the whole softmax
+    finally:
+        triton.close()
+    assert probs.shape == (1, 1000) and probs.sum() == pytest.approx(1.0, abs=1e-4)
+    assert list(np.argsort(-probs[0], kind="stable")[:5]) == [c.index for c in v1.classes]
 
 
 def test_torch_models_say_torch(client: EdgeClient) -> None:
@@ -91,8 +104,10 @@ def test_a_daemon_of_onnx_models_never_imports_torch(onnx_repo: Path, tmp_path: 
         with EdgeClient(f"unix:{sock}") as client:
             answers = list(client.stream(frames, "squeezenet", drop_policy="all"))
             raw = list(client.stream(frames, "squeezenet", drop_policy="all", encoding="raw"))
+            shared = list(client.stream(frames, "squeezenet", drop_policy="all", encoding="shm"))
             assert client.model("squeezenet").runtime == "onnxruntime"
-        assert [a.kind for a in answers + raw] == ["prediction"] * 6
+        assert [a.kind for a in answers + raw + shared] == ["prediction"] * 9
+        assert [a.prediction.top1.index for a in shared] == [a.prediction.top1.index for a in raw]
         proc.terminate()
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
