@@ -51,6 +51,7 @@ class Step:
     loss: Loss
     why: str
     seconds: float
+    model: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,7 +77,10 @@ class BudgetResult:
 
     @property
     def chosen(self) -> Step:
-        return self.steps[-1]
+        """The plan that met the budget; when none did, the least loss seen (never a worse one)."""
+        if self.met:
+            return self.steps[-1]
+        return min(self.steps, key=lambda s: s.loss.points)
 
     def to_dict(self) -> dict[str, Any]:
         return {"max_loss": self.max_loss, "met": self.met, "steps": [s.to_dict() for s in self.steps]}
@@ -116,7 +120,7 @@ def search(
             model = build(plan)
             cache[plan] = (judge.measure(model)[0], model)
         loss, model = cache[plan]
-        step = Step(plan, loss, why, time.perf_counter() - started)
+        step = Step(plan, loss, why, time.perf_counter() - started, model)
         result.steps.append(step)
         result.model = model
         if on_step:
@@ -125,7 +129,7 @@ def search(
 
     plan = start or Plan(observers[0])
     best_loss = measure(plan, "everything int8" if not plan.fp32_layers else "the fp32 layers asked for")
-    best_plan, best_model = plan, result.model
+    best_plan = plan
     result.plain_model = result.model
     if best_loss.points <= max_loss:
         result.met = True
@@ -136,12 +140,11 @@ def search(
         trial = Plan(observer, plan.fp32_layers)
         loss = measure(trial, f"{observer} activation observer")
         if loss.points < best_loss.points:
-            best_loss, best_plan, best_model = loss, trial, result.model
+            best_loss, best_plan = loss, trial
         if loss.points <= max_loss:
             result.met = True
             return result
     plan = best_plan
-    result.model = best_model
     while len(plan.fp32_layers) < len(layers) and (max_builds is None or len(result.steps) < max_builds):
         ranked = [name for name in rerank(plan) if name not in plan.fp32_layers]
         if not ranked:
@@ -151,4 +154,5 @@ def search(
         if loss.points <= max_loss:
             result.met = True
             return result
+    result.model = result.chosen.model
     return result

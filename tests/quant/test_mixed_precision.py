@@ -202,3 +202,16 @@ def test_calibration_uses_at_most_the_cap_spread_over_all_frames() -> None:
     used = torch.cat(list(data.batches(limit=256))).flatten()
     assert len(used) == 256 and used[0] == 0 and used[-1] == 1499  # evenly spread, ends included
     assert len(torch.cat(list(data.batches()))) == 1500
+
+
+def test_a_budget_not_met_keeps_the_least_loss_seen_never_a_worse_plan() -> None:
+    def build(plan: Plan) -> object:  # the other observer and reverting "a" both make it worse
+        worse = (plan.observer == "minmax") * 3 + ("a" in plan.fp32_layers) * 1
+        return _flipping(Plan(plan.observer, ("b", "c")) if not worse else Plan("histogram", ("c",)))
+
+    result = search(
+        build, _judge(), max_loss=0.5, rerank=lambda p: ["a", "b", "c"], layers=["a", "b", "c"], max_builds=3
+    )
+    assert not result.met and [round(s.loss.points) for s in result.steps] == [2, 8, 8]
+    assert result.chosen.plan == Plan("histogram") and result.chosen.loss.points == 2.0
+    assert result.model is result.chosen.model
