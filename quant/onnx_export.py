@@ -26,7 +26,6 @@ import torch
 import torchvision
 from torch import nn
 
-from edgeinfer.quant.accuracy import load_labelled, make_judge
 from edgeinfer.quant.artifact import staged_folder, write_sidecar
 from edgeinfer.quant.budget import Plan
 from edgeinfer.quant.calibration import CalibrationSet, load_frames, offline_preprocessor
@@ -35,11 +34,11 @@ from edgeinfer.quant.mixed import check_layers, choose
 from edgeinfer.quant.onnx_quantizer import BoardQuantizer, quantizable_layers
 from edgeinfer.quant.quantize import (
     MAX_CALIBRATION,
-    MIN_BUDGET_FRAMES,
     SENSITIVITY_CHART,
     Artifact,
     _accuracy,
     _state_bytes,
+    judge_losses,
     prepare_for_int8,
     reference_inputs,
     speed_line,
@@ -154,17 +153,9 @@ def make_onnx_artifact(
     def to_fp32(x: torch.Tensor) -> torch.Tensor:
         return reference_inputs(spec, x, preprocessing)
 
-    labelled = None
-    if eval_dir is not None:
-        pre = offline_preprocessor(preprocessing)
-        labelled = load_labelled(eval_dir, pre, num_classes=len(spec.categories), limit=eval_limit)
-        judge = make_judge(labelled.inputs, fp32, to_fp32, labelled.labels)
-    else:
-        judge = make_judge(data.held_out, fp32, to_fp32, None)
-    if max_loss is not None and judge.frames < MIN_BUDGET_FRAMES:
-        raise ValueError(
-            f"--max-loss needs at least {MIN_BUDGET_FRAMES} frames to measure a loss on; it has {judge.frames}"
-        )
+    judge, labelled = judge_losses(
+        fp32, to_fp32, data.held_out, preprocessing, spec, eval_dir=eval_dir, eval_limit=eval_limit, max_loss=max_loss
+    )
     folder = onnx_artifact_dir(out, spec.name, precision)
     with staged_folder(folder) as stage:
         started = time.perf_counter()

@@ -21,7 +21,7 @@ import torch
 import torchvision
 from torch import nn
 
-from edgeinfer.quant.accuracy import Judge, load_labelled, make_judge
+from edgeinfer.quant.accuracy import Judge, LabelledFrames, load_labelled, make_judge
 from edgeinfer.quant.artifact import staged_folder, write_sidecar
 from edgeinfer.quant.budget import Plan
 from edgeinfer.quant.calibration import CalibrationSet, load_frames, offline_preprocessor
@@ -39,7 +39,15 @@ from edgeinfer.server.options import WeightsKind
 from edgeinfer.server.registry import ModelSpec, Preprocessing, get_spec
 from edgeinfer.server.weights import WeightsSource, build_model
 
-__all__ = ["DEFAULT_FLOW", "MIN_BUDGET_FRAMES", "SENSITIVITY_CHART", "Artifact", "prepare_for_int8", "quantize"]
+__all__ = [
+    "DEFAULT_FLOW",
+    "MIN_BUDGET_FRAMES",
+    "SENSITIVITY_CHART",
+    "Artifact",
+    "judge_losses",
+    "prepare_for_int8",
+    "quantize",
+]
 
 # Fewer frames than this cannot resolve any budget a user would set (one frame = 2 points).
 MIN_BUDGET_FRAMES = 50
@@ -133,19 +141,9 @@ def quantize(
     def to_fp32(x: torch.Tensor) -> torch.Tensor:
         return reference_inputs(spec, x, preprocessing)
 
-    labelled = None
-    if eval_dir is not None:
-        labelled = load_labelled(
-            eval_dir, offline_preprocessor(preprocessing), num_classes=len(spec.categories), limit=eval_limit
-        )
-        judge = make_judge(labelled.inputs, fp32, to_fp32, labelled.labels)
-    else:
-        judge = make_judge(data.held_out, fp32, to_fp32, None)
-    if max_loss is not None and judge.frames < MIN_BUDGET_FRAMES:
-        raise ValueError(
-            f"--max-loss needs at least {MIN_BUDGET_FRAMES} frames to measure a loss on; it has {judge.frames} "
-            f"(raise --frames: a quarter is held out; or give --eval DIR)"
-        )
+    judge, labelled = judge_losses(
+        fp32, to_fp32, data.held_out, preprocessing, spec, eval_dir=eval_dir, eval_limit=eval_limit, max_loss=max_loss
+    )
 
     folder = artifact_dir(out, spec.name, engine)
     with staged_folder(folder) as stage:
@@ -311,3 +309,31 @@ def speed_line(latency: dict[str, float]) -> str:
         f"({fp32 / latency['int8']:.1f}x), this mixed artifact {latency['mixed']:.1f} ms "
         f"({fp32 / latency['mixed']:.1f}x)"
     )
+
+
+def judge_losses(
+    fp32: nn.Module,
+    to_fp32: Callable[[torch.Tensor], torch.Tensor],
+    held_out: torch.Tensor,
+    preprocessing: Any,
+    spec: Any,
+    *,
+    eval_dir: Path | None,
+    eval_limit: int | None,
+    max_loss: float | None,
+) -> tuple[Judge, LabelledFrames | None]:
+    """What every loss is measured on: ``eval_dir``'s labelled images, else the held-out frames against
+    fp32's own answers. ``max_loss`` needs at least MIN_BUDGET_FRAMES of them (ValueError: one line)."""
+    labelled = None
+    if eval_dir is not None:
+        pre = offline_preprocessor(preprocessing)
+        labelled = load_labelled(eval_dir, pre, num_classes=len(spec.categories), limit=eval_limit)
+        judge = make_judge(labelled.inputs, fp32, to_fp32, labelled.labels)
+    else:
+        judge = make_judge(held_out, fp32, to_fp32, None)
+    if max_loss is not None and judge.frames < MIN_BUDGET_FRAMES:
+        raise ValueError(
+            f"--max-loss needs at least {MIN_BUDGET_FRAMES} frames to measure a loss on; it has {judge.frames} "
+            f"(raise --frames: a quarter is held out; or give --eval DIR)"
+        )
+    return judge, labelled
