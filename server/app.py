@@ -32,6 +32,7 @@ from edgeinfer.server.byte_budget import ByteBudget
 from edgeinfer.server.defaults import (
     DEFAULT_CONFIG_TIMEOUT_S,
     DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
 )
@@ -62,7 +63,9 @@ OVERSIZE_READ = 2  # messages up to this many times --max-frame-bytes are read, 
 MAX_CALLS_PER_CONNECTION = 128  # HTTP/2 streams one connection may have open: every kind of call together
 
 
-def server_options(max_frame_bytes: int, reuse_port: bool = False) -> list[tuple[str, int]]:
+def server_options(
+    max_frame_bytes: int, reuse_port: bool = False, max_connections: int = DEFAULT_MAX_CONNECTIONS
+) -> list[tuple[str, int]]:
     """Every channel option the daemon sets, each named once and explained."""
     return [
         # Frames over --max-frame-bytes are answered with a per-frame
@@ -91,6 +94,11 @@ def server_options(max_frame_bytes: int, reuse_port: bool = False) -> list[tuple
         # descriptors, and 20,000 of them exhausted the daemon's.
         ("grpc.max_connection_idle_ms", 120_000),
         ("grpc.server_handshake_timeout_ms", 10_000),
+        # And at most this many connections at once per listening address: gRPC's core closes
+        # the next one as it is accepted, before any handshake (a --health-port is a listener of
+        # its own, so probes still get through). gRPC Python has no hook at accept, so there is
+        # no cap per peer: the idle and handshake clocks above bound what one peer holds.
+        ("grpc.max_allowed_incoming_connections", max_connections),
         # gRPC grows a stream's flow-control window with its bandwidth-delay estimate, and read
         # gigabytes ahead of what the daemon had taken from fast senders; with the probe off, what
         # it reads ahead stays at its initial window per stream, and the daemon's byte budget
@@ -112,6 +120,7 @@ class Daemon:
         config_timeout: float = DEFAULT_CONFIG_TIMEOUT_S,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
         reuse_port: bool = False,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         health_addresses: Sequence[str] = (),
         tls: ServerTls | None = None,
         tokens: Tokens | None = None,
@@ -150,7 +159,7 @@ class Daemon:
         self.admission = Admission(default_caps(max_streams))
         self._tokens_door = BearerTokenInterceptor(tokens) if tokens is not None else None
         self._body_timeout = config_timeout
-        self._options = server_options(max_frame_bytes, reuse_port)
+        self._options = server_options(max_frame_bytes, reuse_port, max_connections)
         self._loop = EventLoopThread()
         self.addresses = list(addresses)
         self.health_server: grpc.aio.Server | None = None

@@ -15,6 +15,7 @@ from typing import NoReturn
 from edgeinfer.server.defaults import (
     DEFAULT_CONFIG_TIMEOUT_S,
     DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
     default_threads,
@@ -173,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
         "MALLOC_ARENA_MAX in the environment wins)",
     )
     p.add_argument("--max-streams", type=_int(1), default=16, help="concurrent streams (default: 16)")
+    p.add_argument(
+        "--max-connections",
+        type=_int(1),
+        default=DEFAULT_MAX_CONNECTIONS,
+        help=f"connections open at once on each address (default: {DEFAULT_MAX_CONNECTIONS}); the next is closed "
+        "as it is accepted (--health-port has its own)",
+    )
     p.add_argument(
         "--max-frame-bytes",
         type=_int(1),

@@ -7,6 +7,7 @@ import os
 __all__ = [
     "DEFAULT_CONFIG_TIMEOUT_S",
     "DEFAULT_IDLE_TIMEOUT_S",
+    "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MAX_SIDE",
@@ -24,6 +25,9 @@ DEFAULT_CONFIG_TIMEOUT_S = 10.0
 # A stream that neither sends a frame nor takes an answer this long is ended; long
 # enough for a camera that pauses, short enough that a vanished client's slot returns.
 DEFAULT_IDLE_TIMEOUT_S = 120.0
+# Connections open at once on each listening address (issue 26: 20,000 idle ones exhausted the
+# daemon's file descriptors); a board serves a few robots, a pod a few clients behind round_robin.
+DEFAULT_MAX_CONNECTIONS = 512
 
 
 def usable_cores() -> int:

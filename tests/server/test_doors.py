@@ -382,3 +382,34 @@ def test_every_health_watcher_hears_a_change_when_another_watcher_of_its_service
             assert next(stays).status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
         d.stop(grace=0)
+
+
+def test_connections_over_the_cap_are_closed_as_they_are_accepted_and_places_come_back(runner: SlowRunner) -> None:
+    """Idle TCP connections (the probe held 20,000) take at most --max-connections places; the next
+    one is refused before any handshake, and a place comes back when a holder goes."""
+    import socket
+
+    cap = 3
+    d = Daemon(["127.0.0.1:0"], max_connections=cap, tokens=Tokens([TOKEN])).start()
+    d.add_model(fake_model(runner))
+    d.mark_ready()
+    holders: list[socket.socket] = []
+    try:
+        holders = [socket.create_connection(("127.0.0.1", d.port), timeout=5) for _ in range(cap)]
+        time.sleep(0.3)  # the daemon has accepted them (they send nothing: no handshake)
+        with pytest.raises(grpc.RpcError) as refused:
+            _probe(d, checks=1)
+        assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        holders.pop().close()
+        deadline = time.monotonic() + 20
+        while True:  # the freed place is taken by a real client
+            try:
+                assert _probe(d, checks=2) == (2, ["squeezenet1_0"])
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, "a closed connection's place did not come back"
+                time.sleep(0.1)
+    finally:
+        for s in holders:
+            s.close()
+        d.stop(grace=0.5)
