@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
+
 from edgeinfer.client import EdgeClient, EdgeInferError
 from edgeinfer.server.workers import free_port
 
@@ -90,7 +92,15 @@ class DaemonProcess:
     def _wait_serving(self, model: str) -> float:
         name, _, precision = model.partition(":")
         deadline = time.monotonic() + 300
-        with EdgeClient(f"127.0.0.1:{self.port}") as c:
+        # A channel that retries every 20 ms: with gRPC's default backoff (1 s, growing) a port that was
+        # refused once is tried again only a second later, which startup_s would count as startup.
+        fast_retry = [
+            ("grpc.initial_reconnect_backoff_ms", 20),
+            ("grpc.min_reconnect_backoff_ms", 20),
+            ("grpc.max_reconnect_backoff_ms", 50),
+        ]
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=fast_retry)
+        with EdgeClient(f"127.0.0.1:{self.port}", channel=channel) as c:
             while True:
                 try:
                     c.wait_ready(name, precision=precision, timeout=2)
