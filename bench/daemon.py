@@ -6,13 +6,12 @@ from __future__ import annotations
 import collections
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-
-import grpc
 
 from edgeinfer.client import EdgeClient, EdgeInferError
 from edgeinfer.server.workers import free_port
@@ -92,15 +91,18 @@ class DaemonProcess:
     def _wait_serving(self, model: str) -> float:
         name, _, precision = model.partition(":")
         deadline = time.monotonic() + 300
-        # A channel that retries every 20 ms: with gRPC's default backoff (1 s, growing) a port that was
-        # refused once is tried again only a second later, which startup_s would count as startup.
-        fast_retry = [
-            ("grpc.initial_reconnect_backoff_ms", 20),
-            ("grpc.min_reconnect_backoff_ms", 20),
-            ("grpc.max_reconnect_backoff_ms", 50),
-        ]
-        channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=fast_retry)
-        with EdgeClient(f"127.0.0.1:{self.port}", channel=channel) as c:
+        # Wait for the port before the client's channel first dials it: a channel refused once tries again
+        # only after gRPC's reconnect backoff (1 s, growing), which startup_s would count as startup.
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                self._check_running()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        with EdgeClient(f"127.0.0.1:{self.port}") as c:
             while True:
                 try:
                     c.wait_ready(name, precision=precision, timeout=2)
