@@ -152,43 +152,28 @@ def main(argv: list[str] | None = None) -> int:
     weights = WeightsSource.parse(args.weights, seed=args.seed)
     for name in args.model:
         try:
+            common = dict(  # what both artifact kinds are made from
+                calib=args.calib,
+                out=args.out,
+                weights=weights,
+                fp32_layers=fp32_layers,
+                max_loss=args.max_loss,
+                sensitivity=args.sensitivity,
+                frames=args.frames,
+                eval_dir=args.eval,
+                eval_limit=args.eval_limit,
+                inception_transform=args.inception_transform,
+                latency_iterations=args.latency_iterations,
+                progress=_progress,
+            )
             if args.format != "torchscript":
                 from edgeinfer.quant.onnx_export import make_onnx_artifact
 
-                artifact = make_onnx_artifact(
-                    name,
-                    calib=args.calib,
-                    out=args.out,
-                    weights=weights,
-                    precision="fp32" if args.format == "onnx-fp32" else "int8",
-                    fp32_layers=fp32_layers,
-                    max_loss=args.max_loss,
-                    sensitivity=args.sensitivity,
-                    frames=args.frames,
-                    eval_dir=args.eval,
-                    eval_limit=args.eval_limit,
-                    inception_transform=args.inception_transform,
-                    latency_iterations=args.latency_iterations,
-                    progress=_progress,
-                )
+                precision = "fp32" if args.format == "onnx-fp32" else "int8"
+                artifact = make_onnx_artifact(name, precision=precision, **common)
             else:
-                artifact = quantize(
-                    name,
-                    calib=args.calib,
-                    out=args.out,
-                    weights=weights,
-                    engine=args.engine,
-                    flow=None if args.flow == "auto" else args.flow,
-                    frames=args.frames,
-                    eval_dir=args.eval,
-                    eval_limit=args.eval_limit,
-                    inception_transform=args.inception_transform,
-                    latency_iterations=args.latency_iterations,
-                    progress=_progress,
-                    fp32_layers=fp32_layers,
-                    max_loss=args.max_loss,
-                    sensitivity=args.sensitivity,
-                )
+                flow = None if args.flow == "auto" else args.flow
+                artifact = quantize(name, engine=args.engine, flow=flow, **common)
         except EdgeInferError as exc:
             print(f"edgequant: {name}: {exc.details}", file=sys.stderr)
             return 2
