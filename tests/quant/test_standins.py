@@ -87,3 +87,43 @@ def test_plain_int8_visibly_loses_on_the_glare_task() -> None:
     model, calib, judge = _setup("resnet50", "glare", copies=4)
     loss, _ = judge.measure(_build(model, calib)(Plan()), batch=256)
     assert loss.low > 0.5  # measured: +7.1 points on these 2,160 renders; +5.35 (4.81 .. 5.89) on 21,600
+
+
+def test_residual_blocks_go_back_to_fp32_whole_with_their_add_in_both_artifacts() -> None:
+    from edgeinfer.quant.mixed import check_layers
+    from edgeinfer.quant.onnx_export import quantize_for_onnx
+    from edgeinfer.quant.sensitivity import fallback_units
+
+    model = standins.load("resnet50", DATA / "standin_resnet50_digits.pt")
+    units = fallback_units(model)
+    assert len(units) == 18 and list(units)[:2] == ["conv1", "layer1.0"] and list(units)[-1] == "fc"
+    assert units["layer1.0"] == ("layer1.0.conv1", "layer1.0.conv2", "layer1.0.conv3", "layer1.0.downsample.0")
+    check_layers(model, ["layer1.0", "layer2.1.conv2"])  # a block or a layer: both accepted
+    with pytest.raises(ValueError, match="not a conv/linear layer or residual block"):
+        check_layers(model, ["layer1"])
+    calib = standins.render(*standins.source_split()[:2], copies=1, task="digits", seed=7, size=32)[0][:16].float()
+    torchscript = str(_build(model, calib)(Plan("histogram", ("layer1.0",))).inlined_graph)
+    # 16 blocks, one in fp32: its add (and ReLU) run in float, the other 15 adds stay quantized
+    assert torchscript.count("quantized::add_relu") == 15 and torchscript.count("aten::add") >= 1
+    qdq = quantize_for_onnx(copy.deepcopy(model), [calib], example=calib[:2], fp32_layers=["layer1.0"])
+    adds = [n for n in qdq.graph.nodes if n.op == "call_function" and "add" in str(n.target)]
+    quantized_in = [n for n in adds if all("dequantize" in str(a.target) for a in n.args[:2])]
+    assert len(adds) == 16 and len(quantized_in) == 15  # the fp32 block's add has no QDQ pair
+
+
+def test_the_ranking_rounds_the_tensors_the_int8_graph_rounds() -> None:
+    from edgeinfer.quant.sensitivity import GraphFakeQuantizer, fallback_units, rank
+
+    model, calib, judge = _setup("resnet50", "glare", copies=1)
+    units = fallback_units(model)
+    fq = GraphFakeQuantizer(model, units=units)
+    fq.calibrate([calib])
+    x = judge.inputs[:64]
+    ref = fq.logits([], x)
+    assert torch.allclose(ref, logits(model, x), atol=1e-3)  # nothing rounded: fp32 (BatchNorm folded)
+    everything = fq.logits(fq.layers, x)
+    real = logits(_build(model, calib)(Plan()), x)
+    # The simulation is the int8 model up to rounding order: far closer to it than to fp32
+    assert (everything - real).pow(2).mean() < 0.25 * (ref - real).pow(2).mean()
+    rows = rank(fq, x, ref, alone=False, units=units)
+    assert {r.layer for r in rows} == set(units) and rows[0].layer in ("conv1", "layer1.0", "layer2.0")
