@@ -1,5 +1,5 @@
 """Trained stand-ins (tests/data/standin_*.pt, made by ``python -m bench.quant_trust train``): int8's loss
-on held-out renders with its paired interval, and plain int8 visibly losing on the glare task.
+on held-out renders with its paired interval, and plain int8 visibly losing on the clutter task.
 
 The full proof (21,600 test renders per stand-in, the speed) is bench/quant_trust.py's; these run on
 a tenth of the renders so the suite stays fast (the old digits test trained ResNet50 here: 197 s).
@@ -81,12 +81,14 @@ def test_squeezenet_stand_in_int8_loss_is_small_and_carries_its_interval() -> No
 
 
 @pytest.mark.slow
-def test_plain_int8_visibly_loses_on_the_glare_task() -> None:
-    # Faint digits beside highlights up to 8x white: one per-tensor scale per activation must cover
-    # the highlights. (The budget does not buy this back with fp32 conv layers: bench/results/README.md.)
-    model, calib, judge = _setup("resnet50", "glare", copies=4)
-    loss, _ = judge.measure(_build(model, calib)(Plan()), batch=256)
-    assert loss.low > 0.5  # measured: +7.1 points on these 2,160 renders; +5.35 (4.81 .. 5.89) on 21,600
+def test_plain_int8_visibly_loses_on_the_clutter_task_and_fp32_blocks_buy_it_back() -> None:
+    # Faint digits beside a busy black-and-white strip: the strip sets the early activations' ranges.
+    model, calib, judge = _setup("resnet50", "clutter", copies=4)
+    build = _build(model, calib)
+    loss, _ = judge.measure(build(Plan()), batch=256)
+    assert loss.points > 0.5 and loss.low > 0  # measured: +1.06 (+0.31 .. +1.84) on these 2,160 renders
+    bought, _ = judge.measure(build(Plan("histogram", ("conv1", "layer1.0", "layer1.1", "layer1.2"))), batch=256)
+    assert bought.points < loss.points - 0.5  # measured: +0.14 with the stem and layer1's blocks in fp32
 
 
 def test_residual_blocks_go_back_to_fp32_whole_with_their_add_in_both_artifacts() -> None:
@@ -112,18 +114,22 @@ def test_residual_blocks_go_back_to_fp32_whole_with_their_add_in_both_artifacts(
 
 
 def test_the_ranking_rounds_the_tensors_the_int8_graph_rounds() -> None:
-    from edgeinfer.quant.sensitivity import GraphFakeQuantizer, fallback_units, rank
+    from edgeinfer.quant.fidelity import sqnr_db
+    from edgeinfer.quant.sensitivity import FakeQuantizer, GraphFakeQuantizer, fallback_units, rank
 
-    model, calib, judge = _setup("resnet50", "glare", copies=1)
+    model, calib, judge = _setup("resnet50", "clutter", copies=1)
     units = fallback_units(model)
     fq = GraphFakeQuantizer(model, units=units)
     fq.calibrate([calib])
-    x = judge.inputs[:64]
+    x = judge.inputs[:128]
     ref = fq.logits([], x)
     assert torch.allclose(ref, logits(model, x), atol=1e-3)  # nothing rounded: fp32 (BatchNorm folded)
-    everything = fq.logits(fq.layers, x)
-    real = logits(_build(model, calib)(Plan()), x)
-    # The simulation is the int8 model up to rounding order: far closer to it than to fp32
-    assert (everything - real).pow(2).mean() < 0.25 * (ref - real).pow(2).mean()
+    real = sqnr_db(ref, logits(_build(model, calib)(Plan()), x))
+    simulated = sqnr_db(ref, fq.logits(fq.layers, x))
+    inputs_only = FakeQuantizer(model)
+    inputs_only.calibrate([calib])
+    # As noisy as the int8 model (measured 19.5 vs 19.6 dB); rounding layer inputs alone misses the
+    # adds, shortcuts and model input and looks 4.5 dB cleaner than int8 is.
+    assert abs(simulated - real) < 1.5 and sqnr_db(ref, inputs_only.logits(inputs_only.layers, x)) > real + 3
     rows = rank(fq, x, ref, alone=False, units=units)
-    assert {r.layer for r in rows} == set(units) and rows[0].layer in ("conv1", "layer1.0", "layer2.0")
+    assert {r.layer for r in rows} == set(units) and len(rows) == 18
