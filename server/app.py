@@ -19,7 +19,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -179,7 +179,7 @@ class Daemon:
         self._max_connections = max_connections
         self._max_connections_per_peer = max_connections_per_peer
         self.connection_cap: ConnectionCap | None = None
-        self._cap_task: asyncio.Task[None] | None = None
+        self._stop_cap: Callable[[], None] | None = None
         self._loop = EventLoopThread()
         self.addresses = list(addresses)
         self.health_server: grpc.aio.Server | None = None
@@ -271,10 +271,10 @@ class Daemon:
             await self.server.start()
             if self.health_server is not None:
                 await self.health_server.start()
-            if self.connection_cap is not None:
-                self._cap_task = asyncio.get_running_loop().create_task(self.connection_cap.run())
 
         self._loop.run(start())
+        if self.connection_cap is not None:
+            self._stop_cap = self.connection_cap.start()
         return self
 
     def add_model(self, model: ServedModel) -> None:
@@ -300,12 +300,12 @@ class Daemon:
             servers = [self.server, *([self.health_server] if self.health_server is not None else [])]
             await asyncio.gather(*(s.stop(grace) for s in servers))
             self.servicer.guard.stop()
-            if self._cap_task is not None:
-                self._cap_task.cancel()
 
         try:
             self._loop.run(drain(), timeout=None if grace is None else grace + 10.0)
         finally:
+            if self._stop_cap is not None:
+                self._stop_cap()
             self._loop.stop()
             self.decode.stop()
             self.table.stop()
