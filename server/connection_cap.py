@@ -187,19 +187,24 @@ class ConnectionCap:
     @staticmethod
     @contextlib.contextmanager
     def _duplicate(fd: int, inode: int):  # type: ignore[no-untyped-def]
-        """A socket object on a duplicate of ``fd`` if it still is ``inode`` (else None); closed after."""
+        """A socket object on a duplicate of ``fd`` if it still is ``inode`` (else None); closed after.
+
+        The duplicate is closed on every path: one left open would hold its connection open after
+        gRPC closed it (and, in a flood of reconnects, reuse of descriptor numbers is common).
+        """
         try:
             dup = os.dup(fd)
         except OSError:
             yield None
             return
+        sock = None
         try:
-            if os.fstat(dup).st_ino != inode:
-                yield None
-                return
-            # Touches neither O_NONBLOCK nor anything else gRPC set: only the duplicate is closed after.
-            sock = socket.socket(fileno=dup)
+            if os.fstat(dup).st_ino == inode:
+                # Touches neither O_NONBLOCK nor anything else gRPC set: only the duplicate is closed after.
+                sock = socket.socket(fileno=dup)
         except OSError:
+            pass
+        if sock is None:
             os.close(dup)
             yield None
             return

@@ -148,3 +148,18 @@ def test_the_daemon_s_own_client_sockets_and_its_listener_are_never_counted(list
     cap = ConnectionCap([[listener.port]], 1)
     listener.connect("127.0.0.2")
     assert cap.sweep() == 0
+
+
+def test_a_descriptor_reused_since_the_listing_is_neither_touched_nor_leaked(listener: Listener) -> None:
+    import os
+
+    listener.connect("127.0.0.2")
+    fd = listener.accepted[0].fileno()
+    inode = os.fstat(fd).st_ino
+    before = len(os.listdir("/proc/self/fd"))
+    with ConnectionCap._duplicate(fd, inode + 1) as sock:  # the number now holds another socket
+        assert sock is None
+    with ConnectionCap._duplicate(fd, inode) as sock:
+        assert sock is not None and sock.getpeername()[0] == "127.0.0.2"
+    assert len(os.listdir("/proc/self/fd")) == before  # both duplicates closed
+    assert _still_open(listener.clients)
