@@ -39,7 +39,7 @@ def edge_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_board_extra_brings_no_torch_and_fits(edge_venv: Path) -> None:
     listed = json.loads(_run(edge_venv / "bin" / "python", "-m", "pip", "list", "--format", "json"))
     names = {p["name"].lower() for p in listed}
-    assert {"edgeinfer", "onnxruntime", "grpcio", "numpy", "simplejpeg"} <= names
+    assert {"edgeinfer", "onnxruntime", "grpcio", "numpy", "simplejpeg", "pillow"} <= names
     assert not {n for n in names if n.startswith(("torch", "nvidia", "triton", "cuda"))}, names
     site = next((edge_venv / "lib").glob("python3*/site-packages"))
     installed = sum(f.stat().st_size for f in site.rglob("*") if f.is_file() and f.parts[-2] != "__pycache__")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 
@@ -39,11 +40,15 @@ def squeezenet_onnx(tmp_path_factory: pytest.TempPathFactory) -> Artifact:
     )
 
 
-def optimized_ops(model: Path, tmp_path: Path) -> collections.Counter[str]:
-    """The op types of the graph ORT actually runs, after its QDQ fusions."""
+def optimized_graph(model: Path, tmp_path: Path) -> onnx.GraphProto:
+    """The graph ORT actually runs, after its QDQ fusions."""
     optimized = tmp_path / "optimized.onnx"
     OnnxRuntime(model, threads=1, optimized_model_filepath=optimized)
-    return collections.Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
+    return onnx.load(str(optimized)).graph
+
+
+def optimized_ops(model: Path, tmp_path: Path) -> collections.Counter[str]:
+    return collections.Counter(node.op_type for node in optimized_graph(model, tmp_path).node)
 
 
 def test_ort_fuses_every_quantized_conv_and_concat(squeezenet_onnx: Artifact, tmp_path: Path) -> None:
@@ -53,6 +58,19 @@ def test_ort_fuses_every_quantized_conv_and_concat(squeezenet_onnx: Artifact, tm
     assert ops["QLinearConcat"] == 8  # one per Fire module
     float_convs = sum(ops[op] for op in ("Conv", "FusedConv", "NchwcConv"))
     assert float_convs == 1  # the kept layer, and only it
+
+
+def test_concatenations_copy_bytes(squeezenet_onnx: Artifact, tmp_path: Path) -> None:
+    """Each QLinearConcat's inputs are on its output's scale and zero point: ORT copies them, no requantization."""
+    graph = optimized_graph(squeezenet_onnx.folder / "model.onnx", tmp_path)
+    constants = {t.name: onnx.numpy_helper.to_array(t).item() for t in graph.initializer if not t.dims}
+    concats = [node for node in graph.node if node.op_type == "QLinearConcat"]
+    assert len(concats) == 8
+    for node in concats:
+        # inputs: Y_scale, Y_zero_point, then (X, X_scale, X_zero_point) per input
+        out = (constants[node.input[0]], constants[node.input[1]])
+        ins = [(constants[node.input[i + 1]], constants[node.input[i + 2]]) for i in range(2, len(node.input), 3)]
+        assert len(ins) == 2 and all(qparams == out for qparams in ins), (node.name, out, ins)
 
 
 def test_the_kept_layer_has_no_qdq_pair(squeezenet_onnx: Artifact) -> None:
