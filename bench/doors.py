@@ -2,6 +2,7 @@
 
     python -m bench.doors                      # every class, attacker with and without a token (~10 min)
     python -m bench.doors --classes watch big --hold 5 --settle 5   # a quick look
+    python -m bench.doors --classes conns --peer-caps 32 0   # the per-peer connection cap, and without it
 
 A daemon with a token file serves SqueezeNet 1.0 (fp32, random weights) on loopback.
 For each class of the probe (issue 26's table) an attacker runs for ``--hold`` seconds,
@@ -11,7 +12,8 @@ token), and a camera-like v1 stream's answers and latency (in lockstep: a frame,
 answer, 0.2 s, the next). Then it waits ``--settle``
 seconds and reads the daemon's RSS again. Printed per class: health p50/p99, health
 and ListModels answered of sent, the canary's answers and p50, the attack's own
-calls by status (or frames answered of sent), and RSS before / peak / after. The
+calls by status (or frames answered of sent; for conns, the connections opened and closed, and fresh
+connections answered), and RSS before / peak / after. The
 issue's targets: health p99 <= 100 ms and ListModels answered throughout, RSS after
 within baseline + 10 %, no frame lost. Timings are this machine's: run it on a
 quiet one, and read medians, not single runs.
@@ -20,7 +22,10 @@ quiet one, and read medians, not single runs.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import select
+import socket
 import tempfile
 import threading
 import time
@@ -78,6 +83,7 @@ class Attack:
         self.threads: list[threading.Thread] = []
         self.sent = self.answered = 0
         self.codes: Counter[str] = Counter()
+        self.notes: list[str] = []  # what else the class says about itself
 
     def channel(self) -> grpc.Channel:
         self.channels.append(_channel(self.target))
@@ -110,7 +116,7 @@ class Attack:
             ch.close()
         calls = ", ".join(f"{k} {v}" for k, v in sorted(self.codes.items()))
         frames = f"frames answered {self.answered}/{self.sent}" if self.sent else ""
-        return "; ".join(x for x in (calls, frames) if x)
+        return "; ".join(x for x in (calls, frames, *self.notes) if x)
 
 
 def watch(a: Attack) -> None:
@@ -231,6 +237,90 @@ def v2_flood(a: Attack, loops: int = 8) -> None:
         a.thread(loop)
 
 
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")  # and an empty SETTINGS
+
+
+def _flood(host: str, port: int, sockets: int, stop: Any, report: Any) -> None:
+    """In a process of its own (its loop would take this one's GIL from the observer): hold ``sockets``
+    raw connections from 127.0.0.2, half after the HTTP/2 preface, half silent, and reopen each one the
+    daemon closes at once. Reports (opened, closed by the daemon, open at the end)."""
+    held: dict[int, socket.socket] = {}
+    poll = select.poll()
+    opened = closed = 0
+    while not stop.is_set():
+        while len(held) < sockets and not stop.is_set():
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            s.settimeout(5)
+            try:
+                s.connect((host, port))
+                if opened % 2:
+                    s.sendall(PREFACE)
+            except OSError:
+                s.close()
+                break
+            opened += 1
+            s.setblocking(False)
+            held[s.fileno()] = s
+            poll.register(s, select.POLLIN)
+        for fd, _ in poll.poll(20):
+            s = held[fd]
+            try:
+                ended = s.recv(65536) == b""
+            except BlockingIOError:
+                ended = False
+            except OSError:
+                ended = True
+            if ended:
+                closed += 1
+                poll.unregister(fd)
+                del held[fd]
+                s.close()
+    report.send((opened, closed, len(held)))
+    for s in held.values():
+        s.close()
+
+
+def conns(a: Attack, sockets: int = 600) -> None:
+    """``sockets`` raw TCP connections from 127.0.0.2 (over --max-connections, 512), each reopened as the daemon
+    closes it (--max-connections-per-peer); meanwhile a fresh connection every 0.5 s from 127.0.0.1 asks
+    ListModels (the attacker with a token: a client's call) or health Check (without: a probe's)."""
+    host, port = a.target.rsplit(":", 1)
+    spawn = multiprocessing.get_context("spawn")
+    stop, (theirs, ours) = spawn.Event(), spawn.Pipe()
+    flood = spawn.Process(target=_flood, args=(host, int(port), sockets, stop, theirs), daemon=True)
+    flood.start()
+    fresh = [0, 0]
+
+    def newcomer() -> None:
+        while not a.stop_event.wait(0.5):
+            fresh[1] += 1
+            with _channel(a.target) as ch:
+                if a.metadata:
+                    listing = pb.ListModelsRequest.SerializeToString
+                    call = ch.unary_unary(EDGE + "ListModels", request_serializer=listing)
+                    request: Any = pb.ListModelsRequest()
+                else:
+                    call = ch.unary_unary(
+                        HEALTH + "Check", request_serializer=health_pb2.HealthCheckRequest.SerializeToString
+                    )
+                    request = health_pb2.HealthCheckRequest()
+                try:
+                    call(request, timeout=5, metadata=a.metadata)
+                    fresh[0] += 1
+                except grpc.RpcError:
+                    pass
+        stop.set()
+        opened, closed, still = ours.recv() if ours.poll(30) else (0, 0, 0)
+        flood.join(30)
+        a.notes.append(
+            f"opened {opened}, closed by the daemon {closed}, open at the end {still}; "
+            f"fresh connections answered {fresh[0]}/{fresh[1]}"
+        )
+
+    a.thread(newcomer)
+
+
 CLASSES: dict[str, Callable[[Attack], None]] = {
     "watch": watch,
     "reflection": reflection,
@@ -240,6 +330,7 @@ CLASSES: dict[str, Callable[[Attack], None]] = {
     "big": big,
     "fast": fast,
     "v2-flood": v2_flood,
+    "conns": conns,
 }
 
 
@@ -349,6 +440,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hold", type=float, default=15.0, help="seconds each attack runs")
     p.add_argument("--settle", type=float, default=30.0, help="seconds after an attack before RSS is read again")
     p.add_argument("--threads", type=int, default=1, help="the daemon's --threads")
+    p.add_argument(
+        "--peer-caps",
+        nargs="+",
+        type=int,
+        default=[None],
+        help="the daemon's --max-connections-per-peer, one daemon each, in turn (default: the daemon's default; "
+        "e.g. 32 0: the cap and its baseline without it, in one run)",
+    )
     p.add_argument("--out", type=Path, help="also write the table (Markdown) here")
     args = p.parse_args(argv)
     os.environ["EDGEINFER_TOKEN"] = TOKEN  # the bench's own EdgeClient (DaemonProcess waits with one)
@@ -356,20 +455,24 @@ def main(argv: list[str] | None = None) -> int:
     token_file = tmp / "tokens"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
-    daemon = DaemonProcess(
-        ["squeezenet:fp32"], tmp, args.threads, None, 8, ("--token-file", str(token_file), "--max-streams", "16")
-    )
-    target = f"127.0.0.1:{daemon.port}"
     rows = []
-    try:
-        time.sleep(2.0)
-        for name in args.classes:
-            for token in (True, False):
-                log(f"{name}, attacker {'with' if token else 'without'} a token")
-                rows.append(run_class(name, token, target, daemon, args.hold, args.settle))
-                log(str(rows[-1]))
-    finally:
-        daemon.stop()
+    for cap in args.peer_caps:
+        extra = ("--token-file", str(token_file), "--max-streams", "16")
+        if cap is not None:
+            extra += ("--max-connections-per-peer", str(cap))
+        daemon = DaemonProcess(["squeezenet:fp32"], tmp, args.threads, None, 8, extra)
+        target = f"127.0.0.1:{daemon.port}"
+        try:
+            time.sleep(2.0)
+            for name in args.classes:
+                for token in (True, False):
+                    log(f"{name}, attacker {'with' if token else 'without'} a token, peer cap {cap}")
+                    rows.append(run_class(name, token, target, daemon, args.hold, args.settle))
+                    if len(args.peer_caps) > 1:
+                        rows[-1]["class"] += f" (peer cap {cap})"
+                    log(str(rows[-1]))
+        finally:
+            daemon.stop()
     table = _table(rows)
     print(table)
     if args.out:

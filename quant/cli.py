@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--fp32-layers",
         default="",
         metavar="A,B",
-        help="conv/linear layers (module names, e.g. features.0,classifier.1) to keep in fp32: mixed precision",
+        help="conv/linear layers or residual blocks (module names, e.g. features.0,classifier.1 or layer1.0) to "
+        "keep in fp32: mixed precision (a block keeps its add in fp32 too)",
     )
     p.add_argument(
         "--max-loss",
@@ -65,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="POINTS",
         help="accuracy budget in top-1 points: try the other activation observer, then put the most sensitive "
-        "layers back in fp32 one at a time until the loss (vs --eval's labels, else vs fp32's answers on the "
-        "held-out frames) is within it; the report gives the loss's 95%% interval and the speed it cost",
+        "layers (a residual block whole, with its add) back in fp32 one at a time until the loss (vs --eval's "
+        "labels, else vs fp32's answers on the held-out frames) is within it; the report gives the loss's "
+        "95%% interval and the speed it cost",
     )
     p.add_argument(
         "--sensitivity",

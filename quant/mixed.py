@@ -20,23 +20,39 @@ from torch import nn
 from edgeinfer.quant.accuracy import Judge
 from edgeinfer.quant.budget import BudgetResult, Plan, Step, search
 from edgeinfer.quant.intervals import Loss, frames_needed, verdict
-from edgeinfer.quant.sensitivity import FakeQuantizer, LayerSensitivity, chart, quantizable_layers, rank, table
+from edgeinfer.quant.sensitivity import (
+    FakeQuantizer,
+    GraphFakeQuantizer,
+    LayerSensitivity,
+    chart,
+    fallback_units,
+    quantizable_layers,
+    rank,
+    table,
+)
 
 __all__ = ["RANK_FRAMES", "MixedOutcome", "check_layers", "choose"]
 
-# Frames the fake-quant ranking runs on: a subset, since each layer costs two forward passes.
+# Frames the per-layer sensitivity report runs on: a subset, since each layer costs two forward passes.
 RANK_FRAMES = 64
-# How many of the top-ranked layers are re-measured under each new fp32 set.
-RERANK_TOP = 4
+# Frames the budget ranks its fallback units on, and how many of the best-ranked units it re-measures
+# under each new fp32 set (greedy forward selection: what reverting each one *adds* to those already
+# reverted). Measured on the clutter stand-in (bench/results/README.md): re-measuring only the top 4 or
+# 8 on 64-128 frames chose 11-12 of 18 units; every unit on 128 frames chose 6 for a lower loss, since
+# a block helps only once the blocks before it are fp32 too (the residual stream is rounded at each).
+BUDGET_RANK_FRAMES = 128
+RERANK_TOP = 16
 
 
 def check_layers(model: nn.Module, names: list[str]) -> None:
     known = quantizable_layers(model)
-    unknown = [n for n in names if n not in known]
+    blocks = [unit for unit, layers in fallback_units(model).items() if len(layers) > 1] if names else []
+    unknown = [n for n in names if n not in known and n not in blocks]
     if unknown:
+        also = f"; its residual blocks: {', '.join(blocks[:3])}, ..." if blocks else ""
         raise ValueError(
-            f"--fp32-layers {','.join(unknown)}: not a conv/linear layer of the model (its layers: "
-            f"{', '.join(known[:4])}, ... {known[-1]}; --sensitivity lists them all)"
+            f"--fp32-layers {','.join(unknown)}: not a conv/linear layer or residual block of the model (its layers: "
+            f"{', '.join(known[:4])}, ... {known[-1]}{also}; --sensitivity lists them all)"
         )
 
 
@@ -105,16 +121,19 @@ def choose(
     """Build the artifact's model: as asked (``fp32_layers``), or the budget's choice; rank layers if asked."""
     check_layers(model, fp32_layers)
     start = Plan(observers[0], tuple(fp32_layers))
-    subset = judge.inputs[:RANK_FRAMES].float()
+    subset = judge.inputs[: max(RANK_FRAMES, BUDGET_RANK_FRAMES)].float()
+    # What the budget puts back in fp32: layers, and residual blocks whole (their add with them).
+    units = fallback_units(model)
     ranked: dict[str, Any] = {}
 
     def ranking() -> tuple[FakeQuantizer, torch.Tensor, list[LayerSensitivity]]:
         # Calibrated and ranked once, on first need: a budget met by the first build never pays for it.
         if not ranked:
-            fq = FakeQuantizer(model, reduce_range=reduce_range, observer=observers[0])
+            fq = GraphFakeQuantizer(model, reduce_range=reduce_range, observer=observers[0], units=units)
             fq.calibrate(calibration())
             ref = fq.logits([], subset)  # fp32 with BatchNorm folded, the int8 side's own preprocessing
-            ranked.update(fq=fq, ref=ref, rows=rank(fq, subset, ref, alone=sensitivity))
+            report = rank(fq, subset[:RANK_FRAMES], ref[:RANK_FRAMES]) if sensitivity else []
+            ranked.update(fq=fq, ref=ref, rows=report)
         return ranked["fq"], ranked["ref"], ranked["rows"]
 
     rows: list[LayerSensitivity] = []
@@ -127,19 +146,22 @@ def choose(
         m = build(start)
         return MixedOutcome(m, start, judge.measure(m)[0], sensitivity=rows)
 
+    order: list[str] = []  # the last ranking, best first
+
     def rerank(plan: Plan) -> list[str]:
-        fq, ref, first = ranking()
-        left = [r.layer for r in first if r.layer not in plan.fp32_layers]
-        top = left[:RERANK_TOP]
-        again = rank(fq, subset, ref, fp32_layers=plan.fp32_layers, candidates=top, alone=False)
-        return [r.layer for r in again] + left[RERANK_TOP:]
+        fq, ref, _ = ranking()
+        left = [name for name in order or units if name not in plan.fp32_layers]
+        top = left[:RERANK_TOP] if order else left  # the first time, every unit
+        again = rank(fq, subset, ref, fp32_layers=plan.fp32_layers, candidates=top, alone=False, units=units)
+        order[:] = [r.layer for r in again] + left[RERANK_TOP:]
+        return list(order)
 
     result = search(
         build,
         judge,
         max_loss=max_loss,
         rerank=rerank,
-        layers=quantizable_layers(model),
+        layers=list(units),
         observers=observers,
         start=start,
         on_step=on_step,

@@ -43,6 +43,7 @@ from edgeinfer.quant.quantize import (
     reference_inputs,
     speed_line,
 )
+from edgeinfer.quant.sensitivity import residual_blocks
 from edgeinfer.server.artifacts import ONNX_FILE, file_sha256, onnx_artifact_dir
 from edgeinfer.server.options import WeightsKind
 from edgeinfer.server.registry import get_spec
@@ -82,11 +83,14 @@ def quantize_for_onnx(
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     keep = list(fp32_layers)
-    known = set(quantizable_layers(model))
+    known = set(quantizable_layers(model)) | set(residual_blocks(model))
     unknown = [name for name in keep if name not in known]
     if unknown:
         sample = ", ".join(sorted(known)[:6])
-        raise ValueError(f"fp32 layers {', '.join(unknown)} are not conv/linear layers of the model (e.g. {sample})")
+        raise ValueError(
+            f"fp32 layers {', '.join(unknown)} are not conv/linear layers or residual blocks of the model "
+            f"(e.g. {sample})"
+        )
     prepared = prepare_pt2e(_export(model, example).module(), BoardQuantizer(keep))
     with torch.no_grad():
         for batch in calibration:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import operator
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,12 +25,59 @@ from torch import nn
 
 from edgeinfer.quant.fidelity import logits, sqnr_db
 
-__all__ = ["FakeQuantizer", "LayerSensitivity", "chart", "quantizable_layers", "rank", "table"]
+__all__ = [
+    "FakeQuantizer",
+    "GraphFakeQuantizer",
+    "LayerSensitivity",
+    "chart",
+    "fallback_units",
+    "quantizable_layers",
+    "rank",
+    "residual_blocks",
+    "table",
+]
+
+_ADDS = (operator.add, operator.iadd, torch.add)
 
 
 def quantizable_layers(model: nn.Module) -> list[str]:
     """Names of the layers an int8 flow quantizes (convolutions and linear), in model order."""
     return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
+def residual_blocks(model: nn.Module) -> list[str]:
+    """Modules whose forward adds two tensors (ResNet's blocks), innermost first found, in model order.
+
+    Their add (and the ReLU after it) is quantized too: its output carries the residual stream, whose
+    per-tensor range an int8 add has to cover. Keeping a layer in fp32 leaves that add int8; keeping
+    the block in fp32 does not. A model that FX cannot trace has none here.
+    """
+    try:
+        graph = torch.fx.symbolic_trace(copy.deepcopy(model).eval()).graph
+    except Exception:
+        return []
+    blocks: list[str] = []
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in _ADDS:
+            stack = node.meta.get("nn_module_stack") or {}
+            scope = list(stack)[-1] if stack else ""
+            if scope and scope not in blocks:
+                blocks.append(scope)
+    return blocks
+
+
+def fallback_units(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """What the budget can put back in fp32, in model order, each with its conv/linear layers.
+
+    A residual block (:func:`residual_blocks`) is one unit with its add; any other layer is a unit of
+    its own. On a model without residual adds (SqueezeNet, VGG, Inception) the units are the layers.
+    """
+    blocks = residual_blocks(model)
+    units: dict[str, list[str]] = {}
+    for layer in quantizable_layers(model):
+        block = next((b for b in blocks if layer.startswith(b + ".")), None)
+        units.setdefault(block or layer, []).append(layer)
+    return {name: tuple(layers) for name, layers in units.items()}
 
 
 def _fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -116,6 +164,150 @@ class FakeQuantizer:
             return logits(model, inputs, batch=16)
 
 
+class _Rounding(nn.Module):
+    """Stands in for one calibrated activation observer: rounds like its int8 tensor when on."""
+
+    def __init__(self, observer: nn.Module) -> None:
+        super().__init__()
+        scale, zero = observer.calculate_qparams()  # type: ignore[operator]
+        self.scale, self.zero = float(scale), int(zero)
+        self.quant_min, self.quant_max = int(observer.quant_min), int(observer.quant_max)  # type: ignore[arg-type]
+        self.on = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.on:
+            return x
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero, self.quant_min, self.quant_max)
+
+
+class GraphFakeQuantizer(FakeQuantizer):
+    """The FX flow's own prepared graph, each activation observer made a switchable rounding.
+
+    :class:`FakeQuantizer` rounds only each layer's input; the int8 model also rounds every
+    residual add's output, the shortcut's, and the model input, each with its own per-tensor
+    range, and those are where wide ranges hurt (an add's output covers the whole residual
+    stream). This rounds exactly the tensors the FX flow quantizes, with the ranges its observers
+    chose on the same calibration frames. A layer set in int8 switches on its weights' per-channel
+    rounding, the activations produced in its scope and those its layers read (the model input, a
+    pool's output); a residual block (``units``) switches as one, its add included.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        reduce_range: bool = True,
+        observer: str = "histogram",
+        units: dict[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        self.layers = quantizable_layers(model)
+        self.units = units or {name: (name,) for name in self.layers}
+        original = dict(model.named_modules())
+        self._modules = {name: original[name] for name in self.layers}
+        self._float = model
+        self._engine = "x86" if reduce_range else "qnnpack"  # qnnpack's mapping: full 8-bit activations
+        self._observer = observer
+        self._calibrating = False
+        self._active: set[str] = set()
+        self._weights: dict[str, torch.Tensor] = {}
+        self._weight_of: dict[str, nn.Parameter] = {}
+        self._rounding: dict[str, _Rounding] = {}
+
+    def _unit_of(self, scope: str) -> str | None:
+        for unit, layers in self.units.items():
+            if scope == unit or scope.startswith(unit + "."):
+                return unit
+            for layer in layers:
+                if scope == layer or scope.startswith(layer + "."):
+                    return unit
+        return None
+
+    def _scope(self, node: torch.fx.Node) -> str:
+        if node.op == "call_module":
+            return str(node.target)
+        stack = node.meta.get("nn_module_stack") or {}
+        return list(stack)[-1] if stack else ""
+
+    def _consumer_units(self, node: torch.fx.Node) -> set[str]:
+        """The units that read ``node``, looking through ops that belong to none (pools, cat, flatten)."""
+        found: set[str] = set()
+        todo, seen = list(node.users), set()
+        while todo:
+            user = todo.pop()
+            if user in seen or user.op == "output":
+                continue
+            seen.add(user)
+            unit = self._unit_of(self._scope(user))
+            if unit is not None:
+                found.add(unit)
+            else:
+                todo.extend(user.users)
+        return found
+
+    def calibrate(self, batches: Iterable[torch.Tensor]) -> None:
+        from torch.ao.quantization.quantize_fx import prepare_fx
+
+        from edgeinfer.quant.flows import _qconfig_mapping, share_concat_observers
+        from edgeinfer.server.artifacts import quiet_deprecations
+
+        frames = list(batches)
+        with quiet_deprecations():
+            mapping = _qconfig_mapping(self._engine, self._observer)
+            self.model = prepare_fx(copy.deepcopy(self._float).eval(), mapping, (frames[0][:1],))
+            share_concat_observers(self.model)
+        with torch.inference_mode():
+            for batch in frames:
+                self.model(batch)
+        graph = self.model.graph
+        self._owners: dict[str, tuple[str | None, list[str]]] = {}
+        for node in graph.nodes:
+            target = str(node.target)
+            if node.op != "call_module" or not target.startswith("activation_post_process"):
+                continue
+            if target not in self._rounding:
+                self._rounding[target] = _Rounding(getattr(self.model, target))
+            observed = node.args[0]
+            producer = self._unit_of(self._scope(observed)) if isinstance(observed, torch.fx.Node) else None
+            consumers = sorted(self._consumer_units(node), key=str)
+            self._owners[node.name] = (producer, consumers)
+        for target, rounding in self._rounding.items():
+            setattr(self.model, target, rounding)
+        self._switch = [
+            (self._rounding[str(n.target)], *self._owners[n.name])
+            for n in graph.nodes
+            if n.op == "call_module" and n.name in self._owners
+        ]
+        prepared = dict(self.model.named_modules())
+        for name in self.layers:
+            module = prepared.get(name)
+            found = (m for m in module.modules() if isinstance(m, nn.Conv2d | nn.Linear)) if module else iter(())
+            inner = next(found, None)
+            if inner is not None:
+                self._weight_of[name] = inner.weight
+                self._weights[name] = self._fake_weight(inner.weight.detach())
+
+    @contextlib.contextmanager
+    def int8(self, layers: Iterable[str]) -> Iterator[nn.Module]:
+        chosen = set(layers)
+        unknown = chosen - set(self.layers)
+        if unknown:
+            raise ValueError(f"unknown layers {sorted(unknown)}")
+        int8_units = {u for u, members in self.units.items() if chosen & set(members)}
+        for rounding, producer, consumers in self._switch:
+            if producer in int8_units or any(c in int8_units for c in consumers):
+                rounding.on = True  # shared (a concatenation's): rounded if any of its places is
+        saved = {name: self._weight_of[name].data for name in chosen if name in self._weight_of}
+        for name in saved:
+            self._weight_of[name].data = self._weights[name]
+        try:
+            yield self.model
+        finally:
+            for rounding in self._rounding.values():
+                rounding.on = False
+            for name, w in saved.items():
+                self._weight_of[name].data = w
+
+
 @dataclass(frozen=True)
 class LayerSensitivity:
     """One layer: SQNR of the logits and top-1 changes (of ``frames``) against fp32 when only it is
@@ -153,25 +345,33 @@ def rank(
     fp32_layers: Iterable[str] = (),
     candidates: Iterable[str] | None = None,
     alone: bool = True,
+    units: dict[str, tuple[str, ...]] | None = None,
 ) -> list[LayerSensitivity]:
-    """Int8 layers' sensitivity on ``inputs``, most sensitive first.
+    """Int8 layers' (or ``units``': see :func:`fallback_units`) sensitivity on ``inputs``, most sensitive first.
 
     Most sensitive: keeping it in fp32 gains the most SQNR over the rest in int8 (ties: fewest
-    flips left), which is what reverting it would buy. ``fp32_layers`` are fp32 already and
-    skipped; ``candidates`` limits which layers are measured (the budget re-ranks a few);
+    flips left), which is what reverting it would buy. ``fp32_layers`` (layers or units) are fp32
+    already and skipped; ``candidates`` limits which are measured (the budget re-ranks a few);
     ``alone=False`` skips the only-it-int8 pass (reported as NaN).
     """
+    units = units or {name: (name,) for name in fq.layers}
     kept = set(fp32_layers)
-    int8 = [name for name in fq.layers if name not in kept]
-    chosen = [name for name in int8 if candidates is None or name in set(candidates)]
+    kept_layers = {layer for name in kept for layer in units.get(name, (name,))}
+    left = [name for name in units if name not in kept]
+    int8 = [layer for name in left for layer in units[name] if layer not in kept_layers]
+    wanted = None if candidates is None else set(candidates)
     rows = []
-    for name in chosen:
-        only = fq.logits([name], inputs) if alone else None
-        without = fq.logits([n for n in int8 if n != name], inputs)
+    for name in left:
+        if wanted is not None and name not in wanted:
+            continue
+        mine = set(units[name])
+        only = fq.logits([la for la in units[name] if la not in kept_layers], inputs) if alone else None
+        without = fq.logits([la for la in int8 if la not in mine], inputs)
+        kind = _kind(fq._modules[name]) if units[name] == (name,) else f"block: {len(mine)} layers, its add"
         rows.append(
             LayerSensitivity(
                 name,
-                _kind(fq._modules[name]),
+                kind,
                 sqnr_db(reference, only) if only is not None else float("nan"),
                 _flips(reference, only) if only is not None else -1,
                 sqnr_db(reference, without),

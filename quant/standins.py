@@ -14,12 +14,16 @@ test set is 40 renders of each of 540 held-out digits (21,600 images), which put
 
 Two tasks:
 ``digits``  the renders above, in [0, 1].
-``glare``   the same digits drawn faintly (contrast 0.12-0.25) on scenes with a few specular
-            highlights up to 8x the white level, as a camera's linear (HDR) output has: a wide
-            dynamic range where one per-tensor uint8 scale has to cover the highlights, so the
-            faint strokes fall between its steps. Plain int8 visibly loses here; the budget
-            has something to recover. (ResNet50's stand-in: without BatchNorm, SqueezeNet's
-            ReLUs die on these inputs within two epochs, at 1e-3 and at 4e-4, measured.)
+``clutter`` the same digits drawn faintly (contrast 0.12-0.25) on a dark scene, beside a busy strip
+            of black-and-white 4 px cells at one edge (30% of the width), rounded to an 8-bit frame:
+            the strip's edges set the early activations' per-tensor ranges, so the faint strokes'
+            edges fall between their steps. Plain int8 visibly loses here and the budget has
+            something to recover: the damage sits in the first stages (the deeper ones learn to
+            ignore the strip), where putting the stem and the first blocks back in fp32 recovers it.
+            (ResNet50's stand-in: without BatchNorm, SqueezeNet's ReLUs die on faint inputs within
+            two epochs, at 1e-3 and at 4e-4, measured.) It replaces a ``glare`` task (highlights up
+            to 8x white) whose inputs no served model can receive (the daemon's frames are 8-bit)
+            and whose loss no int8 plan recovered: the outliers ran through every residual add.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from torchvision.models.squeezenet import Fire
 __all__ = ["ARCHES", "SIZE", "SIZES", "TASKS", "build", "load", "render", "save", "source_split", "test_set", "train"]
 
 ARCHES = ("squeezenet1_0", "squeezenet1_1", "resnet50")
-TASKS = ("digits", "glare")
+TASKS = ("digits", "clutter")
 # Input side: SqueezeNet's 7x7/2 stem and three pools leave a 2x2 map at its last Fire module from 48 px
 # (1x1 from 32 px, where it plateaued near 70% on the digits); ResNet50 learns them at 32 px (96%).
 SIZES = {"squeezenet1_0": 48, "squeezenet1_1": 48, "resnet50": 32}
@@ -166,17 +170,18 @@ def render(
     if task == "digits":
         ink = (background + 0.35 + 0.3 * torch.rand(n, 3, 1, 1, generator=g)).clamp(max=1.0)
         image = background + ramp + mask * (ink - background)
-    else:
+    else:  # clutter
         contrast = _uniform(g, n, 0.12, 0.25).view(n, 1, 1, 1)
         image = background * 0.3 + ramp * 0.3 + mask * contrast
-        yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-        yy, xx = yy * SIZE / size, xx * SIZE / size  # the highlights keep their size relative to the digit
-        for _ in range(3):  # specular highlights: small bright spots, up to 8x white
-            cy, cx = (_uniform(g, n, 0, SIZE).view(n, 1, 1, 1) for _ in range(2))
-            radius = _uniform(g, n, 1.0, 2.5).view(n, 1, 1, 1)
-            peak = _uniform(g, n, 0.0, 8.0).view(n, 1, 1, 1)
-            image = image + peak * torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
+        cells = (torch.rand(n, 1, size // 4, size // 4, generator=g) < 0.5).float()
+        texture = F.interpolate(cells, size=(size, size), mode="nearest")
+        side = (torch.rand(n, 1, 1, 1, generator=g) < 0.5).float()
+        xs = torch.linspace(0, 1, size).view(1, 1, 1, size)
+        region = ((xs < 0.3) * side + (xs > 0.7) * (1 - side)).float()  # a busy strip at one edge
+        image = image * (1 - region) + texture * region
     image = image + 0.03 * torch.randn(image.shape, generator=g)
+    if task == "clutter":  # an 8-bit camera frame, as the daemon receives it
+        image = (image.clamp(0, 1) * 255).round() / 255
     return ((image - 0.5) / 0.5).to(torch.float16), labels.repeat_interleave(copies)
 
 

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,10 +29,12 @@ from edgeinfer.proto import edgeinfer_pb2 as pb
 from edgeinfer.proto import edgeinfer_pb2_grpc as pb_grpc
 from edgeinfer.server.admission import Admission, default_caps
 from edgeinfer.server.byte_budget import ByteBudget
+from edgeinfer.server.connection_cap import ConnectionCap
 from edgeinfer.server.defaults import (
     DEFAULT_CONFIG_TIMEOUT_S,
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_PEER,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
 )
@@ -43,6 +45,7 @@ from edgeinfer.server.health_watch import HealthServicer
 from edgeinfer.server.kserve_servicer import KSERVE_SERVICE_NAME, KServeServicer, add_kserve_to_server
 from edgeinfer.server.limits import FrameLimits
 from edgeinfer.server.loading import ModelTable, ServedModel
+from edgeinfer.server.metrics import CONNECTIONS_OVER_PEER_CAP
 from edgeinfer.server.security import (
     LOOPBACK,
     BearerTokenInterceptor,
@@ -53,7 +56,7 @@ from edgeinfer.server.security import (
 )
 from edgeinfer.server.servicer import EdgeInferenceServicer
 
-__all__ = ["MESSAGE_OVERHEAD", "OVERSIZE_READ", "SERVICE_NAME", "Daemon", "server_options"]
+__all__ = ["MESSAGE_OVERHEAD", "OVERSIZE_READ", "SERVICE_NAME", "Daemon", "connection_options", "server_options"]
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +66,30 @@ OVERSIZE_READ = 2  # messages up to this many times --max-frame-bytes are read, 
 MAX_CALLS_PER_CONNECTION = 128  # HTTP/2 streams one connection may have open: every kind of call together
 
 
+def connection_options(max_connections: int = DEFAULT_MAX_CONNECTIONS) -> list[tuple[str, int]]:
+    """What a connection may hold, and how many there may be: the daemon's port and its --health-port alike."""
+    return [
+        # A connection with no call for two minutes is closed (clients reconnect when they call
+        # again), and one that has not finished its handshake in 10 s (for plaintext: sent the
+        # HTTP/2 preface and settings; measured: a silent socket is closed at 10.0 s): idle sockets
+        # hold file descriptors, and 20,000 of them exhausted the daemon's.
+        ("grpc.max_connection_idle_ms", 120_000),
+        ("grpc.server_handshake_timeout_ms", 10_000),
+        # And at most this many connections at once per listening address: gRPC's core closes
+        # the next one as it is accepted, before any handshake (a --health-port is a listener of
+        # its own, so probes still get through). gRPC Python has no hook at accept: the cap per
+        # peer (--max-connections-per-peer) closes a peer's newest connections just after
+        # (server/connection_cap.py).
+        ("grpc.max_allowed_incoming_connections", max_connections),
+    ]
+
+
 def server_options(
     max_frame_bytes: int, reuse_port: bool = False, max_connections: int = DEFAULT_MAX_CONNECTIONS
 ) -> list[tuple[str, int]]:
     """Every channel option the daemon sets, each named once and explained."""
     return [
+        *connection_options(max_connections),
         # Frames over --max-frame-bytes are answered with a per-frame
         # RESOURCE_EXHAUSTED and the stream goes on. gRPC's own limit ends the
         # call at once, with the answers to the frames before it unsent (issue 26),
@@ -89,16 +111,6 @@ def server_options(
         # What a connection may hold (issue 26). HTTP/2 streams open at once on one connection,
         # whatever their kind (admission caps each kind below that).
         ("grpc.max_concurrent_streams", MAX_CALLS_PER_CONNECTION),
-        # A connection with no call for two minutes is closed (clients reconnect when they call
-        # again), and one that has not finished its TLS handshake in 10 s: idle sockets hold file
-        # descriptors, and 20,000 of them exhausted the daemon's.
-        ("grpc.max_connection_idle_ms", 120_000),
-        ("grpc.server_handshake_timeout_ms", 10_000),
-        # And at most this many connections at once per listening address: gRPC's core closes
-        # the next one as it is accepted, before any handshake (a --health-port is a listener of
-        # its own, so probes still get through). gRPC Python has no hook at accept, so there is
-        # no cap per peer: the idle and handshake clocks above bound what one peer holds.
-        ("grpc.max_allowed_incoming_connections", max_connections),
         # gRPC grows a stream's flow-control window with its bandwidth-delay estimate, and read
         # gigabytes ahead of what the daemon had taken from fast senders; with the probe off, what
         # it reads ahead stays at its initial window per stream, and the daemon's byte budget
@@ -121,6 +133,7 @@ class Daemon:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S,
         reuse_port: bool = False,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER,
         health_addresses: Sequence[str] = (),
         tls: ServerTls | None = None,
         tokens: Tokens | None = None,
@@ -134,6 +147,9 @@ class Daemon:
         Kubernetes' native gRPC probes dial plaintext with no client certificate, so a daemon
         that serves TLS answers them on a port of its own (deploy/daemon.yaml). It tells only
         SERVING or NOT_SERVING, so it needs neither TLS nor a token.
+
+        ``max_connections`` (per listening address) and ``max_connections_per_peer`` (0: no cap) hold on
+        the health port too, each server counted on its own.
         """
         # Before anything binds or loads: a refused configuration costs nothing.
         self.plaintext_exposed = check_exposure(addresses, tls=tls is not None, insecure=insecure)
@@ -160,6 +176,10 @@ class Daemon:
         self._tokens_door = BearerTokenInterceptor(tokens) if tokens is not None else None
         self._body_timeout = config_timeout
         self._options = server_options(max_frame_bytes, reuse_port, max_connections)
+        self._max_connections = max_connections
+        self._max_connections_per_peer = max_connections_per_peer
+        self.connection_cap: ConnectionCap | None = None
+        self._stop_cap: Callable[[], None] | None = None
         self._loop = EventLoopThread()
         self.addresses = list(addresses)
         self.health_server: grpc.aio.Server | None = None
@@ -200,9 +220,22 @@ class Daemon:
         if health_addresses:
             # Probes only: health, in plaintext, behind the same door (health checks are never refused).
             door = FrontDoor(Admission(default_caps(0)), body_timeout=self._body_timeout)
-            self.health_server = grpc.aio.server(interceptors=[door], options=[("grpc.so_reuseport", int(reuse_port))])
+            self.health_server = grpc.aio.server(
+                interceptors=[door],
+                options=[("grpc.so_reuseport", int(reuse_port)), *connection_options(self._max_connections)],
+            )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             self.health_ports = [self.health_server.add_insecure_port(a) for a in health_addresses]
+        if self._max_connections_per_peer and os.path.isdir("/proc/self/fd"):
+            unix = ("unix:", "unix-abstract:")  # out of its reach: a Unix socket's peer has no address
+            tcp = [p for a, p in zip(addresses, self.ports, strict=True) if not a.startswith(unix)]
+            self.connection_cap = ConnectionCap(
+                [tcp, self.health_ports],
+                self._max_connections_per_peer,
+                on_close=lambda _peer, n: CONNECTIONS_OVER_PEER_CAP.inc(n),
+            )
+        elif self._max_connections_per_peer:
+            log.warning("no /proc/self/fd here: --max-connections-per-peer is not enforced")
 
     @property
     def port(self) -> int:
@@ -240,6 +273,8 @@ class Daemon:
                 await self.health_server.start()
 
         self._loop.run(start())
+        if self.connection_cap is not None:
+            self._stop_cap = self.connection_cap.start()
         return self
 
     def add_model(self, model: ServedModel) -> None:
@@ -269,6 +304,8 @@ class Daemon:
         try:
             self._loop.run(drain(), timeout=None if grace is None else grace + 10.0)
         finally:
+            if self._stop_cap is not None:
+                self._stop_cap()
             self._loop.stop()
             self.decode.stop()
             self.table.stop()

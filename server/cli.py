@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 security.addresses,
                 max_streams=args.max_streams,
                 max_connections=args.max_connections,
+                max_connections_per_peer=args.max_connections_per_peer,
                 max_frame_bytes=args.max_frame_bytes,
                 max_shm_bytes=args.max_shm_bytes,
                 max_pixels=args.max_pixels,

@@ -16,6 +16,7 @@ from edgeinfer.server.defaults import (
     DEFAULT_CONFIG_TIMEOUT_S,
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_PEER,
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_SIDE,
     default_threads,
@@ -180,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_CONNECTIONS,
         help=f"connections open at once on each address (default: {DEFAULT_MAX_CONNECTIONS}); the next is closed "
         "as it is accepted (--health-port has its own)",
+    )
+    p.add_argument(
+        "--max-connections-per-peer",
+        type=_int(0),
+        default=DEFAULT_MAX_CONNECTIONS_PER_PEER,
+        help=f"TCP connections one client address may hold open at once (default: "
+        f"{DEFAULT_MAX_CONNECTIONS_PER_PEER}; 0: no cap); its newest over it are closed within a quarter second. "
+        "Loopback counts too. Clients behind one NAT or proxy share an address: raise it. With --workers, per worker",
     )
     p.add_argument(
         "--max-frame-bytes",

@@ -8,6 +8,7 @@ __all__ = [
     "DEFAULT_CONFIG_TIMEOUT_S",
     "DEFAULT_IDLE_TIMEOUT_S",
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_CONNECTIONS_PER_PEER",
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MAX_SIDE",
@@ -28,6 +29,10 @@ DEFAULT_IDLE_TIMEOUT_S = 120.0
 # Connections open at once on each listening address (issue 26: 20,000 idle ones exhausted the
 # daemon's file descriptors); a board serves a few robots, a pod a few clients behind round_robin.
 DEFAULT_MAX_CONNECTIONS = 512
+# Connections one client address may hold open (server/connection_cap.py): a gRPC client opens one per
+# target, a robot a few; one peer can take at most 1/16 of --max-connections. Clients behind one NAT or
+# proxy share an address: such a daemon raises it (or sets 0, no cap).
+DEFAULT_MAX_CONNECTIONS_PER_PEER = 32
 
 
 def usable_cores() -> int:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["ACTIVE_STREAMS", "FRAMES", "FRAME_LATENCY", "STREAMS_TIMED_OUT", "UNAUTHENTICATED"]
+__all__ = [
+    "ACTIVE_STREAMS",
+    "CONNECTIONS_OVER_PEER_CAP",
+    "FRAMES",
+    "FRAME_LATENCY",
+    "STREAMS_TIMED_OUT",
+    "UNAUTHENTICATED",
+]
 
 FRAMES = Counter(
     "edgeinfer_frames_total",
@@ -26,4 +33,8 @@ STREAMS_TIMED_OUT = Counter(
     "edgeinfer_streams_timed_out_total",
     "Streams ended for sending no config in time (reason=config) or for doing nothing (reason=idle).",
     ["reason"],
+)
+CONNECTIONS_OVER_PEER_CAP = Counter(
+    "edgeinfer_connections_over_peer_cap_total",
+    "TCP connections closed for being over --max-connections-per-peer (a client's newest, within a sweep).",
 )

@@ -111,6 +111,7 @@ def _one_line_exit_2(code: object, stderr: str, stdout: str = "") -> str:
         (["--workers", "0"], "argument --workers: must be 1..64"),
         (["--seed", "-1"], "argument --seed: must be at least 0"),
         (["--malloc-arenas", "-1"], "argument --malloc-arenas: must be 0..1024, got -1"),
+        (["--max-connections-per-peer", "-1"], "argument --max-connections-per-peer: must be at least 0, got -1"),
         (["--metrics-port", "99999"], "argument --metrics-port: must be 0..65535"),
         # --insecure: past the plaintext refusal, to the address's own checks
         (["--host", "no-such-host.invalid", "--insecure", "--port", "0"], "cannot resolve 'no-such-host.invalid'"),

@@ -413,3 +413,76 @@ def test_connections_over_the_cap_are_closed_as_they_are_accepted_and_places_com
         for s in holders:
             s.close()
         d.stop(grace=0.5)
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")  # and an empty SETTINGS
+
+
+def _ended(sock: Any) -> bool:
+    """Whether the daemon has closed ``sock``: what it sent (its SETTINGS) is read, then the end or a reset."""
+    import socket
+
+    try:
+        while sock.recv(4096, socket.MSG_DONTWAIT):
+            pass
+        return True  # b"": the end
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_a_peer_over_its_connection_cap_loses_its_newest_connections_while_others_are_served(
+    runner: SlowRunner,
+) -> None:
+    """Issue 26: 20,000 idle connections from one client. Past --max-connections-per-peer a peer's newest
+    ones are closed (an HTTP/2 preface or none), while another peer's connections, a real EdgeClient stream
+    from a third address, health checks and ListModels go on; the daemon counts what it closed."""
+    import socket
+
+    from prometheus_client import REGISTRY
+
+    from edgeinfer.client import EdgeClient
+
+    per_peer, attacker, bystander = 4, 12, 3
+    counted = "edgeinfer_connections_over_peer_cap_total"
+    before = REGISTRY.get_sample_value(counted) or 0.0
+    d = Daemon(["127.0.0.1:0"], max_connections_per_peer=per_peer, tokens=Tokens([TOKEN])).start()
+    d.add_model(fake_model(runner))
+    d.mark_ready()
+    socks: dict[str, list[socket.socket]] = {"127.0.0.2": [], "127.0.0.3": []}
+    go_on = threading.Event()
+
+    def frames() -> Iterator[bytes]:
+        yield GOOD
+        go_on.wait(30)
+        yield GOOD
+
+    try:
+        with EdgeClient(_target(d), token=TOKEN) as client:
+            answers = iter(client.stream(frames(), top_k=1, drop_policy="all"))
+            assert next(answers).kind == "prediction"  # the stream is open from 127.0.0.1 before the flood
+            for source, n in (("127.0.0.2", attacker), ("127.0.0.3", bystander)):
+                for i in range(n):
+                    s = socket.socket()
+                    s.bind((source, 0))
+                    s.connect(("127.0.0.1", d.port))
+                    if i % 2:  # half speak HTTP/2 and then say nothing; half never speak
+                        s.sendall(PREFACE)
+                    socks[source].append(s)
+            deadline = time.monotonic() + 20
+            while sum(map(_ended, socks["127.0.0.2"])) < attacker - per_peer:
+                assert time.monotonic() < deadline, "the peer's connections over its cap were not closed"
+                time.sleep(0.05)
+            _still_served(d)
+            go_on.set()
+            assert next(answers).kind == "prediction"  # the stream went on through it
+            assert sum(map(_ended, socks["127.0.0.2"])) == attacker - per_peer  # the cap's worth stays open
+            assert not any(map(_ended, socks["127.0.0.3"]))
+        assert d.connection_cap is not None and d.connection_cap.closed == attacker - per_peer
+        assert REGISTRY.get_sample_value(counted) - before == attacker - per_peer
+    finally:
+        go_on.set()
+        for s in socks["127.0.0.2"] + socks["127.0.0.3"]:
+            s.close()
+        d.stop(grace=0.5)

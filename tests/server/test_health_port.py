@@ -44,3 +44,43 @@ def test_health_port_is_off_unless_asked() -> None:
         assert d.health_server is None and d.health_ports == []
     finally:
         d.stop(grace=0)
+
+
+def test_health_port_holds_the_connection_caps_on_a_count_of_its_own() -> None:
+    """--max-connections-per-peer on the health port too (20,000 idle sockets there would take the daemon's
+    descriptors as well), counted apart from the main port's: a peer's clients do not lock out its probes."""
+    import socket
+    import time
+
+    def ended(sock: socket.socket) -> bool:
+        try:
+            while sock.recv(4096, socket.MSG_DONTWAIT):  # the daemon's SETTINGS, then the end
+                pass
+            return True
+        except BlockingIOError:
+            return False
+        except ConnectionResetError:
+            return True
+
+    d = Daemon(["127.0.0.1:0"], health_addresses=["127.0.0.1:0"], max_connections_per_peer=2).start()
+    d.mark_ready()
+    socks: dict[int, list[socket.socket]] = {d.port: [], d.health_ports[0]: []}
+    try:
+        for port, n in ((d.port, 2), (d.health_ports[0], 5)):
+            for _ in range(n):
+                s = socket.socket()
+                s.bind(("127.0.0.2", 0))
+                s.connect(("127.0.0.1", port))
+                socks[port].append(s)
+        deadline = time.monotonic() + 20
+        while sum(map(ended, socks[d.health_ports[0]])) < 3:
+            assert time.monotonic() < deadline, "the health port's connections over the cap were not closed"
+            time.sleep(0.05)
+        assert not any(map(ended, socks[d.port]))  # 2 on each port: the main port's are still at the cap
+        with grpc.insecure_channel(f"127.0.0.1:{d.health_ports[0]}") as channel:
+            assert _status(channel, "") == SERVING
+        assert sum(map(ended, socks[d.health_ports[0]])) == 3
+    finally:
+        for s in socks[d.port] + socks[d.health_ports[0]]:
+            s.close()
+        d.stop(grace=0)
