@@ -146,9 +146,10 @@ def choose_batch_sizes(
         raise InvalidRequest(f"{label} (weights {built.weights}) gives {exc}; {hint}") from None
     if sizes is None and max_batch > 1:
         # A board's daemon (ONNX Runtime) should serve within a second of its process starting (issue 27):
-        # its profile gets a quarter of a second, enough for sizes 1-4 of SqueezeNet int8 on 2 cores (8 is
-        # never cheaper per frame there); a workstation's gets three. --batch-sizes skips the profile.
-        budget_s = 0.25 if getattr(built.runner, "name", "torch") == "onnxruntime" else 3.0
+        # its profile gets half a second, enough to time sizes 1-8 of SqueezeNet int8 on 2 cores (8 is its
+        # cheapest per frame there, 5.2 ms against 6.0 at 1; a quarter second timed 1-4 only and served
+        # back-to-back frames 8% dearer); a workstation's gets three. --batch-sizes skips the profile.
+        budget_s = 0.5 if getattr(built.runner, "name", "torch") == "onnxruntime" else 3.0
         sizes = profile_batch_sizes(built.runner, crop, max_batch, budget_s=budget_s, log_as=label)
     return sizes
 
