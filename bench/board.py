@@ -57,7 +57,7 @@ def photos() -> list[np.ndarray]:
     try:
         from skimage import data
     except ImportError:
-        log("scikit-image not installed: scikit-learn's two photos only")
+        log("scikit-image not installed: scikit-learn's two photos only (pip install scikit-image adds its seven)")
         return [np.ascontiguousarray(p) for p in out]
     for name in ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina"):
         out.append(getattr(data, name)()[..., :3][..., ::-1])
