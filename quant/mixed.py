@@ -37,11 +37,14 @@ __all__ = ["RANK_FRAMES", "MixedOutcome", "check_layers", "choose"]
 RANK_FRAMES = 64
 # Frames the budget ranks its fallback units on, and how many of the best-ranked units it re-measures
 # under each new fp32 set (greedy forward selection: what reverting each one *adds* to those already
-# reverted). Measured on the clutter stand-in (bench/results/README.md): re-measuring only the top 4 or
-# 8 on 64-128 frames chose 11-12 of 18 units; every unit on 128 frames chose 6 for a lower loss, since
-# a block helps only once the blocks before it are fp32 too (the residual stream is rounded at each).
-BUDGET_RANK_FRAMES = 128
-RERANK_TOP = 16
+# reverted): (frames, units) for models without residual blocks, and with them. Measured on the
+# clutter stand-in (bench/results/README.md): re-measuring only the top 4 or 8 on 64-128 frames
+# chose 11-12 of 18 units; all of them first, then the best 16, on 128 frames chose 6 for a lower
+# loss, since a block helps only once the blocks before it are fp32 too (the residual stream is
+# rounded at each). Without
+# blocks, the cheaper setting stays: on full-size SqueezeNet one pass over its 26 layers on 128
+# frames took 161 s on this host, a re-rank of 16 another 67 s.
+BUDGET_RANK = {False: (64, 4), True: (128, 16)}
 
 
 def check_layers(model: nn.Module, names: list[str]) -> None:
@@ -121,9 +124,10 @@ def choose(
     """Build the artifact's model: as asked (``fp32_layers``), or the budget's choice; rank layers if asked."""
     check_layers(model, fp32_layers)
     start = Plan(observers[0], tuple(fp32_layers))
-    subset = judge.inputs[: max(RANK_FRAMES, BUDGET_RANK_FRAMES)].float()
     # What the budget puts back in fp32: layers, and residual blocks whole (their add with them).
     units = fallback_units(model)
+    rank_frames, rerank_top = BUDGET_RANK[any(len(layers) > 1 for layers in units.values())]
+    subset = judge.inputs[: max(RANK_FRAMES, rank_frames)].float()
     ranked: dict[str, Any] = {}
 
     def ranking() -> tuple[FakeQuantizer, torch.Tensor, list[LayerSensitivity]]:
@@ -151,9 +155,10 @@ def choose(
     def rerank(plan: Plan) -> list[str]:
         fq, ref, _ = ranking()
         left = [name for name in order or units if name not in plan.fp32_layers]
-        top = left[:RERANK_TOP] if order else left  # the first time, every unit
-        again = rank(fq, subset, ref, fp32_layers=plan.fp32_layers, candidates=top, alone=False, units=units)
-        order[:] = [r.layer for r in again] + left[RERANK_TOP:]
+        top = left[:rerank_top] if order else left  # the first time, every unit
+        frames, fp32 = subset[:rank_frames], ref[:rank_frames]
+        again = rank(fq, frames, fp32, fp32_layers=plan.fp32_layers, candidates=top, alone=False, units=units)
+        order[:] = [r.layer for r in again] + left[rerank_top:]
         return list(order)
 
     result = search(

@@ -31,6 +31,7 @@ __all__ = [
     "LayerSensitivity",
     "chart",
     "fallback_units",
+    "inference_layers",
     "quantizable_layers",
     "rank",
     "residual_blocks",
@@ -45,6 +46,25 @@ def quantizable_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
 
+def _traced(model: nn.Module) -> torch.fx.Graph | None:
+    try:
+        return torch.fx.symbolic_trace(copy.deepcopy(model).eval()).graph
+    except Exception:  # untraceable control flow: per layer only, every registered layer
+        return None
+
+
+def inference_layers(model: nn.Module) -> list[str]:
+    """:func:`quantizable_layers` that inference runs: a training-only head (Inception v3's aux
+    classifier, when a model still has it) is registered but never called in eval mode, and has no
+    int8 graph, sensitivity or fp32 fallback to speak of."""
+    layers = quantizable_layers(model)
+    graph = _traced(model)
+    if graph is None:
+        return layers
+    called = {str(node.target) for node in graph.nodes if node.op == "call_module"}
+    return [name for name in layers if name in called]
+
+
 def residual_blocks(model: nn.Module) -> list[str]:
     """Modules whose forward adds two tensors (ResNet's blocks), innermost first found, in model order.
 
@@ -52,9 +72,8 @@ def residual_blocks(model: nn.Module) -> list[str]:
     per-tensor range an int8 add has to cover. Keeping a layer in fp32 leaves that add int8; keeping
     the block in fp32 does not. A model that FX cannot trace has none here.
     """
-    try:
-        graph = torch.fx.symbolic_trace(copy.deepcopy(model).eval()).graph
-    except Exception:
+    graph = _traced(model)
+    if graph is None:
         return []
     blocks: list[str] = []
     for node in graph.nodes:
@@ -74,7 +93,7 @@ def fallback_units(model: nn.Module) -> dict[str, tuple[str, ...]]:
     """
     blocks = residual_blocks(model)
     units: dict[str, list[str]] = {}
-    for layer in quantizable_layers(model):
+    for layer in inference_layers(model):
         block = next((b for b in blocks if layer.startswith(b + ".")), None)
         units.setdefault(block or layer, []).append(layer)
     return {name: tuple(layers) for name, layers in units.items()}
@@ -95,7 +114,7 @@ class FakeQuantizer:
         from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver
 
         self.model = _fold_batchnorm(model)
-        self.layers = quantizable_layers(self.model)
+        self.layers = inference_layers(self.model)
         self.quant_max = 127 if reduce_range else 255  # fx on x86 keeps 7-bit activations (flows.py says why)
         kind = HistogramObserver if observer == "histogram" else MinMaxObserver
         modules = dict(self.model.named_modules())
@@ -200,7 +219,7 @@ class GraphFakeQuantizer(FakeQuantizer):
         observer: str = "histogram",
         units: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
-        self.layers = quantizable_layers(model)
+        self.layers = inference_layers(model)
         self.units = units or {name: (name,) for name in self.layers}
         original = dict(model.named_modules())
         self._modules = {name: original[name] for name in self.layers}

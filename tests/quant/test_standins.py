@@ -133,3 +133,26 @@ def test_the_ranking_rounds_the_tensors_the_int8_graph_rounds() -> None:
     assert abs(simulated - real) < 1.5 and sqnr_db(ref, inputs_only.logits(inputs_only.layers, x)) > real + 3
     rows = rank(fq, x, ref, alone=False, units=units)
     assert {r.layer for r in rows} == set(units) and len(rows) == 18
+
+
+def test_a_head_inference_never_runs_is_not_ranked_nor_a_fallback_unit() -> None:
+    from edgeinfer.quant.sensitivity import FakeQuantizer, GraphFakeQuantizer, fallback_units, inference_layers
+
+    class WithAux(torch.nn.Module):  # as Inception v3 built with aux_logits: a head only training calls
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.aux = torch.nn.Linear(4, 2)
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    model = WithAux().eval()
+    assert quantizable_layers(model) == ["conv", "aux", "fc"] and inference_layers(model) == ["conv", "fc"]
+    assert list(fallback_units(model)) == ["conv", "fc"]
+    for fq in (FakeQuantizer(model), GraphFakeQuantizer(model)):
+        fq.calibrate([torch.rand(4, 3, 8, 8)])
+        assert fq.layers == ["conv", "fc"]
+    inception = build_model(get_spec("inception_v3"), WeightsSource("random", seed=0))
+    assert inception.AuxLogits is None and not [n for n in fallback_units(inception) if "Aux" in n]
