@@ -306,6 +306,8 @@ class Daemon:
         finally:
             if self._stop_cap is not None:
                 self._stop_cap()
+            elif self.connection_cap is not None:  # never started: only its two descriptors to give back
+                self.connection_cap.close()
             self._loop.stop()
             self.decode.stop()
             self.table.stop()

@@ -26,7 +26,13 @@ reach gRPC from the proxy's address, losing the peer that shared memory (server/
 and the token gate's back-off are keyed on.
 
 Every decision is made on a duplicate of the descriptor whose inode was checked, so a
-descriptor number gRPC closed and reused in between is never the one shut down. Unix-socket
+descriptor number gRPC closed and reused in between is never the one shut down. The duplicate
+is made with ``dup2()`` onto a descriptor the cap holds from the start, and the listing falls
+back to every number below the limit: neither needs a free descriptor, because a flood that has
+taken every one (the process at ``ulimit -n``) is when the cap is needed. With ``dup()`` and
+``listdir()`` the cap went blind there, a sweep finding nothing: a daemon at ``ulimit -n 1024``,
+flooded by two peers (127.0.0.2 and ::1, 600 connections each), closed 9,343 of their connections
+in 20 s; with the slot, 188,193 (bench/results/doors.md, 2026-12-07 probe). Unix-socket
 listeners are not capped (a local socket's peer has no address; its folder's permissions
 decide who connects, server/peers.py). With ``--workers`` each worker counts its own
 connections. A reconnect flood still holds places between sweeps: only a filter at accept
@@ -36,8 +42,10 @@ connections. A reconnect flood still holds places between sweeps: only a filter 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import resource
 import socket
 import stat
 import threading
@@ -50,6 +58,7 @@ __all__ = ["Connection", "ConnectionCap"]
 log = logging.getLogger(__name__)
 
 FD_DIR = "/proc/self/fd"
+MAX_SCAN = 1 << 20  # the kernel's default fs.nr_open: descriptors looked at when the folder cannot be opened
 LOG_EVERY_S = 60.0  # at most one line per peer this often: a flood must not flood the log too
 
 
@@ -93,9 +102,22 @@ class ConnectionCap:
         self._sweeps = 0
         self._logged: dict[str, float] = {}
         self.closed = 0  # connections closed since start
+        # Held until close(): _slot is where each connection's duplicate is made (dup2 needs no free
+        # descriptor), pointed back at _null after each use so that it never holds a connection open.
+        self._null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self._slot = os.dup(self._null)
+
+    def close(self) -> None:
+        """Give back the two descriptors it holds; sweeps after this close nothing."""
+        slot, self._slot = self._slot, -1
+        if slot >= 0:
+            os.close(slot)
+            os.close(self._null)
 
     def sweep(self) -> int:
         """One pass: close what is over the cap now; returns how many were closed."""
+        if self._slot < 0:  # closed: its number may be someone else's now
+            return 0
         self._sweeps += 1
         sockets = self._sockets()
         known: dict[int, Connection | None] = {}
@@ -140,16 +162,23 @@ class ConnectionCap:
         def stopped() -> None:
             stop.set()
             thread.join(5)
+            if not thread.is_alive():  # a sweep still running would dup2 onto a number closed under it
+                self.close()
 
         return stopped
 
     def _sockets(self) -> dict[int, int]:
         """inode -> descriptor for every socket this process holds."""
         out = {}
+        names: list[str] | range
         try:
             names = os.listdir(FD_DIR)
-        except OSError:
-            return out
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                return out
+            # No descriptor to read the folder with: at EMFILE every number below the limit is open.
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            names = range(MAX_SCAN if limit < 0 or limit > MAX_SCAN else limit)
         for name in names:
             try:
                 st = os.fstat(int(name))  # the descriptor itself: no path to resolve, unlike readlink
@@ -184,34 +213,32 @@ class ConnectionCap:
             self._shut.add(inode)
             return True
 
-    @staticmethod
     @contextlib.contextmanager
-    def _duplicate(fd: int, inode: int):  # type: ignore[no-untyped-def]
-        """A socket object on a duplicate of ``fd`` if it still is ``inode`` (else None); closed after.
+    def _duplicate(self, fd: int, inode: int):  # type: ignore[no-untyped-def]
+        """A socket object on a duplicate of ``fd`` if it still is ``inode`` (else None), made in ``_slot``.
 
-        The duplicate is closed on every path: one left open would hold its connection open after
-        gRPC closed it (and, in a flood of reconnects, reuse of descriptor numbers is common).
+        The slot is pointed back at /dev/null on every path: a duplicate left there would hold its
+        connection open after gRPC closed it (and, in a flood of reconnects, reuse of descriptor
+        numbers is common).
         """
         try:
-            dup = os.dup(fd)
-        except OSError:
+            os.dup2(fd, self._slot, inheritable=False)
+        except OSError:  # closed since the listing
             yield None
             return
         sock = None
         try:
-            if os.fstat(dup).st_ino == inode:
-                # Touches neither O_NONBLOCK nor anything else gRPC set: only the duplicate is closed after.
-                sock = socket.socket(fileno=dup)
+            if os.fstat(self._slot).st_ino == inode:
+                # Touches neither O_NONBLOCK nor anything else gRPC set: it shares only the open socket.
+                sock = socket.socket(fileno=self._slot)
         except OSError:
             pass
-        if sock is None:
-            os.close(dup)
-            yield None
-            return
         try:
             yield sock
         finally:
-            sock.close()
+            if sock is not None:
+                sock.detach()  # the slot is the cap's: not closed, only pointed away
+            os.dup2(self._null, self._slot, inheritable=False)
 
     def _report(self, peer: str, closed: int, had: int) -> None:
         if self.on_close is not None:

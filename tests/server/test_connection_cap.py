@@ -7,10 +7,14 @@ ends, as the daemon does; the cap sees them through /proc/self/fd.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import resource
 import select
 import socket
+import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -59,6 +63,20 @@ def listener() -> Iterator[Listener]:
     listening.close()
 
 
+@pytest.fixture
+def cap_of() -> Iterator[Callable[..., ConnectionCap]]:
+    """ConnectionCap(...), closed after the test (it holds two descriptors)."""
+    made: list[ConnectionCap] = []
+
+    def make(*args: object, **kwargs: object) -> ConnectionCap:
+        made.append(ConnectionCap(*args, **kwargs))  # type: ignore[arg-type]
+        return made[-1]
+
+    yield make
+    for cap in made:
+        cap.close()
+
+
 def _ended(sock: socket.socket) -> bool:
     """Whether the other end shut the connection (EOF or reset), waiting at most 5 s."""
     sock.settimeout(5.0)
@@ -76,9 +94,11 @@ def _still_open(socks: list[socket.socket]) -> bool:
     return not readable
 
 
-def test_a_peer_over_the_cap_loses_its_newest_connections_and_no_one_else_loses_any(listener: Listener) -> None:
+def test_a_peer_over_the_cap_loses_its_newest_connections_and_no_one_else_loses_any(
+    listener: Listener, cap_of: Callable[..., ConnectionCap]
+) -> None:
     closed: list[tuple[object, int]] = []
-    cap = ConnectionCap([[listener.port]], CAP, on_close=lambda peer, n: closed.append((peer, n)))
+    cap = cap_of([[listener.port]], CAP, on_close=lambda peer, n: closed.append((peer, n)))
     early = listener.connect("127.0.0.2", n=CAP)
     other = listener.connect("127.0.0.3", n=CAP)
     assert cap.sweep() == 0  # at the cap is not over it
@@ -95,8 +115,8 @@ def test_a_peer_over_the_cap_loses_its_newest_connections_and_no_one_else_loses_
     assert _still_open(early)
 
 
-def test_a_place_comes_back_when_a_connection_closes(listener: Listener) -> None:
-    cap = ConnectionCap([[listener.port]], CAP)
+def test_a_place_comes_back_when_a_connection_closes(listener: Listener, cap_of: Callable[..., ConnectionCap]) -> None:
+    cap = cap_of([[listener.port]], CAP)
     held = listener.connect("127.0.0.2", n=CAP)
     assert cap.sweep() == 0
     held[0].close()
@@ -106,10 +126,12 @@ def test_a_place_comes_back_when_a_connection_closes(listener: Listener) -> None
     assert cap.sweep() == 0  # back at the cap, not over it
 
 
-def test_connections_to_ports_it_does_not_cap_are_left_alone(listener: Listener) -> None:
+def test_connections_to_ports_it_does_not_cap_are_left_alone(
+    listener: Listener, cap_of: Callable[..., ConnectionCap]
+) -> None:
     capped = Listener()
     try:
-        cap = ConnectionCap([[capped.port]], CAP)
+        cap = cap_of([[capped.port]], CAP)
         listener.connect("127.0.0.2", n=CAP + 2)
         assert cap.sweep() == 0
         assert _still_open(listener.clients)
@@ -117,10 +139,10 @@ def test_connections_to_ports_it_does_not_cap_are_left_alone(listener: Listener)
         capped.close()
 
 
-def test_each_group_of_ports_is_counted_alone(listener: Listener) -> None:
+def test_each_group_of_ports_is_counted_alone(listener: Listener, cap_of: Callable[..., ConnectionCap]) -> None:
     second = Listener()
     try:
-        cap = ConnectionCap([[listener.port], [second.port]], CAP)
+        cap = cap_of([[listener.port], [second.port]], CAP)
         listener.connect("127.0.0.2", n=CAP)
         second.connect("127.0.0.2", n=CAP)
         assert cap.sweep() == 0  # CAP on each, 2 x CAP in all: each server's count is its own
@@ -128,10 +150,12 @@ def test_each_group_of_ports_is_counted_alone(listener: Listener) -> None:
         second.close()
 
 
-def test_ipv4_mapped_peers_count_as_the_ipv4_they_map_and_ipv6_loopback_is_a_peer_of_its_own() -> None:
+def test_ipv4_mapped_peers_count_as_the_ipv4_they_map_and_ipv6_loopback_is_a_peer_of_its_own(
+    cap_of: Callable[..., ConnectionCap],
+) -> None:
     dual = Listener(socket.AF_INET6, "::")
     try:
-        cap = ConnectionCap([[dual.port]], CAP)
+        cap = cap_of([[dual.port]], CAP)
         v4 = dual.connect("127.0.0.2", "127.0.0.1", n=CAP)  # seen as ::ffff:127.0.0.2
         v6 = dual.connect("::1", "::1", n=CAP)
         assert cap.sweep() == 0
@@ -142,24 +166,57 @@ def test_ipv4_mapped_peers_count_as_the_ipv4_they_map_and_ipv6_loopback_is_a_pee
         dual.close()
 
 
-def test_the_daemon_s_own_client_sockets_and_its_listener_are_never_counted(listener: Listener) -> None:
+def test_the_daemon_s_own_client_sockets_and_its_listener_are_never_counted(
+    listener: Listener, cap_of: Callable[..., ConnectionCap]
+) -> None:
     # The client ends of these connections live in this process too, on other ports: only the accepted
     # ends (local port = the listener's) count, and the listener itself has no peer.
-    cap = ConnectionCap([[listener.port]], 1)
+    cap = cap_of([[listener.port]], 1)
     listener.connect("127.0.0.2")
     assert cap.sweep() == 0
 
 
-def test_a_descriptor_reused_since_the_listing_is_neither_touched_nor_leaked(listener: Listener) -> None:
-    import os
-
+def test_a_descriptor_reused_since_the_listing_is_neither_touched_nor_leaked(
+    listener: Listener, cap_of: Callable[..., ConnectionCap]
+) -> None:
+    cap = cap_of([[listener.port]], CAP)
     listener.connect("127.0.0.2")
     fd = listener.accepted[0].fileno()
     inode = os.fstat(fd).st_ino
     before = len(os.listdir("/proc/self/fd"))
-    with ConnectionCap._duplicate(fd, inode + 1) as sock:  # the number now holds another socket
+    with cap._duplicate(fd, inode + 1) as sock:  # the number now holds another socket
         assert sock is None
-    with ConnectionCap._duplicate(fd, inode) as sock:
+    with cap._duplicate(fd, inode) as sock:
         assert sock is not None and sock.getpeername()[0] == "127.0.0.2"
-    assert len(os.listdir("/proc/self/fd")) == before  # both duplicates closed
+    assert len(os.listdir("/proc/self/fd")) == before  # no descriptor more: the slot was reused
+    assert not stat.S_ISSOCK(os.fstat(cap._slot).st_mode)  # and holds no connection open
     assert _still_open(listener.clients)
+
+
+def test_a_flood_that_took_every_descriptor_is_still_cut_back(
+    listener: Listener, cap_of: Callable[..., ConnectionCap]
+) -> None:
+    # The process at its descriptor limit (EMFILE), the state a connection flood drives a daemon to: the
+    # cap can open neither /proc/self/fd nor a duplicate, and must still close the peer's surplus.
+    cap = cap_of([[listener.port]], CAP)
+    early = listener.connect("127.0.0.2", n=CAP)
+    late = listener.connect("127.0.0.2", n=2)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    filler: list[int] = []
+    try:
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
+        null = os.open(os.devnull, os.O_RDONLY)  # (none free, it would be this one: it stays open)
+        filler.append(null)
+        with contextlib.suppress(OSError):
+            while len(filler) < highest + 8:  # every free number below the limit, and no more
+                filler.append(os.dup(null))
+        with pytest.raises(OSError):
+            os.listdir("/proc/self/fd")  # every descriptor taken
+        assert cap.sweep() == 2
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert [_ended(s) for s in late] == [True, True]
+    assert _still_open(early)
