@@ -160,13 +160,17 @@ class FakeQuantizer:
             scale, zero = obs.calculate_qparams()
             self._inputs[name] = (float(scale), int(zero))
 
-    @contextlib.contextmanager
-    def int8(self, layers: Iterable[str]) -> Iterator[nn.Module]:
-        """The model with ``layers`` rounding like int8 (the others stay fp32) for the ``with`` block."""
+    def _known(self, layers: Iterable[str]) -> set[str]:
         chosen = set(layers)
         unknown = chosen - set(self.layers)
         if unknown:
             raise ValueError(f"unknown layers {sorted(unknown)}")
+        return chosen
+
+    @contextlib.contextmanager
+    def int8(self, layers: Iterable[str]) -> Iterator[nn.Module]:
+        """The model with ``layers`` rounding like int8 (the others stay fp32) for the ``with`` block."""
+        chosen = self._known(layers)
         saved = {name: self._modules[name].weight.data for name in chosen}
         for name in chosen:
             self._modules[name].weight.data = self._weights[name]
@@ -307,10 +311,7 @@ class GraphFakeQuantizer(FakeQuantizer):
 
     @contextlib.contextmanager
     def int8(self, layers: Iterable[str]) -> Iterator[nn.Module]:
-        chosen = set(layers)
-        unknown = chosen - set(self.layers)
-        if unknown:
-            raise ValueError(f"unknown layers {sorted(unknown)}")
+        chosen = self._known(layers)
         int8_units = {u for u, members in self.units.items() if chosen & set(members)}
         for rounding, producer, consumers in self._switch:
             if producer in int8_units or any(c in int8_units for c in consumers):
