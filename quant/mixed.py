@@ -41,9 +41,8 @@ RANK_FRAMES = 64
 # clutter stand-in (bench/results/README.md): re-measuring only the top 4 or 8 on 64-128 frames
 # chose 11-12 of 18 units; all of them first, then the best 16, on 128 frames chose 6 for a lower
 # loss, since a block helps only once the blocks before it are fp32 too (the residual stream is
-# rounded at each). Without
-# blocks, the cheaper setting stays: on full-size SqueezeNet one pass over its 26 layers on 128
-# frames took 161 s on this host, a re-rank of 16 another 67 s.
+# rounded at each). Without blocks, the cheaper setting stays: on full-size SqueezeNet one pass
+# over its 26 layers on 128 frames took 161 s on this host, a re-rank of 16 another 67 s.
 BUDGET_RANK = {False: (64, 4), True: (128, 16)}
 
 
