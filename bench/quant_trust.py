@@ -281,8 +281,9 @@ def _run(args: argparse.Namespace) -> int:
 def _sensitivity(args: argparse.Namespace) -> int:
     """Every seed model's per-layer sensitivity (seeded random weights: which layers int8 moves most)."""
     from edgeinfer.quant.calibration import load_frames, offline_preprocessor
+    from edgeinfer.quant.fake_quant import FakeQuantizer
     from edgeinfer.quant.quantize import prepare_for_int8
-    from edgeinfer.quant.sensitivity import FakeQuantizer, chart, rank, table
+    from edgeinfer.quant.sensitivity import chart, rank, table
     from edgeinfer.server.registry import get_spec
     from edgeinfer.server.weights import WeightsSource, build_model
 

@@ -5,7 +5,7 @@ As Intel Neural Compressor's accuracy-driven tuning and OpenVINO's AccuracyAware
 2. while it exceeds the budget, try the remedies that keep every layer in int8 (the other
    activation observer: min-max instead of histogram; weights are per-channel already);
 3. then put the most sensitive unit back in fp32 (a layer; a residual block whole, its add with it:
-   :func:`edgeinfer.quant.sensitivity.fallback_units`), rebuild, measure, re-rank the rest under
+   :func:`edgeinfer.quant.fake_quant.fallback_units`), rebuild, measure, re-rank the rest under
    the new set, and repeat until the loss is within the budget.
 The budget holds when the measured loss is at most ``max_loss``; whether the frames can *show*
 that (the interval) is the report's verdict, never this search's stopping rule, which would

@@ -19,17 +19,9 @@ from torch import nn
 
 from edgeinfer.quant.accuracy import Judge
 from edgeinfer.quant.budget import BudgetResult, Plan, Step, search
+from edgeinfer.quant.fake_quant import FakeQuantizer, GraphFakeQuantizer, fallback_units, quantizable_layers
 from edgeinfer.quant.intervals import Loss, frames_needed, verdict
-from edgeinfer.quant.sensitivity import (
-    FakeQuantizer,
-    GraphFakeQuantizer,
-    LayerSensitivity,
-    chart,
-    fallback_units,
-    quantizable_layers,
-    rank,
-    table,
-)
+from edgeinfer.quant.sensitivity import LayerSensitivity, chart, rank, table
 
 __all__ = ["RANK_FRAMES", "MixedOutcome", "check_layers", "choose"]
 

@@ -29,6 +29,7 @@ from torch import nn
 from edgeinfer.quant.artifact import staged_folder, write_sidecar
 from edgeinfer.quant.budget import Plan
 from edgeinfer.quant.calibration import CalibrationSet, load_frames, offline_preprocessor
+from edgeinfer.quant.fake_quant import residual_blocks
 from edgeinfer.quant.fidelity import FidelityReport, agreement, interleaved_latency, logits, sqnr_db
 from edgeinfer.quant.mixed import check_layers, choose
 from edgeinfer.quant.onnx_quantizer import BoardQuantizer, quantizable_layers
@@ -43,7 +44,6 @@ from edgeinfer.quant.quantize import (
     reference_inputs,
     speed_line,
 )
-from edgeinfer.quant.sensitivity import residual_blocks
 from edgeinfer.server.artifacts import ONNX_FILE, file_sha256, onnx_artifact_dir
 from edgeinfer.server.options import WeightsKind
 from edgeinfer.server.registry import get_spec

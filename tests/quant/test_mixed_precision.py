@@ -14,8 +14,8 @@ import torch
 
 from edgeinfer.quant.accuracy import Judge
 from edgeinfer.quant.budget import Plan, search
+from edgeinfer.quant.fake_quant import quantizable_layers
 from edgeinfer.quant.quantize import quantize
-from edgeinfer.quant.sensitivity import quantizable_layers
 from edgeinfer.server import WeightsSource, get_spec
 from edgeinfer.server.artifacts import load_int8_runner, read_sidecar
 from edgeinfer.server.weights import build_model

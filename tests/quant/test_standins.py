@@ -17,9 +17,9 @@ import torch
 from edgeinfer.quant import standins
 from edgeinfer.quant.accuracy import Judge
 from edgeinfer.quant.budget import Plan
+from edgeinfer.quant.fake_quant import quantizable_layers
 from edgeinfer.quant.fidelity import logits
 from edgeinfer.quant.flows import quantize_fx
-from edgeinfer.quant.sensitivity import quantizable_layers
 from edgeinfer.server import WeightsSource, get_spec
 from edgeinfer.server.weights import build_model
 
@@ -92,9 +92,9 @@ def test_plain_int8_visibly_loses_on_the_clutter_task_and_fp32_blocks_buy_it_bac
 
 
 def test_residual_blocks_go_back_to_fp32_whole_with_their_add_in_both_artifacts() -> None:
+    from edgeinfer.quant.fake_quant import fallback_units
     from edgeinfer.quant.mixed import check_layers
     from edgeinfer.quant.onnx_export import quantize_for_onnx
-    from edgeinfer.quant.sensitivity import fallback_units
 
     model = standins.load("resnet50", DATA / "standin_resnet50_digits.pt")
     units = fallback_units(model)
@@ -114,8 +114,9 @@ def test_residual_blocks_go_back_to_fp32_whole_with_their_add_in_both_artifacts(
 
 
 def test_the_ranking_rounds_the_tensors_the_int8_graph_rounds() -> None:
+    from edgeinfer.quant.fake_quant import FakeQuantizer, GraphFakeQuantizer, fallback_units
     from edgeinfer.quant.fidelity import sqnr_db
-    from edgeinfer.quant.sensitivity import FakeQuantizer, GraphFakeQuantizer, fallback_units, rank
+    from edgeinfer.quant.sensitivity import rank
 
     model, calib, judge = _setup("resnet50", "clutter", copies=1)
     units = fallback_units(model)
@@ -136,7 +137,7 @@ def test_the_ranking_rounds_the_tensors_the_int8_graph_rounds() -> None:
 
 
 def test_a_head_inference_never_runs_is_not_ranked_nor_a_fallback_unit() -> None:
-    from edgeinfer.quant.sensitivity import FakeQuantizer, GraphFakeQuantizer, fallback_units, inference_layers
+    from edgeinfer.quant.fake_quant import FakeQuantizer, GraphFakeQuantizer, fallback_units, inference_layers
 
     class WithAux(torch.nn.Module):  # as Inception v3 built with aux_logits: a head only training calls
         def __init__(self) -> None:
